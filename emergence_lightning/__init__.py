@@ -1,0 +1,12 @@
+"""Measure emergence while a PyTorch Lightning model trains."""
+
+from emergence_lightning.functional import emergence, log10_emergence, relative_emergence
+from emergence_lightning.pruning import count_parameters
+
+__all__ = [
+    "emergence",
+    "relative_emergence",
+    "log10_emergence",
+    "count_parameters",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,128 @@
+"""The emergence measure as pure functions: no Lightning, no torch, exact Python integers.
+
+A network is an ordered list of layers ``1..N``; layer ``i`` has ``n_i`` nodes of which ``a_i``
+are active. Emergence counts the directed paths of the dense layered graph that start at an
+inactive node and end at a later active node.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+VARIANTS = ("paper", "induced")
+
+
+def _check_counts(name: str, values: Sequence[int]) -> list[int]:
+    checked = []
+    for index, value in enumerate(values):
+        if isinstance(value, bool) or not isinstance(value, int):
+            try:
+                as_int = int(value)
+            except (TypeError, ValueError):
+                raise TypeError(f"`{name}` must hold integers, got {value!r} at position {index}.") from None
+            if as_int != value:
+                raise TypeError(f"`{name}` must hold integers, got {value!r} at position {index}.")
+            value = as_int
+        if value < 0:
+            raise ValueError(f"`{name}` must hold non-negative counts, got {value} at position {index}.")
+        checked.append(value)
+    return checked
+
+
+def emergence(
+    n: Sequence[int],
+    a: Sequence[int],
+    m: Sequence[int] | None = None,
+    variant: str = "paper",
+) -> int:
+    r"""Exact emergence of a layered network.
+
+    ``variant="paper"`` is the paper's formula (intermediate layers count all their nodes)::
+
+        E = sum_{i<j} (n_i - a_i) * a_j * prod_{k=i+1}^{j-1} m_k      (m_k = n_k unless given)
+
+    ``variant="induced"`` counts only paths that stay inside the active subgraph after the first
+    step::
+
+        E = sum_{i<j} (n_i - a_i) * prod_{k=i+1}^{j} a_k
+
+    Both agree when every intermediate layer is fully active.
+
+    Args:
+        n: nodes per layer, in forward order.
+        a: active nodes per layer, ``0 <= a_i <= n_i``.
+        m: the count each intermediate layer contributes to a path (the paper's filters ``m_k``
+            of a CNN); defaults to ``n``. Only used by ``variant="paper"``.
+        variant: ``"paper"`` or ``"induced"``.
+
+    Returns:
+        E as an exact ``int`` (it grows like a product of widths).
+
+    Example:
+        >>> emergence([3, 2, 2], [1, 1, 2])
+        12
+        >>> emergence([3, 2, 2], [1, 1, 2], variant="induced")
+        8
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"`variant` must be one of {VARIANTS}, got {variant!r}.")
+    n = _check_counts("n", n)
+    a = _check_counts("a", a)
+    if len(n) != len(a):
+        raise ValueError(f"`n` and `a` must have the same length, got len(n)={len(n)} and len(a)={len(a)}.")
+    for index, (total, active) in enumerate(zip(n, a)):
+        if active > total:
+            raise ValueError(f"`a` cannot exceed `n`: a[{index}]={active} > n[{index}]={total}.")
+    if m is None:
+        m = n
+    else:
+        m = _check_counts("m", m)
+        if len(m) != len(n):
+            raise ValueError(f"`m` must have the same length as `n`, got len(m)={len(m)} and len(n)={len(n)}.")
+
+    # One backward sweep: reach[j] = number of paths from layer j's nodes (any node) forward to a
+    # later active node, so E = sum_i dead_i * reach_from_next_layer. O(N) big-int operations.
+    total = 0
+    paths_from_next = 0  # paths that start at one node of layer i+1 and end at an active node, counting the start
+    for i in range(len(n) - 1, -1, -1):
+        total += (n[i] - a[i]) * paths_from_next
+        if variant == "paper":
+            # a path entering layer i may stop here (if the node is active) or pass through any of m_i nodes
+            paths_from_next = a[i] + m[i] * paths_from_next
+        else:
+            # a path entering layer i must land on an active node, then may stop or continue
+            paths_from_next = a[i] * (1 + paths_from_next)
+    return total
+
+
+def relative_emergence(E: int, num_parameters: int) -> float:
+    """Relative emergence ``E~ = E / P``, with ``P`` the number of trainable parameters.
+
+    Exact integer division rounded once to float; returns ``inf`` when the ratio exceeds the
+    float range rather than raising.
+
+    Example:
+        >>> relative_emergence(12, 4)
+        3.0
+    """
+    if isinstance(E, bool) or not isinstance(E, int) or E < 0:
+        raise ValueError(f"`E` must be a non-negative int, got {E!r}.")
+    if isinstance(num_parameters, bool) or not isinstance(num_parameters, int) or num_parameters <= 0:
+        raise ValueError(f"`num_parameters` must be a positive int, got {num_parameters!r}.")
+    try:
+        return E / num_parameters
+    except OverflowError:
+        return math.inf
+
+
+def log10_emergence(E: int) -> float:
+    """``log10(E + 1)``: 0 for E = 0, and finite for integers far beyond the float range.
+
+    Example:
+        >>> log10_emergence(99)
+        2.0
+    """
+    if isinstance(E, bool) or not isinstance(E, int) or E < 0:
+        raise ValueError(f"`E` must be a non-negative int, got {E!r}.")
+    return math.log10(E + 1)
