@@ -1,0 +1,443 @@
+"""EmergenceCallback: measure emergence each epoch, log it, and optionally stop at zero."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
+from torch import Tensor
+from torch.utils.data import DistributedSampler
+from typing_extensions import override
+
+from emergence_lightning.activity import ActivityTracker, Measurement, check_tracking_arguments
+from emergence_lightning.functional import VARIANTS, emergence, log10_emergence, relative_emergence
+from emergence_lightning.pruning import count_parameters
+
+# probe_step(pl_module, batch) runs one forward pass for the measurements the callback drives itself.
+ProbeStep = Callable[["pl.LightningModule", Any], Any]
+
+
+def default_probe_step(pl_module: pl.LightningModule, batch: Any) -> Any:
+    """Calls the model on the batch's input: ``batch[0]`` of a tuple/list, the batch itself if a tensor."""
+    if isinstance(batch, Tensor):
+        return pl_module(batch)
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+        return pl_module(batch[0])
+    raise TypeError(
+        f"EmergenceCallback cannot find the input in a batch of type {type(batch).__name__}; pass "
+        "`probe_step=lambda module, batch: module(batch['x'])` (or whatever feeds your model)."
+    )
+
+
+def zero_streak(history: Sequence[dict[str, Any]]) -> int:
+    """How many of the latest in-training measurements had E exactly 0."""
+    streak = 0
+    for record in reversed(history):
+        if record["epoch"] == 0 or record["E"] != 0:
+            break
+        streak += 1
+    return streak
+
+
+class EmergenceCallback(Callback):
+    r"""Measures emergence ``E`` and relative emergence ``E~ = E / P`` once per epoch.
+
+    Nodes of each tracked layer (by default, every activation module's output) are active when
+    their mean output over the measured samples exceeds ``threshold``. With ``n_i`` nodes and
+    ``a_i`` active ones in layer ``i``::
+
+        E = sum_{i<j} (n_i - a_i) * a_j * prod_{k=i+1}^{j-1} n_k
+
+    Measurements come from the validation forward passes (no extra compute), from the training
+    passes when there is no validation loop, or from ``probe_dataloader`` when one is given; one
+    more is taken before the first training step (epoch 0). They are logged with
+    ``pl_module.log``, so ``EarlyStopping`` and ``ModelCheckpoint`` can monitor ``emergence/E``,
+    and kept exactly in :attr:`history`.
+
+    Args:
+        threshold: a node is active when its activity exceeds this (the paper's 0.05).
+        statistic: ``"mean"``, ``"fraction"`` (firing rate) or ``"max"``; see
+            :class:`~emergence_lightning.activity.ActivityTracker`.
+        variant: ``"paper"`` or ``"induced"``; see :func:`~emergence_lightning.emergence`.
+        layers: module names whose outputs are the layers; ``None`` finds activation modules.
+        node_dim: dimension that indexes nodes (default: last for 2-D, 1 otherwise).
+        include_input: also track the data entering the first Linear/Conv.
+        include_output: also track the logits leaving the last Linear/Conv.
+        min_firing_rate: with ``statistic="fraction"``, the firing rate above which a node is active.
+        probe_dataloader: measure on this fixed data at the end of every training epoch instead.
+        probe_step: ``probe_step(pl_module, batch)`` runs the forward pass for the passes this
+            callback drives itself (epoch 0, probe data). Default: ``pl_module(batch[0])``.
+        measure_at_start: take the epoch-0 measurement before the first training step.
+        stop_at_zero: stop training once E has been exactly 0 for ``patience + 1`` measurements.
+        patience: measurements with E = 0 to tolerate before stopping.
+        log_histograms: also log each layer's per-node activity as a TensorBoard histogram.
+        prefix: the logged keys start with ``f"{prefix}/"``.
+    """
+
+    def __init__(
+        self,
+        threshold: float = 0.05,
+        statistic: str = "mean",
+        variant: str = "paper",
+        layers: Sequence[str] | None = None,
+        node_dim: int | None = None,
+        include_input: bool = False,
+        include_output: bool = False,
+        min_firing_rate: float = 0.5,
+        probe_dataloader: Iterable[Any] | None = None,
+        probe_step: ProbeStep | None = None,
+        measure_at_start: bool = True,
+        stop_at_zero: bool = False,
+        patience: int = 0,
+        log_histograms: bool = False,
+        prefix: str = "emergence",
+    ) -> None:
+        check_tracking_arguments(threshold, statistic, min_firing_rate, node_dim, layers)
+        if variant not in VARIANTS:
+            raise ValueError(f"`variant` must be one of {VARIANTS}, got {variant!r}.")
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"`patience` must be an int >= 0, got {patience!r}.")
+        if not isinstance(prefix, str) or not prefix or prefix.endswith("/"):
+            raise ValueError(f"`prefix` must be a non-empty string not ending in '/', got {prefix!r}.")
+        if probe_step is not None and not callable(probe_step):
+            raise TypeError(f"`probe_step` must be callable, got {probe_step!r}.")
+        self.threshold = float(threshold)
+        self.statistic = statistic
+        self.variant = variant
+        self.layers = list(layers) if layers is not None else None
+        self.node_dim = node_dim
+        self.include_input = include_input
+        self.include_output = include_output
+        self.min_firing_rate = float(min_firing_rate)
+        self.probe_dataloader = probe_dataloader
+        self.probe_step = probe_step or default_probe_step
+        self.measure_at_start = measure_at_start
+        self.stop_at_zero = stop_at_zero
+        self.patience = patience
+        self.log_histograms = log_histograms
+        self.prefix = prefix
+        #: One record per measurement: epoch, step, layers, n, a, E (exact int), relative, ...
+        self.history: list[dict[str, Any]] = []
+        self.tracker: ActivityTracker | None = None
+        self._source: str | None = None  # "validation", "train" or "probe"
+        self._window_open = False
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            threshold=self.threshold, statistic=self.statistic, variant=self.variant, prefix=self.prefix
+        )
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The arguments that shape the measurement (logged to the hparams table)."""
+        return {
+            "threshold": self.threshold,
+            "statistic": self.statistic,
+            "variant": self.variant,
+            "layers": ",".join(self.tracker.layer_names) if self.tracker else str(self.layers),
+            "include_input": self.include_input,
+            "include_output": self.include_output,
+            "source": str(self._source),
+            "stop_at_zero": self.stop_at_zero,
+            "patience": self.patience,
+        }
+
+    # ---- set-up and clean-up -------------------------------------------------------------
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.tracker is None or self.tracker.model is not pl_module:
+            self.tracker = ActivityTracker(
+                pl_module,
+                layers=self.layers,
+                threshold=self.threshold,
+                statistic=self.statistic,
+                min_firing_rate=self.min_firing_rate,
+                node_dim=self.node_dim,
+                include_input=self.include_input,
+                include_output=self.include_output,
+            )
+        if count_parameters(pl_module) == 0:
+            rank_zero_warn(
+                f"{type(pl_module).__name__} has no trainable parameter: relative emergence is logged as NaN."
+            )
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._close_window()
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._close_window()
+
+    # ---- when to measure -----------------------------------------------------------------
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.probe_dataloader is not None:
+            self._source = "probe"
+        elif _has_validation(trainer):
+            self._source = "validation"
+        else:
+            self._source = "train"
+        self._log_tensorboard_extras(trainer)
+        if self.measure_at_start and not self.history:
+            batches, sampler = self._start_batches(trainer)
+            measurement = self._run_probe(trainer, pl_module, batches, sampler)
+            if measurement is not None:
+                self._record(trainer, pl_module, measurement, epoch=0, through_loggers=True)
+
+    @override
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or self._source not in (None, "validation"):
+            return
+        if trainer.state.fn not in ("fit", "validate"):
+            return
+        self._open_window(trainer, _sampler(_first(trainer.val_dataloaders)))
+
+    @override
+    def on_validation_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if self._window_open and self.tracker is not None:
+            self.tracker.start_pass()
+            # Only the first validation dataloader is measured, so every epoch sees the same data.
+            self.tracker.enabled = dataloader_idx == 0
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._window_open:
+            return
+        measurement = self._close_window(trainer)
+        if measurement is not None:
+            self._record(trainer, pl_module, measurement, epoch=_epochs_completed(trainer))
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._source == "train":
+            self._open_window(trainer, None)
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._window_open and self.tracker is not None:
+            self.tracker.start_pass()
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        if self._source == "train" and self._window_open:
+            measurement = self._close_window(trainer)
+        elif self._source == "probe":
+            assert self.probe_dataloader is not None
+            measurement = self._run_probe(trainer, pl_module, self.probe_dataloader, _sampler(self.probe_dataloader))
+        else:
+            return
+        if measurement is not None:
+            self._record(trainer, pl_module, measurement, epoch=epoch)
+
+    # ---- measurement windows -------------------------------------------------------------
+    def _open_window(self, trainer: pl.Trainer, sampler: Any) -> None:
+        assert self.tracker is not None
+        self.tracker.limit_samples(_real_samples_on_this_rank(sampler))
+        self.tracker.reset()
+        self.tracker.enabled = True
+        self.tracker.attach()
+        self._window_open = True
+
+    def _close_window(self, trainer: pl.Trainer | None = None) -> Measurement | None:
+        """Removes the hooks; with a trainer, also reduces across processes and computes."""
+        if self.tracker is None:
+            return None
+        self.tracker.detach()
+        was_open, self._window_open = self._window_open, False
+        if trainer is None or not was_open:
+            return None
+        return self.tracker.compute(reduce=lambda tensor, op: trainer.strategy.reduce(tensor, reduce_op=op))
+
+    def _start_batches(self, trainer: pl.Trainer) -> tuple[Iterable[Any], Any]:
+        """The data of the epoch-0 pass (the same data later epochs measure) and its sampler."""
+        if self._source == "probe":
+            assert self.probe_dataloader is not None
+            return self.probe_dataloader, _sampler(self.probe_dataloader)
+        if self._source == "validation":
+            loader = _first(trainer.val_dataloaders)
+            limit = trainer.num_val_batches[0]
+        else:
+            loader = _first(trainer.train_dataloader)
+            limit = trainer.num_training_batches
+        return _take(loader, limit), _sampler(loader)
+
+    def _run_probe(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batches: Iterable[Any], sampler: Any
+    ) -> Measurement | None:
+        """A forward-only pass over ``batches`` in eval mode; every module's mode is restored."""
+        assert self.tracker is not None
+        modes = {module: module.training for module in pl_module.modules()}
+        self._open_window(trainer, sampler)
+        try:
+            pl_module.eval()
+            with torch.no_grad(), trainer.precision_plugin.val_step_context():
+                for batch in batches:
+                    batch = trainer.strategy.batch_to_device(batch)
+                    self.tracker.start_pass()
+                    self.probe_step(pl_module, batch)
+        except BaseException:
+            self._close_window()
+            raise
+        finally:
+            for module, training in modes.items():
+                module.training = training
+        return self._close_window(trainer)
+
+    # ---- recording, logging, stopping ----------------------------------------------------
+    def _record(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        measurement: Measurement,
+        epoch: float,
+        through_loggers: bool = False,
+    ) -> None:
+        E = emergence(measurement.n, measurement.a, variant=self.variant)
+        parameters = count_parameters(pl_module)
+        record = {
+            "epoch": epoch,
+            "step": trainer.global_step,
+            "layers": measurement.names,
+            "n": measurement.n,
+            "a": measurement.a,
+            "E": E,
+            "relative": relative_emergence(E, parameters) if parameters else math.nan,
+            "log10_E": log10_emergence(E),
+            "active_fraction": measurement.active_fraction,
+            "parameters": parameters,
+            "samples": measurement.samples,
+        }
+        self.history.append(record)
+        metrics = self._metrics(record)
+        if through_loggers:
+            # Before the first step, `self.log` would fold this into epoch 1; write it at step 0.
+            for logger in trainer.loggers:
+                logger.log_metrics({**metrics, "epoch": 0}, step=trainer.global_step)
+        else:
+            for key, value in metrics.items():
+                pl_module.log(key, value, on_step=False, on_epoch=True, batch_size=1, sync_dist=False)
+        if self.log_histograms:
+            self._log_histograms(trainer, measurement)
+        if self.stop_at_zero and epoch != 0:
+            self._maybe_stop(trainer)
+
+    def _metrics(self, record: dict[str, Any]) -> dict[str, float]:
+        p = self.prefix
+        metrics = {
+            f"{p}/E": float(record["E"]) if record["E"] < 2**1023 else math.inf,
+            f"{p}/relative": record["relative"],
+            f"{p}/log10_E": record["log10_E"],
+            f"{p}/active_fraction": record["active_fraction"],
+            f"{p}/epoch": float(record["epoch"]),
+        }
+        for name, n, a in zip(record["layers"], record["n"], record["a"]):
+            metrics[f"{p}/active/{name}"] = float(a)
+            metrics[f"{p}/dead/{name}"] = float(n - a)
+        return metrics
+
+    def _maybe_stop(self, trainer: pl.Trainer) -> None:
+        streak = zero_streak(self.history)
+        should_stop = trainer.strategy.reduce_boolean_decision(streak > self.patience, all=True)
+        if should_stop and not trainer.should_stop:
+            trainer.should_stop = True
+            rank_zero_info(
+                f"EmergenceCallback: emergence has been 0 for {streak} consecutive measurements "
+                f"(patience={self.patience}); stopping training."
+            )
+
+    @rank_zero_only
+    def _log_histograms(self, trainer: pl.Trainer, measurement: Measurement) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                for layer in measurement.layers:
+                    values = layer.activity[~layer.activity.isnan()]
+                    if values.numel():
+                        logger.experiment.add_histogram(
+                            f"{self.prefix}/activity/{layer.name}", values, global_step=trainer.global_step
+                        )
+
+    @rank_zero_only
+    def _log_tensorboard_extras(self, trainer: pl.Trainer) -> None:
+        p = self.prefix
+        layout = {
+            p: {
+                "E and accuracy": ["Multiline", [f"{p}/E", r".*acc.*"]],
+                "relative E and accuracy": ["Multiline", [f"{p}/relative", r".*acc.*"]],
+                "log10 E": ["Multiline", [f"{p}/log10_E"]],
+                "active nodes per layer": ["Multiline", [f"{p}/active/.*"]],
+            }
+        }
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_custom_scalars(layout)
+                # Keep the model's hyperparameters in the table and add ours beside them.
+                ours = {f"{p}/{key}": value for key, value in self.settings.items()}
+                logger.log_hyperparams({**dict(logger.hparams), **ours})
+
+    # ---- checkpointing -------------------------------------------------------------------
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [dict(record) for record in self.history]}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [dict(record) for record in state_dict.get("history", [])]
+
+
+def _first(loaders: Any) -> Any:
+    if isinstance(loaders, (list, tuple)):
+        return loaders[0] if loaders else None
+    if isinstance(loaders, dict):
+        return next(iter(loaders.values()), None)
+    return loaders
+
+
+def _take(loader: Iterable[Any] | None, limit: float) -> Iterable[Any]:
+    if loader is None:
+        return
+    for index, batch in enumerate(loader):
+        if index >= limit:
+            break
+        yield batch
+
+
+def _has_validation(trainer: pl.Trainer) -> bool:
+    return trainer.val_dataloaders is not None and sum(trainer.num_val_batches or [0]) > 0
+
+
+def _sampler(loader: Any) -> Any:
+    return getattr(loader, "sampler", None)
+
+
+def _real_samples_on_this_rank(sampler: Any) -> int | None:
+    """Samples of this rank that are not padding added by a DistributedSampler, or None for no limit."""
+    if not isinstance(sampler, DistributedSampler) or sampler.drop_last:
+        return None
+    size = len(sampler.dataset)  # type: ignore[arg-type]
+    # The sampler hands out positions rank, rank + R, ...; positions >= size repeat earlier samples.
+    return max(0, math.ceil((size - sampler.rank) / sampler.num_replicas))
+
+
+def _epochs_completed(trainer: pl.Trainer) -> float:
+    """Training epochs completed at this point, fractional for a validation run mid-epoch."""
+    if trainer.state.fn != "fit":
+        return trainer.current_epoch
+    total = trainer.num_training_batches
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+    if not total or math.isinf(total) or done >= total:
+        return trainer.current_epoch + 1
+    return round(trainer.current_epoch + done / total, 4)
