@@ -1,0 +1,169 @@
+import math
+import warnings
+
+import pytest
+import torch
+from tiny_models import DefinedOutOfOrder, FunctionalReLU, SharedReLU, mlp
+from torch import nn
+
+from emergence_lightning.activity import ActivityTracker, SharedModuleError, measure
+
+
+def hook_count(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_mean_statistic_matches_manual_computation():
+    torch.manual_seed(0)
+    model = mlp(hidden=(16, 12))
+    x = torch.randn(50, 8)
+    result = measure(model, [x[:20], x[20:]])
+    h1 = model[1](model[0](x))
+    h2 = model[3](model[2](h1))
+    assert result.names == ["1", "3"]
+    assert result.n == [16, 12]
+    assert result.a == [int((h1.mean(0) > 0.05).sum()), int((h2.mean(0) > 0.05).sum())]
+    assert torch.allclose(result.layers[0].activity, h1.mean(0).double(), atol=1e-6)
+    assert result.samples == 50
+
+
+def test_conv_nodes_are_channels_averaged_over_positions():
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv2d(2, 5, 3), nn.ReLU())
+    x = torch.randn(4, 2, 9, 9)
+    result = measure(conv, [x])
+    out = conv(x)
+    assert result.n == [5]
+    assert torch.allclose(result.layers[0].activity, out.mean(dim=(0, 2, 3)).double(), atol=1e-6)
+
+
+def test_fraction_and_max_statistics():
+    model = nn.Sequential(nn.Identity(), nn.ReLU())
+    # node 0 fires on 1 of 4 samples, node 1 on 3 of 4, node 2 never
+    x = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    fraction = measure(model, [x], statistic="fraction")
+    assert fraction.layers[0].activity.tolist() == [0.25, 0.75, 0.0]
+    assert fraction.a == [1]  # above the default firing rate 0.5
+    assert measure(model, [x], statistic="fraction", min_firing_rate=0.2).a == [2]
+    assert measure(model, [x], statistic="max").a == [2]
+    assert measure(model, [x], statistic="mean").a == [2]  # means 0.25, 0.75, 0
+
+
+def test_layers_follow_forward_order_not_definition_order():
+    model = DefinedOutOfOrder()
+    with ActivityTracker(model) as tracker:
+        assert tracker.layer_names == ["late", "early"]  # definition order before any forward
+        model(torch.randn(3, 8))
+    assert tracker.layer_names == ["early", "late"]
+    assert tracker.compute().n == [5, 4]
+
+
+def test_explicit_layers_for_functional_activations():
+    model = FunctionalReLU()
+    with pytest.raises(ValueError, match=r"FunctionalReLU has no activation module.*layers=\["):
+        ActivityTracker(model)
+    result = measure(model, [torch.randn(6, 8)], layers=["fc1"])
+    assert result.names == ["fc1"] and result.n == [6]
+
+
+def test_unknown_layer_names_list_valid_ones():
+    with pytest.raises(ValueError, match=r"don't exist: \['encoder'\]. Some valid names: \['0', '1'"):
+        ActivityTracker(mlp(), layers=["encoder"])
+
+
+def test_shared_module_is_reported():
+    model = SharedReLU()
+    with ActivityTracker(model):
+        with pytest.raises(SharedModuleError, match=r"'act' ran twice in one forward pass.*own module instance"):
+            model(torch.randn(2, 8))
+    assert hook_count(model) == 0
+
+
+def test_include_input_and_output():
+    model = mlp(hidden=(5,))
+    result = measure(model, [torch.rand(4, 8)], include_input=True, include_output=True)
+    assert result.names == ["<input>", "1", "<output>"]
+    assert result.n == [8, 5, 3]
+
+
+def test_nan_is_never_active_and_warns_with_layer_name():
+    model = nn.Sequential(nn.Identity(), nn.ReLU())
+    x = torch.tensor([[1.0, float("nan"), 1.0], [1.0, 1.0, float("inf")]])
+    with pytest.warns(RuntimeWarning, match=r"Layer '1': 2 of 3 nodes produced NaN or inf"):
+        result = measure(model, [x])
+    assert result.layers[0].active.tolist() == [True, False, False]
+    assert math.isnan(result.layers[0].activity[1])
+
+
+def test_hooks_removed_and_modes_restored_even_when_forward_raises():
+    model = mlp()
+    model.train()
+    model[1].eval()  # a mixed state the user chose
+    with pytest.raises(RuntimeError, match=r"mat1 and mat2 shapes cannot be multiplied"):
+        measure(model, [torch.randn(2, 5)])
+    assert hook_count(model) == 0
+    assert model.training and not model[1].training and model[3].training
+
+
+def test_no_samples_gives_no_measurement():
+    assert measure(mlp(), []) is None
+
+
+def test_sample_limit_drops_padding_rows():
+    model = nn.Sequential(nn.Identity(), nn.ReLU())
+    tracker = ActivityTracker(model)
+    tracker.limit_samples(3)
+    tracker.reset()
+    with tracker:
+        model(torch.ones(2, 2))
+        model(torch.stack([torch.ones(2), torch.ones(2), -torch.ones(2) * 100]))  # last row is padding
+    result = tracker.compute()
+    assert result.samples == 3
+    assert result.layers[0].activity.tolist() == [1.0, 1.0]
+
+
+def test_sequence_outputs_with_node_dim():
+    model = nn.Sequential(nn.Identity(), nn.GELU())
+    x = torch.randn(4, 7, 5)  # (batch, length, features)
+    assert measure(model, [x], node_dim=-1).n == [5]
+    assert measure(model, [x]).n == [7]  # default reads dim 1 as channels
+
+
+def test_no_host_sync_in_hooks():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA to detect host synchronisation")
+    model = mlp().cuda()
+    tracker = ActivityTracker(model).attach()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            model(torch.randn(4, 8, device="cuda"))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        tracker.detach()
+    assert tracker.compute().n == [16, 12]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"threshold": -0.1}, ValueError, r"`threshold` must be a finite number >= 0, got -0.1"),
+        ({"threshold": float("nan")}, ValueError, r"`threshold` must be a finite number >= 0, got nan"),
+        ({"threshold": "high"}, TypeError, r"`threshold` must be a number, got 'high'"),
+        ({"statistic": "median"}, ValueError, r"`statistic` must be one of .*got 'median'"),
+        ({"node_dim": 0}, ValueError, r"`node_dim` cannot be 0"),
+        ({"min_firing_rate": 1.5}, ValueError, r"`min_firing_rate` must be in \[0, 1\), got 1.5"),
+        ({"layers": "1"}, TypeError, r"`layers` must be a sequence of module names"),
+        ({"layers": []}, ValueError, r"`layers` must name at least one module"),
+        ({"layers": ["1", "1"]}, ValueError, r"`layers` names a module twice"),
+    ],
+)
+def test_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        ActivityTracker(mlp(), **kwargs)
+
+
+def test_no_warning_on_clean_data():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        measure(mlp(), [torch.randn(3, 8)])
