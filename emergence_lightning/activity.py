@@ -174,13 +174,14 @@ class ActivityTracker:
         if self._handles:
             return self
         # A pass starts with each call of the root module, so reuse is detected per forward.
-        self._handles.append(self.model.register_forward_pre_hook(lambda *_: self.start_pass()))
+        model = self.model
+        self._handles.append(model.register_forward_pre_hook(lambda module, _: module is model and self.start_pass()))
         for name, module, kind in self._targets:
             if kind == "input":
-                hook = self._make_input_hook(name)
+                hook = self._make_input_hook(name, module)
                 self._handles.append(module.register_forward_pre_hook(hook))
             else:
-                self._handles.append(module.register_forward_hook(self._make_output_hook(name)))
+                self._handles.append(module.register_forward_hook(self._make_output_hook(name, module)))
         return self
 
     def detach(self) -> None:
@@ -194,15 +195,19 @@ class ActivityTracker:
     def __exit__(self, *exc_info: object) -> None:
         self.detach()
 
-    def _make_output_hook(self, name: str) -> Callable[..., None]:
+    # A deepcopy of the model made while hooks are attached (an EMA copy, a branch) carries the
+    # hooks along; they must ignore the copy, so each hook checks it runs on its own module.
+    def _make_output_hook(self, name: str, target: nn.Module) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple, output: object) -> None:
-            self._observe(name, output)
+            if module is target:
+                self._observe(name, output)
 
         return hook
 
-    def _make_input_hook(self, name: str) -> Callable[..., None]:
+    def _make_input_hook(self, name: str, target: nn.Module) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple) -> None:
-            self._observe(name, args[0] if args else None)
+            if module is target:
+                self._observe(name, args[0] if args else None)
 
         return hook
 

@@ -167,3 +167,15 @@ def test_no_warning_on_clean_data():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         measure(mlp(), [torch.randn(3, 8)])
+
+
+def test_copy_of_model_made_while_attached_is_ignored():
+    import copy
+
+    model = mlp()
+    with ActivityTracker(model) as tracker:
+        twin = copy.deepcopy(model)  # carries the hooks along
+        twin(torch.randn(3, 8))
+        twin(torch.randn(3, 8))
+        model(torch.randn(2, 8))
+    assert tracker.compute().samples == 2

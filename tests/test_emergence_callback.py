@@ -1,0 +1,308 @@
+import copy
+import logging
+import math
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.loggers import TensorBoardLogger
+from tb import read_scalars
+from tiny_models import Classifier, cnn, loaders, mlp
+from torch import nn
+from torch.utils.data import DataLoader
+
+from emergence_lightning import EmergenceCallback, count_parameters
+from emergence_lightning.activity import ACTIVATION_TYPES
+
+
+def make_trainer(tmp_path, callbacks, max_epochs=3, **kwargs):
+    kwargs.setdefault("logger", TensorBoardLogger(tmp_path, name="run"))
+    kwargs.setdefault("enable_checkpointing", False)
+    return pl.Trainer(
+        max_epochs=max_epochs,
+        callbacks=callbacks,
+        accelerator="cpu",
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        **kwargs,
+    )
+
+
+class WeightSnapshots(Callback):
+    """Copies the model at every measurement point, to recompute E independently."""
+
+    def __init__(self):
+        self.snapshots = []
+
+    def on_train_start(self, trainer, pl_module):
+        self.snapshots.append(copy.deepcopy(pl_module.net).eval())
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.snapshots.append(copy.deepcopy(pl_module.net).eval())
+
+
+def independent_emergence(net: nn.Sequential, val_loader: DataLoader, threshold: float = 0.05) -> int:
+    """Per-node means of each activation over the validation data, then paths counted by brute force."""
+    outputs = {}
+    with torch.no_grad():
+        for x, _ in val_loader:
+            h = x
+            for index, layer in enumerate(net):
+                h = layer(h)
+                if isinstance(layer, ACTIVATION_TYPES):
+                    node_means = h.transpose(0, 1).reshape(h.shape[1], -1).double()
+                    outputs.setdefault(index, []).append(node_means)
+    n, a = [], []
+    for index in sorted(outputs):
+        means = torch.cat(outputs[index], dim=1).mean(dim=1)
+        n.append(means.numel())
+        a.append(int((means > threshold).sum()))
+    # paths from a dead node of layer i to an active node of layer j through every node between
+    total = 0
+    for i in range(len(n)):
+        for j in range(i + 1, len(n)):
+            total += (n[i] - a[i]) * a[j] * math.prod(n[i + 1 : j])
+    return total
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_tensorboard_values_equal_independent_computation(tmp_path, kind):
+    torch.manual_seed(0)
+    image = kind == "cnn"
+    train, val = loaders(samples=64, val_samples=40, features=64 if image else 8, image=image)
+    net = cnn() if image else mlp(features=8, hidden=(24, 16, 12))
+    with torch.no_grad():  # kill a few nodes of every layer so E is not trivially 0
+        hidden = [m for m in net if isinstance(m, (nn.Linear, nn.Conv2d))][:-1]
+        for layer in hidden:
+            layer.bias[: layer.bias.numel() // 3] = -3.0
+    model = Classifier(net, lr=0.5)
+    snapshots = WeightSnapshots()
+    callback = EmergenceCallback()
+    trainer = make_trainer(tmp_path, [snapshots, callback], max_epochs=3)
+    trainer.fit(model, train, val)
+
+    expected = [independent_emergence(snapshot, val) for snapshot in snapshots.snapshots]
+    assert [record["E"] for record in callback.history] == expected
+    assert [record["epoch"] for record in callback.history] == [0, 1, 2, 3]
+    assert any(E > 0 for E in expected)
+
+    scalars = read_scalars(trainer.logger.log_dir)
+    logged = [value for _, value in sorted(scalars["emergence/E"])]
+    assert logged == pytest.approx([float(E) for E in expected], rel=1e-6)
+    assert [value for _, value in sorted(scalars["emergence/epoch"])] == [0, 1, 2, 3]
+    parameters = count_parameters(model)
+    relative = [value for _, value in sorted(scalars["emergence/relative"])]
+    assert relative == pytest.approx([E / parameters for E in expected], rel=1e-6)
+    log10 = [value for _, value in sorted(scalars["emergence/log10_E"])]
+    assert log10 == pytest.approx([math.log10(E + 1) for E in expected], rel=1e-6)
+    names = callback.history[0]["layers"]
+    for name in names:
+        assert f"emergence/active/{name}" in scalars and f"emergence/dead/{name}" in scalars
+    last = callback.history[-1]
+    assert scalars[f"emergence/active/{names[0]}"][-1][1] == last["a"][0]
+    assert scalars[f"emergence/dead/{names[0]}"][-1][1] == last["n"][0] - last["a"][0]
+    assert scalars["emergence/active_fraction"][-1][1] == pytest.approx(sum(last["a"]) / sum(last["n"]))
+
+
+def test_history_record_contents(tmp_path):
+    train, val = loaders()
+    callback = EmergenceCallback()
+    make_trainer(tmp_path, [callback], max_epochs=1).fit(Classifier(mlp()), train, val)
+    record = callback.history[-1]
+    assert set(record) >= {"epoch", "step", "layers", "n", "a", "E", "relative", "log10_E", "active_fraction"}
+    assert record["layers"] == ["net.1", "net.3"] and record["n"] == [16, 12]
+    assert isinstance(record["E"], int)
+    assert record["step"] == 6  # 96 samples / 16 per batch
+
+
+def test_hooks_detached_outside_measurement_and_after_fit(tmp_path):
+    train, val = loaders()
+    model = Classifier(mlp())
+
+    class CheckNoHooksWhileTraining(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            assert all(not m._forward_hooks for m in pl_module.modules())
+
+    make_trainer(tmp_path, [EmergenceCallback(), CheckNoHooksWhileTraining()], max_epochs=2).fit(model, train, val)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_hooks_removed_when_validation_step_raises(tmp_path):
+    train, val = loaders()
+
+    class Exploding(Classifier):
+        def validation_step(self, batch, batch_idx):
+            if self.current_epoch == 1:
+                raise RuntimeError("boom in validation")
+            return super().validation_step(batch, batch_idx)
+
+    model = Exploding(mlp())
+    model.net[0].eval()  # a mode the user chose must survive
+    with pytest.raises(RuntimeError, match="boom in validation"):
+        make_trainer(tmp_path, [EmergenceCallback()], max_epochs=3).fit(model, train, val)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_train_mode_untouched_by_epoch_zero_pass(tmp_path):
+    train, val = loaders()
+    seen = []
+
+    class RecordModes(Callback):
+        def on_train_start(self, trainer, pl_module):
+            seen.append({name: m.training for name, m in pl_module.named_modules()})
+
+    # RecordModes runs after EmergenceCallback's on_train_start, which runs a forward pass in eval mode
+    make_trainer(tmp_path, [EmergenceCallback(), RecordModes()], max_epochs=1).fit(Classifier(mlp()), train, val)
+    assert all(seen[0].values())
+
+
+def test_falls_back_to_training_passes_without_validation(tmp_path):
+    train, _ = loaders()
+    callback = EmergenceCallback()
+    trainer = make_trainer(tmp_path, [callback], max_epochs=2)
+    trainer.fit(Classifier(mlp()), train)
+    assert [r["epoch"] for r in callback.history] == [0, 1, 2]
+    assert callback.history[1]["samples"] == 96
+    assert "emergence/E" in trainer.callback_metrics
+
+
+def test_probe_dataloader(tmp_path):
+    train, val = loaders()
+    probe = DataLoader(loaders(samples=24)[0].dataset, batch_size=8)
+    callback = EmergenceCallback(probe_dataloader=probe)
+    make_trainer(tmp_path, [callback], max_epochs=2).fit(Classifier(mlp()), train, val)
+    assert [r["epoch"] for r in callback.history] == [0, 1, 2]
+    assert all(r["samples"] == 24 for r in callback.history)
+
+
+def test_empty_validation_epoch_gives_no_measurement(tmp_path):
+    train, _ = loaders()
+    empty = DataLoader(torch.utils.data.TensorDataset(torch.zeros(0, 8), torch.zeros(0, dtype=torch.long)))
+    callback = EmergenceCallback()
+    make_trainer(tmp_path, [callback], max_epochs=2).fit(Classifier(mlp()), train, empty)
+    assert [r["epoch"] for r in callback.history] == [0, 1, 2]  # the training passes stand in
+
+
+def test_sanity_check_is_not_measured(tmp_path):
+    train, val = loaders()
+    callback = EmergenceCallback(measure_at_start=False)
+    make_trainer(tmp_path, [callback], max_epochs=1, num_sanity_val_steps=2).fit(Classifier(mlp()), train, val)
+    assert [r["epoch"] for r in callback.history] == [1]
+    assert callback.history[0]["samples"] == 40
+
+
+class DeadNetwork(Classifier):
+    """A ReLU fed by a huge negative bias: every node dead, so E = 0 from the start."""
+
+    def __init__(self):
+        net = mlp(hidden=(6, 4))
+        with torch.no_grad():
+            for layer in (net[0], net[2]):
+                layer.bias.fill_(-100.0)
+        super().__init__(net, lr=0.0)
+
+
+def test_stop_at_zero_with_patience(tmp_path, caplog):
+    train, val = loaders()
+    callback = EmergenceCallback(stop_at_zero=True, patience=1)
+    trainer = make_trainer(tmp_path, [callback], max_epochs=10)
+    with caplog.at_level(logging.INFO):
+        trainer.fit(DeadNetwork(), train, val)
+    # all nodes dead: no active end node, so E = 0; epochs 1 and 2 are zero -> stop after epoch 2
+    assert [r["E"] for r in callback.history] == [0, 0, 0]
+    assert trainer.current_epoch == 2
+    assert "emergence has been 0 for 2 consecutive measurements" in caplog.text
+
+
+def test_early_stopping_on_our_key(tmp_path):
+    # EarlyStopping(stopping_threshold=0) never fires at exactly 0 (strict comparison); a threshold
+    # just above zero does, because E is an integer.
+    train, val = loaders()
+    stopper = EarlyStopping(monitor="emergence/E", mode="min", stopping_threshold=0.5, patience=100)
+    trainer = make_trainer(tmp_path, [EmergenceCallback(), stopper], max_epochs=10)
+    trainer.fit(DeadNetwork(), train, val)
+    assert trainer.current_epoch == 1
+
+
+def test_state_dict_round_trip_continues_history(tmp_path):
+    train, val = loaders()
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    first = EmergenceCallback()
+    trainer = make_trainer(tmp_path, [first, checkpoint], max_epochs=2, enable_checkpointing=True)
+    trainer.fit(Classifier(mlp()), train, val)
+    resumed = EmergenceCallback()
+    trainer = make_trainer(tmp_path, [resumed], max_epochs=4)
+    trainer.fit(Classifier(mlp()), train, val, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert [r["epoch"] for r in resumed.history] == [0, 1, 2, 3, 4]
+    assert resumed.history[:3] == first.history
+    assert resumed.state_key == "EmergenceCallback{'threshold': 0.05, 'statistic': 'mean', 'variant': 'paper', 'prefix': 'emergence'}"
+
+
+def test_tensorboard_histograms_layout_and_hparams(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train, val = loaders()
+    trainer = make_trainer(tmp_path, [EmergenceCallback(log_histograms=True)], max_epochs=1)
+    trainer.fit(Classifier(mlp()), train, val)
+    files = sorted(p for p in (tmp_path / "run").rglob("events.out.tfevents*"))
+    tags = {"histograms": set(), "plugins": set()}
+    for path in files:
+        accumulator = EventAccumulator(str(path), size_guidance={"histograms": 0})
+        accumulator.Reload()
+        tags["histograms"] |= set(accumulator.Tags()["histograms"])
+        tags["plugins"] |= set(accumulator.PluginTagToContent("custom_scalars")) | set(
+            accumulator.PluginTagToContent("hparams")
+        )
+    assert {"emergence/activity/net.1", "emergence/activity/net.3"} <= tags["histograms"]
+    assert "custom_scalars__config__" in tags["plugins"]
+    assert "_hparams_/session_start_info" in tags["plugins"]
+    assert trainer.logger.hparams["emergence/threshold"] == 0.05
+
+
+def test_no_parameters_logs_nan_relative(tmp_path):
+    class Frozen(Classifier):
+        def configure_optimizers(self):
+            return torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+
+        def training_step(self, batch, batch_idx):
+            return self(batch[0]).sum() * 0 + torch.zeros((), requires_grad=True)
+
+    model = Frozen(mlp())
+    model.net.requires_grad_(False)
+    callback = EmergenceCallback()
+    with pytest.warns(UserWarning, match=r"has no trainable parameter: relative emergence is logged as NaN"):
+        make_trainer(tmp_path, [callback], max_epochs=1).fit(model, *loaders())
+    assert math.isnan(callback.history[-1]["relative"])
+
+
+def test_model_without_trackable_layer_fails_in_setup(tmp_path):
+    model = Classifier(nn.Sequential(nn.Linear(8, 3)))
+    with pytest.raises(ValueError, match=r"has no activation module to track.*layers=\["):
+        make_trainer(tmp_path, [EmergenceCallback()], max_epochs=1).fit(model, *loaders())
+
+
+def test_explicit_layers_that_do_not_exist_fail_in_setup(tmp_path):
+    with pytest.raises(ValueError, match=r"don't exist: \['net.9'\]. Some valid names: \['net', 'net.0'"):
+        make_trainer(tmp_path, [EmergenceCallback(layers=["net.9"])], max_epochs=1).fit(
+            Classifier(mlp()), *loaders()
+        )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"threshold": -1}, ValueError, r"`threshold` must be a finite number >= 0, got -1"),
+        ({"threshold": float("inf")}, ValueError, r"`threshold` must be a finite number >= 0, got inf"),
+        ({"statistic": "median"}, ValueError, r"`statistic` must be one of .*'median'"),
+        ({"variant": "exact"}, ValueError, r"`variant` must be one of .*'exact'"),
+        ({"patience": -1}, ValueError, r"`patience` must be an int >= 0, got -1"),
+        ({"prefix": ""}, ValueError, r"`prefix` must be a non-empty string.*got ''"),
+        ({"probe_step": 3}, TypeError, r"`probe_step` must be callable, got 3"),
+    ],
+)
+def test_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        EmergenceCallback(**kwargs)
