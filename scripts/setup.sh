@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Creates .venv/ beside the project and installs it with its test extras. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+# torch goes first and pinned: an unpinned torch makes pip fetch a multi-GB CUDA build. Override
+# TORCH_PACKAGES for another platform (e.g. TORCH_PACKAGES="torch torchvision" with a CPU index).
+if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
+  # shellcheck disable=SC2086
+  .venv/bin/python -m pip install --quiet ${TORCH_PACKAGES:-torch==2.14.1 torchvision==0.29.1}
+fi
+.venv/bin/python -m pip install --quiet -e ".[test]"
