@@ -89,11 +89,13 @@ class _NodeStatistic:
 
     def __init__(self) -> None:
         self.total: Tensor | None = None  # sum (mean), count above threshold (fraction), or max
-        self.nonfinite: Tensor | None = None  # per-node count of NaN/inf values
+        # Plain per-node sum of the outputs: NaN/inf propagate into it, which is how non-finite
+        # nodes are found without an extra pass. For the mean it is `total` itself.
+        self.probe: Tensor | None = None
         self.rows = 0  # samples x positions reduced into each node (a Python int: no sync)
 
     def reset(self) -> None:
-        self.total = self.nonfinite = None
+        self.total = self.probe = None
         self.rows = 0
 
 
@@ -174,8 +176,11 @@ class ActivityTracker:
         if self._handles:
             return self
         # A pass starts with each call of the root module, so reuse is detected per forward.
-        model = self.model
-        self._handles.append(model.register_forward_pre_hook(lambda module, _: module is model and self.start_pass()))
+        def pass_starts(module: nn.Module, args: tuple) -> None:
+            if module is self.model:
+                self.start_pass()
+
+        self._handles.append(self.model.register_forward_pre_hook(pass_starts))
         for name, module, kind in self._targets:
             if kind == "input":
                 hook = self._make_input_hook(name, module)
@@ -268,18 +273,17 @@ class ActivityTracker:
             raise ValueError(f"`node_dim` cannot be the batch dimension 0 (layer {name!r}).")
         reduce_dims = [d for d in range(output.dim()) if d != node_dim]
         dtype = _accumulation_dtype(output.device)
-        finite = torch.isfinite(output)
+        probe = output.sum(reduce_dims, dtype=dtype)
         if self.statistic == "mean":
-            part = torch.where(finite, output, 0).sum(reduce_dims, dtype=dtype)
+            part = probe
         elif self.statistic == "fraction":
             part = (output > self.threshold).sum(reduce_dims, dtype=dtype)
         else:
-            part = torch.where(finite, output, -math.inf).amax(reduce_dims).to(dtype)
-        nonfinite = (~finite).sum(reduce_dims, dtype=dtype)
+            part = output.amax(reduce_dims).to(dtype)
 
         stat = self._stats[name]
-        if stat.total is None:
-            stat.total, stat.nonfinite = part, nonfinite
+        if stat.total is None or stat.probe is None:
+            stat.total, stat.probe = part, probe
         else:
             if stat.total.shape != part.shape:
                 raise ValueError(
@@ -287,7 +291,8 @@ class ActivityTracker:
                     "between batches; set `node_dim` to the dimension that indexes nodes."
                 )
             stat.total = torch.maximum(stat.total, part) if self.statistic == "max" else stat.total + part
-            stat.nonfinite += nonfinite
+            if self.statistic != "mean":
+                stat.probe = stat.probe + probe
         stat.rows += output.numel() // part.numel()
 
     # ---- result --------------------------------------------------------------------------
@@ -320,17 +325,21 @@ class ActivityTracker:
 
         rows = torch.tensor([float(s.rows) for s in stats], device=device, dtype=dtype)
         totals = packed([s.total for s in stats], -math.inf if self.statistic == "max" else 0.0)
-        nonfinite = packed([s.nonfinite for s in stats], 0.0)
         # One collective for everything that adds up, one more for a max statistic.
-        summed_parts = [rows, nonfinite] if self.statistic == "max" else [rows, nonfinite, totals]
+        if self.statistic == "mean":
+            summed_parts = [rows, totals]
+        else:
+            probes = packed([s.probe for s in stats], 0.0)
+            summed_parts = [rows, probes, totals] if self.statistic == "fraction" else [rows, probes]
         summed = torch.cat(summed_parts)
         if reduce is not None:
             summed = reduce(summed, "sum")
             if self.statistic == "max":
                 totals = reduce(totals, "max")
         split = torch.split(summed.cpu(), [part.numel() for part in summed_parts])
-        rows, nonfinite = split[0], split[1]
-        totals = (totals if self.statistic == "max" else split[2]).cpu()
+        rows = split[0]
+        totals = (totals if self.statistic == "max" else split[-1]).cpu()
+        probes = totals if self.statistic == "mean" else split[1]
 
         if not stats or float(rows.max()) == 0:
             return None
@@ -345,7 +354,7 @@ class ActivityTracker:
         offset = 0
         for name, size, row_count in zip(names, sizes_list, rows.tolist()):
             total = totals[offset : offset + size]
-            bad = nonfinite[offset : offset + size] > 0
+            bad = ~torch.isfinite(probes[offset : offset + size])
             offset += size
             activity = total if self.statistic == "max" else total / row_count
             activity = torch.where(bad, torch.full_like(activity, math.nan), activity)

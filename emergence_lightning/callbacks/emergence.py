@@ -329,7 +329,8 @@ class EmergenceCallback(Callback):
                 logger.log_metrics({**metrics, "epoch": 0}, step=trainer.global_step)
         else:
             for key, value in metrics.items():
-                pl_module.log(key, value, on_step=False, on_epoch=True, batch_size=1, sync_dist=False)
+                # Values are equal on every process; syncing keeps them so and silences the DDP warning.
+                pl_module.log(key, value, on_step=False, on_epoch=True, batch_size=1, sync_dist=True)
         if self.log_histograms:
             self._log_histograms(trainer, measurement)
         if self.stop_at_zero and epoch != 0:
