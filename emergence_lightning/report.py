@@ -1,0 +1,485 @@
+"""Figures and a summary table from TensorBoard logs: the paper's plots, with no Lightning needed.
+
+A *run* is a directory holding ``events.out.tfevents*`` files; its name is its path relative to
+the log directory (``version_0/branches/pruned-30``). Runs whose names differ only by a
+``seed-<k>`` path component form a *group*, drawn as the mean with a ±1 std band.
+
+The x axis is epochs of training completed. Lightning logs with every value an ``epoch`` scalar
+that holds the epoch in progress, so a value logged at the end of epoch ``e`` is placed at
+``e + 1``. A measurement taken before an epoch's training (EmergenceCallback's first one, or one
+right after a fork) repeats that epoch's number at an earlier step; such a leading point is placed
+at ``e``. A run that logs no ``epoch`` scalar uses its steps as epochs.
+
+Example::
+
+    result = make_report("lightning_logs/version_0")
+    result.figures["emergence_log"]   # Path of the PNG
+"""
+
+from __future__ import annotations
+
+import bisect
+import csv
+import math
+import os
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from tensorboard.backend.event_processing import event_accumulator
+
+EVENT_GLOB = "events.out.tfevents*"
+SEED_COMPONENT = re.compile(r"seed-\d+")
+TABLE_COLUMNS = ("run", "epochs", "final_val_acc", "best_val_acc", "final_E", "final_relative_E")
+
+# Curves: run (or group) -> series name -> (epochs, values); series names are tags plus derived ones.
+Curve = tuple[np.ndarray, np.ndarray]
+Curves = dict[str, dict[str, Curve]]
+ACC_CHANGE = "train_acc_change"
+
+
+@dataclass(frozen=True)
+class Scalar:
+    """One logged value: the tidy row of a report."""
+
+    run: str
+    tag: str
+    step: int
+    epoch: int | None  # Lightning's `epoch` scalar at this step (or the latest before it); None if none
+    value: float
+
+
+@dataclass
+class ReportResult:
+    """What :func:`make_report` wrote, and the runs it read."""
+
+    out_dir: Path
+    figures: dict[str, Path]  # figure name -> PNG, only for figures whose data exists
+    table_csv: Path
+    table_markdown: Path
+    runs: list[str]
+    groups: dict[str, list[str]] = field(default_factory=dict)  # group -> its runs (seeds merged)
+
+
+def find_runs(log_dir: str | os.PathLike) -> dict[str, Path]:
+    """Every directory under ``log_dir`` (itself included) that holds TensorBoard event files.
+
+    Returns:
+        Run name (path relative to ``log_dir``; ``log_dir``'s own name for itself) -> directory,
+        sorted by name.
+
+    Raises:
+        FileNotFoundError: ``log_dir`` does not exist or holds no event files.
+    """
+    root = Path(log_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"Log directory {str(root)!r} does not exist.")
+    folders = sorted({path.parent for path in root.rglob(EVENT_GLOB) if path.is_file()})
+    if not folders:
+        raise FileNotFoundError(
+            f"No TensorBoard event files ({EVENT_GLOB}) under {str(root)!r}: expected a log directory "
+            "written by Lightning's TensorBoardLogger or a SummaryWriter, such as lightning_logs/version_0."
+        )
+    runs = {}
+    for folder in folders:
+        name = folder.relative_to(root).as_posix()
+        runs[root.resolve().name if name == "." else name] = folder
+    return dict(sorted(runs.items()))
+
+
+def _read_run(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    # size_guidance 0 keeps every value (the default samples 10,000); keep out-of-order steps too.
+    accumulator = event_accumulator.EventAccumulator(
+        str(folder), size_guidance={event_accumulator.SCALARS: 0}, purge_orphaned_data=False
+    )
+    accumulator.Reload()
+    return {
+        tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
+        for tag in accumulator.Tags()[event_accumulator.SCALARS]
+    }
+
+
+def load_scalars(log_dir: str | os.PathLike) -> list[Scalar]:
+    """Every scalar of every run under ``log_dir``, each with the epoch it was logged in.
+
+    Raises:
+        FileNotFoundError: ``log_dir`` does not exist or holds no event files.
+    """
+    rows = []
+    for run, folder in find_runs(log_dir).items():
+        tags = _read_run(folder)
+        epoch_at = dict(sorted(tags.get("epoch", [])))  # step -> epoch; the last write of a step wins
+        steps = list(epoch_at)
+        for tag, events in tags.items():
+            for step, value in events:
+                index = bisect.bisect_right(steps, step) - 1
+                epoch = int(epoch_at[steps[index]]) if index >= 0 else None
+                rows.append(Scalar(run, tag, step, epoch, float(value)))
+    return rows
+
+
+def _epoch_axis(points: list[Scalar], has_epochs: bool) -> Curve:
+    """One tag of one run as (epochs completed, values), ordered by step; see the module docstring."""
+    points = sorted(points, key=lambda p: p.step)
+    if not has_epochs:
+        return np.array([p.step for p in points], float), np.array([p.value for p in points])
+    points = [p for p in points if p.epoch is not None]
+    by_x: dict[float, float] = {}
+    for index, point in enumerate(points):
+        leading = (
+            index == 0 and len(points) > 1 and points[1].epoch == point.epoch and points[1].step > point.step
+        )
+        by_x[point.epoch + (0 if leading else 1)] = point.value  # a repeated x keeps the last value
+    xs = sorted(by_x)
+    return np.array(xs, float), np.array([by_x[x] for x in xs])
+
+
+def _fork_parent(run: str, root_name: str) -> str | None:
+    """For a branch (a run in a ``branches`` folder), the run it forked from: ``a/branches/b`` -> ``a``.
+
+    ``root_name`` is the log directory's name, which is also the name of a run stored right in it.
+    """
+    parts = [root_name, *run.split("/")]
+    if parts[-2] != "branches":
+        return None
+    return "/".join(parts[1:-2]) or root_name
+
+
+def _run_curves(rows: list[Scalar], prefix: str, root_name: str) -> Curves:
+    """Per run: every tag as a curve, plus the change in training accuracy and per-layer active shares."""
+    by_run_tag: dict[str, dict[str, list[Scalar]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        by_run_tag[row.run][row.tag].append(row)
+    curves: Curves = {}
+    for run, tags in by_run_tag.items():
+        has_epochs = "epoch" in tags
+        run_curves = {tag: _epoch_axis(points, has_epochs) for tag, points in tags.items() if tag != "epoch"}
+        layers = [
+            tag.removeprefix(f"{prefix}/active/") for tag in tags if tag.startswith(f"{prefix}/active/")
+        ]
+        for layer in layers:
+            dead = run_curves.get(f"{prefix}/dead/{layer}")
+            if dead is not None:
+                run_curves[f"{prefix}/active_share/{layer}"] = _active_share(
+                    run_curves[f"{prefix}/active/{layer}"], dead
+                )
+        curves[run] = run_curves
+    for run, run_curves in curves.items():
+        if "train_acc" not in run_curves:
+            continue
+        x, y = run_curves["train_acc"]
+        # A branch's first change is taken from its parent's accuracy at the fork: what pruning cost.
+        parent = curves.get(_fork_parent(run, root_name), {})
+        if "train_acc" in parent and len(x):
+            parent_x, parent_y = parent["train_acc"]
+            before = parent_x < x[0]
+            if before.any():
+                x, y = np.r_[parent_x[before][-1], x], np.r_[parent_y[before][-1], y]
+        run_curves[ACC_CHANGE] = (x[1:], np.diff(y))
+    return curves
+
+
+def _active_share(active: Curve, dead: Curve) -> Curve:
+    """active / (active + dead) at the epochs both curves have."""
+    x, in_active, in_dead = np.intersect1d(active[0], dead[0], return_indices=True)
+    a, d = active[1][in_active], dead[1][in_dead]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return x, np.where(a + d > 0, a / (a + d), np.nan)
+
+
+def _group_name(run: str) -> str:
+    parts = [part for part in run.split("/") if not SEED_COMPONENT.fullmatch(part)]
+    return "/".join(parts) or run
+
+
+def _aggregate(curves: Curves, groups: dict[str, list[str]]) -> dict[str, dict[str, tuple[np.ndarray, ...]]]:
+    """Per group and series: (epochs, mean, std, count) over the group's runs at each epoch."""
+    result: dict[str, dict[str, tuple[np.ndarray, ...]]] = {}
+    for group, runs in groups.items():
+        names = sorted({name for run in runs for name in curves[run]})
+        result[group] = {}
+        for name in names:
+            values_at: dict[float, list[float]] = defaultdict(list)
+            for run in runs:
+                for x, y in zip(*curves[run].get(name, ((), ()))):
+                    values_at[x].append(y)
+            if not values_at:
+                continue
+            xs = sorted(values_at)
+            stats = [
+                (np.mean(v), np.std(v, ddof=1) if len(v) > 1 else 0.0, len(v))
+                for v in (values_at[x] for x in xs)
+            ]
+            mean, std, count = (np.array(column, float) for column in zip(*stats))
+            result[group][name] = (np.array(xs, float), mean, std, count)
+    return result
+
+
+def _labels(groups: dict[str, list[str]]) -> dict[str, str]:
+    """Legend labels: group names without the path components they all share (at least one kept)."""
+    parts = {group: group.split("/") for group in groups}
+    shared = 0
+    shortest = min(len(p) for p in parts.values())
+    while shared < shortest - 1 and len({tuple(p[: shared + 1]) for p in parts.values()}) == 1:
+        shared += 1
+    labels = {}
+    for group, runs in groups.items():
+        label = "/".join(parts[group][shared:])
+        labels[group] = f"{label} (mean ± std, {len(runs)} seeds)" if len(runs) > 1 else label
+    return labels
+
+
+def _fork_epoch(rows: list[Scalar], root_name: str) -> int | None:
+    """The first epoch of the branch runs (their path has a ``branches`` folder), or None."""
+    epochs = [
+        row.epoch for row in rows if row.epoch is not None and _fork_parent(row.run, root_name) is not None
+    ]
+    return min(epochs) if epochs else None
+
+
+def _natural_key(name: str) -> list:
+    """Sort ``net.10`` after ``net.2``: layer names in forward order for sequential models."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _plot_mean_std(ax, stats, color, label, linestyle="-", marker="o", band=True) -> None:
+    """A group's mean line, and a ±1 std band when it averages several runs."""
+    x, mean, std, count = stats
+    ax.plot(x, mean, linestyle=linestyle, marker=marker, markersize=3, color=color, label=label)
+    if band and count.max() > 1:
+        ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+
+
+class _Plotter:
+    """Draws the groups' curves with one colour per group across every figure."""
+
+    def __init__(self, aggregated, labels: dict[str, str], fork: int | None, out_dir: Path) -> None:
+        self.aggregated = aggregated
+        self.labels = labels
+        self.fork = fork
+        self.out_dir = out_dir
+        palette = colormaps["tab10" if len(labels) <= 10 else "tab20"]
+        self.colors = {group: palette(index % palette.N) for index, group in enumerate(labels)}
+
+    def has(self, series: str) -> bool:
+        return any(series in by_series for by_series in self.aggregated.values())
+
+    def minimum(self, series: str) -> float:
+        return min(
+            by_series[series][1].min() for by_series in self.aggregated.values() if series in by_series
+        )
+
+    def draw(
+        self, ax, series: str, linestyle: str = "-", marker: str = "o", label: bool = True, band: bool = True
+    ) -> None:
+        for group, by_series in self.aggregated.items():
+            if series in by_series:
+                label_text = self.labels[group] if label else None
+                _plot_mean_std(ax, by_series[series], self.colors[group], label_text, linestyle, marker, band)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+    def mark_fork(self, ax) -> None:
+        if self.fork is not None:
+            ax.axvline(
+                self.fork, color="0.4", linestyle=":", linewidth=1.2, label=f"fork (epoch {self.fork})"
+            )
+
+    def save(self, fig: Figure, name: str, axes, title: str) -> Path:
+        axes[0].set_title(title)
+        handles, labels = [], []
+        for ax in axes:
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                if label not in labels:
+                    handles.append(handle)
+                    labels.append(label)
+        # Outside the axes, so no curve hides behind it; bbox_inches="tight" keeps it in the image.
+        anchor = (1.12 if len(axes) > 1 else 1.02, 1)  # clear of a twin axis's tick labels
+        axes[-1].legend(
+            handles, labels, loc="upper left", bbox_to_anchor=anchor, fontsize="small", frameon=False
+        )
+        axes[0].grid(True, alpha=0.3)  # one grid: a twin axis's own grid would not line up
+        path = self.out_dir / f"{name}.png"
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        return path
+
+    def single(self, name: str, series: str, ylabel: str, title: str, yscale: str | None = None) -> Path:
+        fig = Figure(figsize=(8, 4.5))
+        ax = fig.add_subplot()
+        self.draw(ax, series)
+        self.mark_fork(ax)
+        if yscale == "log":
+            if self.minimum(series) > 0:
+                ax.set_yscale("log")
+            else:
+                # Linear below 1, logarithmic above: E is an integer, so E = 0 stays on the plot.
+                ax.set_yscale("symlog", linthresh=1, linscale=0.5)
+                ax.set_ylim(bottom=0)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        return self.save(fig, name, [ax], title)
+
+    def emergence_and_accuracy_change(self, e_series: str) -> Path:
+        fig = Figure(figsize=(8, 4.5))
+        ax = fig.add_subplot()
+        right = ax.twinx()
+        self.draw(ax, e_series)
+        # Bands only for E: two sets of bands on two axes would hide each other.
+        self.draw(right, ACC_CHANGE, linestyle="--", marker="x", label=False, band=False)
+        self.mark_fork(ax)
+        right.axhline(0, color="0.7", linewidth=0.8)
+        # Two legend entries explain the line styles; colours name the runs.
+        ax.plot([], [], color="0.3", linestyle="-", marker="o", markersize=3, label="E (left axis)")
+        ax.plot([], [], color="0.3", linestyle="--", marker="x", label="Δ training accuracy (right axis)")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("emergence E")
+        right.set_ylabel("change in training accuracy")
+        return self.save(
+            fig, "emergence_and_accuracy_change", [ax, right], "Emergence and change in training accuracy"
+        )
+
+    def active_shares(self, prefix: str) -> Path:
+        share_prefix = f"{prefix}/active_share/"
+        panels = {
+            group: sorted((name for name in by_series if name.startswith(share_prefix)), key=_natural_key)
+            for group, by_series in self.aggregated.items()
+        }
+        panels = {group: layers for group, layers in panels.items() if layers}
+        columns = min(3, len(panels))
+        rows = math.ceil(len(panels) / columns)
+        fig = Figure(figsize=(max(6.0, 4.2 * columns), 3.4 * rows + 0.4), layout="constrained")
+        # Shared axes put every run on the same epoch scale, so branches line up with their parent.
+        axes = fig.subplots(rows, columns, sharex=True, sharey=True, squeeze=False).flatten()
+        for ax, (group, layers) in zip(axes, panels.items()):
+            for index, series in enumerate(layers):
+                color = colormaps["tab10"](index % 10)
+                _plot_mean_std(ax, self.aggregated[group][series], color, series.removeprefix(share_prefix))
+            self.mark_fork(ax)
+            ax.set_ylim(-0.02, 1.02)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.tick_params(labelbottom=True)  # sharex hides them above a row that may be missing
+            ax.set_title(self.labels[group], fontsize="medium")
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("active / (active + dead)")
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize="x-small", title="layer", title_fontsize="x-small")
+        for ax in axes[len(panels) :]:
+            ax.set_visible(False)
+        fig.suptitle("Share of active nodes per layer")
+        path = self.out_dir / "active_fraction_per_layer.png"
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        return path
+
+
+def _final(curve: Curve | None) -> float | None:
+    return float(curve[1][-1]) if curve is not None and len(curve[0]) else None
+
+
+def _summary(curves: Curves, prefix: str) -> list[dict[str, object]]:
+    table = []
+    for run, by_series in sorted(curves.items()):
+        val_acc = by_series.get("val_acc")
+        last_epochs = [x[-1] for x, _ in by_series.values() if len(x)]
+        epochs = max(last_epochs) if last_epochs else None
+        table.append({
+            "run": run,
+            "epochs": int(epochs) if epochs is not None and float(epochs).is_integer() else epochs,
+            "final_val_acc": _final(val_acc),
+            "best_val_acc": float(val_acc[1].max()) if val_acc is not None and len(val_acc[1]) else None,
+            "final_E": _final(by_series.get(f"{prefix}/E")),
+            "final_relative_E": _final(by_series.get(f"{prefix}/relative")),
+        })  # fmt: skip
+    return table
+
+
+def _write_tables(table: list[dict[str, object]], out_dir: Path) -> tuple[Path, Path]:
+    csv_path, md_path = out_dir / "summary.csv", out_dir / "summary.md"
+    with open(csv_path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=TABLE_COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in table)
+    formats = {
+        "final_val_acc": "{:.4f}",
+        "best_val_acc": "{:.4f}",
+        "final_E": "{:.6g}",
+        "final_relative_E": "{:.4g}",
+    }
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    for row in table:
+        cells = ["–" if row[c] is None else formats.get(c, "{}").format(row[c]) for c in TABLE_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    md_path.write_text("\n".join(lines) + "\n")
+    return csv_path, md_path
+
+
+def make_report(
+    log_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, prefix: str = "emergence"
+) -> ReportResult:
+    """Read every run under ``log_dir`` and write the paper's figures and a summary table.
+
+    Figures (PNG; one is left out when no run logged its data): ``emergence_and_accuracy_change``
+    (E and the epoch-to-epoch change in ``train_acc``), ``relative_emergence``, ``emergence_log``
+    (E on a log axis), ``train_accuracy`` and ``active_fraction_per_layer`` (one panel per run).
+    Runs are overlaid; when run names contain a ``branches`` folder, a dotted line marks the fork
+    epoch (the first epoch of the branch runs). The table ``summary.csv`` / ``summary.md`` gives,
+    per run: epochs reached, final and best ``val_acc``, final E and final relative E (TensorBoard
+    stores values as float32, so a large E is rounded).
+
+    Args:
+        log_dir: a directory of TensorBoard runs, e.g. ``lightning_logs/version_0``.
+        out_dir: where to write; defaults to ``<log_dir>/report``.
+        prefix: the prefix of EmergenceCallback's keys.
+
+    Returns:
+        The paths written, the runs read and the seed groups.
+
+    Raises:
+        FileNotFoundError: ``log_dir`` does not exist or holds no event files.
+        ValueError: the event files hold no scalars.
+    """
+    if not isinstance(prefix, str) or not prefix or prefix.endswith("/"):
+        raise ValueError(f"`prefix` must be a non-empty string not ending in '/', got {prefix!r}.")
+    log_dir = Path(log_dir)
+    rows = load_scalars(log_dir)
+    if not rows:
+        raise ValueError(f"The event files under {str(log_dir)!r} hold no scalars: nothing to plot.")
+    out = Path(out_dir) if out_dir is not None else log_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+
+    root_name = log_dir.resolve().name
+    curves = _run_curves(rows, prefix, root_name)
+    runs = sorted(curves)
+    groups: dict[str, list[str]] = defaultdict(list)
+    for run in runs:
+        groups[_group_name(run)].append(run)
+    groups = dict(groups)
+    plotter = _Plotter(_aggregate(curves, groups), _labels(groups), _fork_epoch(rows, root_name), out)
+
+    figures = {}
+    e_series = f"{prefix}/E"
+    if plotter.has(e_series):
+        figures["emergence_and_accuracy_change"] = plotter.emergence_and_accuracy_change(e_series)
+    if plotter.has(f"{prefix}/relative"):
+        figures["relative_emergence"] = plotter.single(
+            "relative_emergence",
+            f"{prefix}/relative",
+            "relative emergence E / free parameters",
+            "Relative emergence",
+        )
+    if plotter.has(e_series):
+        figures["emergence_log"] = plotter.single(
+            "emergence_log", e_series, "emergence E (log scale)", "Emergence", yscale="log"
+        )
+    if plotter.has("train_acc"):
+        figures["train_accuracy"] = plotter.single(
+            "train_accuracy", "train_acc", "training accuracy", "Training accuracy"
+        )
+    if any(name.startswith(f"{prefix}/active_share/") for by_series in curves.values() for name in by_series):
+        figures["active_fraction_per_layer"] = plotter.active_shares(prefix)
+
+    table_csv, table_markdown = _write_tables(_summary(curves, prefix), out)
+    return ReportResult(out, figures, table_csv, table_markdown, runs, groups)
