@@ -406,7 +406,8 @@ def check_tracking_arguments(
             raise ValueError(f"`layers` names a module twice: {list(layers)!r}.")
 
 
-def _parametrised_leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def parametrised_leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Leaf modules that own parameters, in definition order: where the input and logits are read."""
     return [
         (name, module)
         for name, module in model.named_modules()
@@ -442,7 +443,7 @@ def resolve_layers(
             raise ValueError(f"`layers` names modules that don't exist: {unknown}. Some valid names: {valid}.")
         names = list(layers)
     targets = [(name, modules[name], "output") for name in names]
-    leaves = _parametrised_leaves(model)
+    leaves = parametrised_leaves(model)
     if (include_input or include_output) and not leaves:
         raise ValueError(
             "`include_input`/`include_output` need a module with parameters (Linear, Conv, ...); "

@@ -24,12 +24,10 @@ from torch.nn.utils import prune
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 
+from emergence_lightning.activity import INPUT_LAYER, OUTPUT_LAYER, parametrised_leaves
+
 VARIANTS = ("paper", "induced")
 
-# Pseudo layer names shared with ``activity.py``: the input of the first parametrised leaf module
-# (the data) and the output of the last one (the logits), both in definition order.
-INPUT_LAYER = "<input>"
-OUTPUT_LAYER = "<output>"
 
 _DENSE_WAY_OUT = (
     "Way out: name the tracked layers explicitly with modules that `torch.fx` can see, replace the "
@@ -425,11 +423,7 @@ def build_edges(
         return {}
 
     # The pseudo layers resolve as in activity.py: the first and last parametrised leaf modules.
-    leaves = [
-        name
-        for name, module in modules.items()
-        if name and not list(module.children()) and any(True for _ in module.parameters(recurse=False))
-    ]
+    leaves = [name for name, _ in parametrised_leaves(model)]
     pseudo = {INPUT_LAYER: leaves[0] if leaves else None, OUTPUT_LAYER: leaves[-1] if leaves else None}
     for name in (INPUT_LAYER, OUTPUT_LAYER):
         if name in names and pseudo[name] is None:

@@ -306,3 +306,49 @@ def test_explicit_layers_that_do_not_exist_fail_in_setup(tmp_path):
 def test_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         EmergenceCallback(**kwargs)
+
+
+def test_weights_connectivity_logs_path_count_beside_dense(tmp_path):
+    from torch.nn.utils import prune
+
+    train, val = loaders()
+    net = mlp(hidden=(16, 12, 10))
+    with torch.no_grad():
+        net[0].bias[:6] = -5.0  # dead nodes in the first layer
+    dense_model = Classifier(copy.deepcopy(net), lr=0.0)
+    pruned_model = Classifier(copy.deepcopy(net), lr=0.0)
+    prune.l1_unstructured(pruned_model.net[2], "weight", amount=0.9)  # most edges 16 -> 12 gone
+    results = {}
+    for name, model in (("dense", dense_model), ("pruned", pruned_model)):
+        callback = EmergenceCallback(connectivity="weights")
+        trainer = make_trainer(tmp_path / name, [callback], max_epochs=1)
+        trainer.fit(model, train, val)
+        results[name] = callback.history[-1]
+        scalars = read_scalars(trainer.logger.log_dir)
+        assert scalars["emergence/E_path"][-1][1] == pytest.approx(float(callback.history[-1]["E_path"]))
+    assert results["dense"]["E_path"] == results["dense"]["E"] > 0
+    # the dense formula counts edges that pruning removed; the path count does not
+    assert results["pruned"]["E_path"] < results["pruned"]["E"]
+
+
+def test_weights_connectivity_on_untraceable_model_warns_and_keeps_dense(tmp_path):
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.act, self.out = nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3)
+
+        def forward(self, x):
+            h = self.act(self.fc(x))
+            if h.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it
+                h = h * 1.0
+            return self.out(h)
+
+    callback = EmergenceCallback(connectivity="weights")
+    with pytest.warns(UserWarning, match=r"connectivity='weights'.*Logging the dense E only"):
+        make_trainer(tmp_path, [callback], max_epochs=1).fit(Classifier(Branchy()), *loaders())
+    assert callback.history[-1]["E_path"] is None and isinstance(callback.history[-1]["E"], int)
+
+
+def test_bad_connectivity():
+    with pytest.raises(ValueError, match=r"`connectivity` must be one of \('dense', 'weights'\), got 'sparse'"):
+        EmergenceCallback(connectivity="sparse")

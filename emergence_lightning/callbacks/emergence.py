@@ -16,23 +16,33 @@ from torch.utils.data import DistributedSampler
 from typing_extensions import override
 
 from emergence_lightning.activity import ActivityTracker, Measurement, check_tracking_arguments
+from emergence_lightning.connectivity import ConnectivityError, build_edges, path_emergence
 from emergence_lightning.functional import VARIANTS, emergence, log10_emergence, relative_emergence
 from emergence_lightning.pruning import count_parameters
 
 # probe_step(pl_module, batch) runs one forward pass for the measurements the callback drives itself.
 ProbeStep = Callable[["pl.LightningModule", Any], Any]
+CONNECTIVITIES = ("dense", "weights")
+
+
+def batch_input(batch: Any) -> Tensor | None:
+    """The model input of a batch: the batch itself if a tensor, else ``batch[0]``; None if neither."""
+    if isinstance(batch, Tensor):
+        return batch
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+        return batch[0]
+    return None
 
 
 def default_probe_step(pl_module: pl.LightningModule, batch: Any) -> Any:
     """Calls the model on the batch's input: ``batch[0]`` of a tuple/list, the batch itself if a tensor."""
-    if isinstance(batch, Tensor):
-        return pl_module(batch)
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
-        return pl_module(batch[0])
-    raise TypeError(
-        f"EmergenceCallback cannot find the input in a batch of type {type(batch).__name__}; pass "
-        "`probe_step=lambda module, batch: module(batch['x'])` (or whatever feeds your model)."
-    )
+    inputs = batch_input(batch)
+    if inputs is None:
+        raise TypeError(
+            f"EmergenceCallback cannot find the input in a batch of type {type(batch).__name__}; pass "
+            "`probe_step=lambda module, batch: module(batch['x'])` (or whatever feeds your model)."
+        )
+    return pl_module(inputs)
 
 
 def zero_streak(history: Sequence[dict[str, Any]]) -> int:
@@ -78,6 +88,9 @@ class EmergenceCallback(Callback):
         patience: measurements with E = 0 to tolerate before stopping.
         log_histograms: also log each layer's per-node activity as a TensorBoard histogram.
         prefix: the logged keys start with ``f"{prefix}/"``.
+        connectivity: ``"dense"`` (the paper's formula) or ``"weights"``, which also counts the
+            paths on the graph the weights define (pruned weights are no edge, residual skips
+            are) and logs it as ``emergence/E_path``; see ``docs/connectivity.md``.
     """
 
     def __init__(
@@ -97,6 +110,7 @@ class EmergenceCallback(Callback):
         patience: int = 0,
         log_histograms: bool = False,
         prefix: str = "emergence",
+        connectivity: str = "dense",
     ) -> None:
         check_tracking_arguments(threshold, statistic, min_firing_rate, node_dim, layers)
         if variant not in VARIANTS:
@@ -105,6 +119,8 @@ class EmergenceCallback(Callback):
             raise ValueError(f"`patience` must be an int >= 0, got {patience!r}.")
         if not isinstance(prefix, str) or not prefix or prefix.endswith("/"):
             raise ValueError(f"`prefix` must be a non-empty string not ending in '/', got {prefix!r}.")
+        if connectivity not in CONNECTIVITIES:
+            raise ValueError(f"`connectivity` must be one of {CONNECTIVITIES}, got {connectivity!r}.")
         if probe_step is not None and not callable(probe_step):
             raise TypeError(f"`probe_step` must be callable, got {probe_step!r}.")
         self.threshold = float(threshold)
@@ -122,11 +138,14 @@ class EmergenceCallback(Callback):
         self.patience = patience
         self.log_histograms = log_histograms
         self.prefix = prefix
+        self.connectivity = connectivity
         #: One record per measurement: epoch, step, layers, n, a, E (exact int), relative, ...
         self.history: list[dict[str, Any]] = []
         self.tracker: ActivityTracker | None = None
         self._source: str | None = None  # "validation", "train" or "probe"
         self._window_open = False
+        self._example_input: Tensor | None = None  # two rows of a batch, to trace the weight graph
+        self._untraceable = False
 
     @property
     @override
@@ -146,6 +165,7 @@ class EmergenceCallback(Callback):
             "include_input": self.include_input,
             "include_output": self.include_output,
             "source": str(self._source),
+            "connectivity": self.connectivity,
             "stop_at_zero": self.stop_at_zero,
             "patience": self.patience,
         }
@@ -207,6 +227,7 @@ class EmergenceCallback(Callback):
     ) -> None:
         if self._window_open and self.tracker is not None:
             self.tracker.start_pass()
+            self._remember_input(batch)
             # Only the first validation dataloader is measured, so every epoch sees the same data.
             self.tracker.enabled = dataloader_idx == 0
 
@@ -229,6 +250,7 @@ class EmergenceCallback(Callback):
     ) -> None:
         if self._window_open and self.tracker is not None:
             self.tracker.start_pass()
+            self._remember_input(batch)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -288,6 +310,7 @@ class EmergenceCallback(Callback):
                 for batch in batches:
                     batch = trainer.strategy.batch_to_device(batch)
                     self.tracker.start_pass()
+                    self._remember_input(batch)
                     self.probe_step(pl_module, batch)
         except BaseException:
             self._close_window()
@@ -321,6 +344,11 @@ class EmergenceCallback(Callback):
             "parameters": parameters,
             "samples": measurement.samples,
         }
+        if self.connectivity == "weights":
+            E_path = self._path_emergence(pl_module, measurement)
+            record["E_path"] = E_path
+            if E_path is not None:
+                record["relative_path"] = relative_emergence(E_path, parameters) if parameters else math.nan
         self.history.append(record)
         metrics = self._metrics(record)
         if through_loggers:
@@ -336,15 +364,37 @@ class EmergenceCallback(Callback):
         if self.stop_at_zero and epoch != 0:
             self._maybe_stop(trainer)
 
+    def _remember_input(self, batch: Any) -> None:
+        if self.connectivity == "weights" and self._example_input is None:
+            inputs = batch_input(batch)
+            if inputs is not None:
+                self._example_input = inputs[:2].detach().clone()
+
+    def _path_emergence(self, pl_module: pl.LightningModule, measurement: Measurement) -> int | None:
+        """E on the weights' real graph, or None (with one warning) when the model can't be traced."""
+        if self._example_input is None or self._untraceable:
+            return None
+        try:
+            edges = build_edges(pl_module, measurement.names, self._example_input)
+        except ConnectivityError as error:
+            rank_zero_warn(f"EmergenceCallback(connectivity='weights'): {error} Logging the dense E only.")
+            self._untraceable = True
+            return None
+        return path_emergence(edges, [layer.active for layer in measurement.layers], self.variant)
+
     def _metrics(self, record: dict[str, Any]) -> dict[str, float]:
         p = self.prefix
         metrics = {
-            f"{p}/E": float(record["E"]) if record["E"] < 2**1023 else math.inf,
+            f"{p}/E": _as_float(record["E"]),
             f"{p}/relative": record["relative"],
             f"{p}/log10_E": record["log10_E"],
             f"{p}/active_fraction": record["active_fraction"],
             f"{p}/epoch": float(record["epoch"]),
         }
+        if record.get("E_path") is not None:
+            metrics[f"{p}/E_path"] = _as_float(record["E_path"])
+            metrics[f"{p}/log10_E_path"] = log10_emergence(record["E_path"])
+            metrics[f"{p}/relative_path"] = record["relative_path"]
         for name, n, a in zip(record["layers"], record["n"], record["a"]):
             metrics[f"{p}/active/{name}"] = float(a)
             metrics[f"{p}/dead/{name}"] = float(n - a)
@@ -397,6 +447,10 @@ class EmergenceCallback(Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = [dict(record) for record in state_dict.get("history", [])]
+
+
+def _as_float(E: int) -> float:
+    return float(E) if E < 2**1023 else math.inf
 
 
 def _first(loaders: Any) -> Any:
