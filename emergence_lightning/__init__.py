@@ -1,7 +1,12 @@
-"""Measure emergence while a PyTorch Lightning model trains."""
+"""Measure emergence while a PyTorch Lightning model trains.
 
-from emergence_lightning.activity import ActivityTracker, measure
+Data modules, the paper's models, experiments and reports live in the submodules
+``emergence_lightning.data``, ``.models``, ``.experiments`` and ``.report``.
+"""
+
+from emergence_lightning.activity import ActivityTracker, Measurement, SharedModuleError, measure
 from emergence_lightning.callbacks import EmergenceCallback
+from emergence_lightning.connectivity import ConnectivityError, build_edges, path_emergence
 from emergence_lightning.functional import emergence, log10_emergence, relative_emergence
 from emergence_lightning.pruning import count_parameters
 
@@ -12,6 +17,11 @@ __all__ = [
     "log10_emergence",
     "count_parameters",
     "ActivityTracker",
+    "Measurement",
+    "SharedModuleError",
     "measure",
+    "path_emergence",
+    "build_edges",
+    "ConnectivityError",
 ]
 __version__ = "0.1.0"
