@@ -139,6 +139,9 @@ class EmergenceCallback(Callback):
         self.log_histograms = log_histograms
         self.prefix = prefix
         self.connectivity = connectivity
+        self._state_key = self._generate_state_key(
+            threshold=self.threshold, statistic=statistic, variant=variant, prefix=prefix
+        )
         #: One record per measurement: epoch, step, layers, n, a, E (exact int), relative, ...
         self.history: list[dict[str, Any]] = []
         self.tracker: ActivityTracker | None = None
@@ -150,9 +153,8 @@ class EmergenceCallback(Callback):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(
-            threshold=self.threshold, statistic=self.statistic, variant=self.variant, prefix=self.prefix
-        )
+        # Lightning reads this on every hook call (thousands per epoch): build the string once.
+        return self._state_key
 
     @property
     def settings(self) -> dict[str, Any]:
