@@ -1,0 +1,167 @@
+"""The ``emergence-lightning`` command: ``demo``, ``reproduce <experiment>`` and ``report <log_dir>``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+EXPERIMENT_NAMES = ("mlp-prune", "transfer", "cnn")
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"widths must be comma-separated integers, got {text!r}") from None
+    if not widths or any(w <= 0 for w in widths):
+        raise argparse.ArgumentTypeError(f"widths must be positive integers, got {text!r}")
+    return widths
+
+
+def _amounts(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"amounts must be comma-separated numbers, got {text!r}") from None
+
+
+def _writable_dir(path: str) -> Path:
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise SystemExit(f"error: the log directory {str(folder)!r} can't be written: {error.strerror}.") from None
+    return folder
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emergence-lightning", description="Measure emergence while networks train.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="a one-minute offline demo: MLP on 5,000 MNIST digits, pruned branches")
+    demo.add_argument("--log-dir", default="runs", help="where runs, figures and the summary go (default: runs)")
+    demo.add_argument("--epochs-before", type=int, default=5, help="epochs before the fork (default: 5, the paper's)")
+    demo.add_argument("--epochs-after", type=int, default=10, help="epochs of every branch (default: 10)")
+    demo.add_argument("--no-progress", action="store_true", help="hide Lightning's progress bar")
+    demo.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+
+    reproduce = commands.add_parser("reproduce", help="one of the paper's experiments on real data")
+    reproduce.add_argument("experiment", choices=EXPERIMENT_NAMES)
+    reproduce.add_argument("--dataset", default=None, help="mnist5k, mnist, fashion-mnist or cifar10")
+    reproduce.add_argument("--data-dir", default="data", help="datasets in torchvision's layout (default: data)")
+    reproduce.add_argument("--log-dir", default="runs")
+    reproduce.add_argument("--epochs-before", type=int, default=5, help="epochs before the fork (paper: 5)")
+    reproduce.add_argument("--epochs-after", type=int, default=15, help="epochs after the fork")
+    reproduce.add_argument("--max-epochs", type=int, default=30, help="cnn: upper bound; it stops at E = 0")
+    reproduce.add_argument("--hidden", type=_widths, default=(128, 64), help="MLP widths, e.g. 128,64")
+    reproduce.add_argument("--channels", type=_widths, default=(16, 32), help="CNN channels, e.g. 16,32")
+    reproduce.add_argument("--amounts", type=_amounts, default=(0.3, 0.5, 0.7), help="pruning amounts")
+    reproduce.add_argument("--lr", type=float, default=0.005, help="SGD learning rate (paper: 0.005)")
+    reproduce.add_argument("--batch-size", type=int, default=32)
+    reproduce.add_argument("--threshold", type=float, default=0.05, help="activity threshold (paper: 0.05)")
+    reproduce.add_argument("--seeds", type=int, default=1, help="repeat with seeds 0..N-1; figures show mean ± std")
+    reproduce.add_argument("--accelerator", default="auto")
+    reproduce.add_argument("--no-progress", action="store_true")
+    reproduce.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+
+    prepare = commands.add_parser(
+        "prepare-fashion-mnist", help="lay out Debian's dataset-fashion-mnist files for torchvision"
+    )
+    prepare.add_argument("--data-dir", default="data")
+    prepare.add_argument("--source", default="/usr/share/datasets/fashion-mnist")
+
+    report = commands.add_parser("report", help="figures and a table from any run's TensorBoard logs")
+    report.add_argument("log_dir")
+    report.add_argument("--out", default=None, help="output folder (default: <log_dir>/report)")
+    return parser
+
+
+def _print_report(log_dir: Path, out: str | None = None) -> None:
+    from emergence_lightning.report import make_report
+
+    result = make_report(log_dir, out)
+    print(f"\nFigures and summary in {result.out_dir}:")
+    for path in sorted(result.figures.values()):
+        print(f"  {path}")
+    print(f"  {result.table_markdown}\n  {result.table_csv}\n")
+    print(Path(result.table_markdown).read_text())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "prepare-fashion-mnist":
+        from emergence_lightning.data import prepare_debian_fashion_mnist
+
+        try:
+            folder = prepare_debian_fashion_mnist(args.data_dir, source=args.source)
+        except FileNotFoundError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        print(f"Fashion-MNIST ready in {folder}")
+        return 0
+    if args.command == "report":
+        try:
+            _print_report(Path(args.log_dir), args.out)
+        except (FileNotFoundError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        return 0
+
+    import torch
+
+    from emergence_lightning import experiments
+
+    log_dir = _writable_dir(args.log_dir)
+    if args.threads < 1:
+        print(f"error: `--threads` must be >= 1, got {args.threads}.", file=sys.stderr)
+        return 2
+    # The paper's small models step fastest on one thread; several threads also collapse when
+    # another process shares the cores (OpenMP spin-waits), which made the demo 20x slower.
+    torch.set_num_threads(args.threads)
+    try:
+        if args.command == "demo":
+            settings = experiments.demo_settings(
+                log_dir=str(log_dir),
+                epochs_before=args.epochs_before,
+                epochs_after=args.epochs_after,
+                progress_bar=not args.no_progress,
+            )
+            name = "mlp-prune"
+        else:
+            dataset = args.dataset or {"cnn": "cifar10", "transfer": "mnist"}.get(args.experiment, "fashion-mnist")
+            settings = experiments.Settings(
+                dataset=dataset,
+                data_dir=args.data_dir,
+                log_dir=str(log_dir),
+                epochs_before=args.epochs_before,
+                epochs_after=args.epochs_after,
+                max_epochs=args.max_epochs,
+                hidden=args.hidden,
+                channels=args.channels,
+                amounts=args.amounts,
+                lr=args.lr,
+                batch_size=args.batch_size,
+                threshold=args.threshold,
+                seeds=args.seeds,
+                accelerator=args.accelerator,
+                progress_bar=not args.no_progress,
+            )
+            name = args.experiment
+        start = time.perf_counter()
+        root = experiments.run_experiment(name, settings)
+        print(f"\n{name} finished in {time.perf_counter() - start:.1f} s; logs in {root}")
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    _print_report(root)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

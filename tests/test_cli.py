@@ -1,0 +1,72 @@
+import os
+
+import matplotlib.image
+import pytest
+
+from emergence_lightning.cli import main
+
+
+@pytest.mark.slow
+def test_demo_path_runs_end_to_end(tmp_path, capsys):
+    # the README's demo with the shortest schedule: fork after 1 epoch, 1 epoch per branch
+    code = main(["demo", "--log-dir", str(tmp_path), "--epochs-before", "1", "--epochs-after", "1", "--no-progress"])
+    assert code == 0
+    out = capsys.readouterr().out
+    root = tmp_path / "mlp-prune" / "seed-0"
+    for branch in ("control", "pruned-30", "pruned-50", "pruned-70"):
+        assert list((root / "branches" / branch).rglob("events.out.tfevents*")), branch
+    assert (root / "branches" / "summary.csv").exists()
+    report = tmp_path / "mlp-prune" / "report"
+    figures = sorted(report.glob("*.png"))
+    assert len(figures) >= 4
+    for figure in figures:
+        image = matplotlib.image.imread(figure)
+        assert image.shape[0] > 200 and image.shape[1] > 300
+        assert image[..., :3].std() > 0.01  # not blank
+    assert "Figures and summary in" in out and "pruned-70" in out
+
+
+def test_unknown_experiment_lists_valid_ones(capsys):
+    with pytest.raises(SystemExit):
+        main(["reproduce", "resnet"])
+    assert "invalid choice: 'resnet' (choose from 'mlp-prune', 'transfer', 'cnn')" in capsys.readouterr().err
+
+
+def test_missing_data_files_say_which_and_where(tmp_path, capsys):
+    code = main(["reproduce", "mlp-prune", "--dataset", "mnist", "--data-dir", str(tmp_path / "nowhere"),
+                 "--log-dir", str(tmp_path / "runs"), "--no-progress"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "train-images-idx3-ubyte" in err and str(tmp_path / "nowhere") in err
+
+
+def test_widths_must_be_positive(capsys):
+    with pytest.raises(SystemExit):
+        main(["reproduce", "mlp-prune", "--hidden", "128,0"])
+    assert "widths must be positive integers, got '128,0'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_log_dir(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    with pytest.raises(SystemExit, match=r"can't be written"):
+        main(["demo", "--log-dir", str(locked / "runs")])
+
+
+def test_unwritable_log_dir_under_a_file(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SystemExit, match=r"the log directory .*file/runs' can't be written"):
+        main(["demo", "--log-dir", str(blocker / "runs")])
+
+
+def test_report_on_folder_without_event_files(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "events.out.tfevents" in capsys.readouterr().err
+
+
+def test_prepare_fashion_mnist_without_debian_files(tmp_path, capsys):
+    assert main(["prepare-fashion-mnist", "--data-dir", str(tmp_path), "--source", str(tmp_path / "none")]) == 2
+    assert "apt-get install -y dataset-fashion-mnist" in capsys.readouterr().err
