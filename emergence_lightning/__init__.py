@@ -5,13 +5,14 @@ Data modules, the paper's models, experiments and reports live in the submodules
 """
 
 from emergence_lightning.activity import ActivityTracker, Measurement, SharedModuleError, measure
-from emergence_lightning.callbacks import EmergenceCallback
+from emergence_lightning.callbacks import EmergenceCallback, PruneAndBranchCallback
 from emergence_lightning.connectivity import ConnectivityError, build_edges, path_emergence
 from emergence_lightning.functional import emergence, log10_emergence, relative_emergence
 from emergence_lightning.pruning import count_parameters
 
 __all__ = [
     "EmergenceCallback",
+    "PruneAndBranchCallback",
     "emergence",
     "relative_emergence",
     "log10_emergence",
