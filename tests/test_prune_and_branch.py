@@ -412,6 +412,22 @@ def test_a_failing_branch_is_recorded_and_the_others_run(tmp_path, fragile):
     assert "pruned-70 failed: RuntimeError: boom with" in callback.summary_table()
 
 
+class NamedWeights(Classifier):
+    """Hands the optimizer `layer.weight` tensors by name: pruning replaces them by `weight_orig`."""
+
+    def configure_optimizers(self):
+        return torch.optim.SGD([self.net[0].weight, self.net[0].bias], lr=self.lr)
+
+
+def test_optimizing_a_pruned_weight_by_name_fails_the_branch_clearly(tmp_path):
+    callback = PruneAndBranchCallback(branch_epoch=1, amounts=(0.5,), verbose=False)
+    with pytest.warns(
+        UserWarning, match=r"branch 'pruned-50' failed: RuntimeError: `configure_optimizers` hands"
+    ):
+        fit(tmp_path, callback, model=NamedWeights(mlp(), lr=0.1), max_epochs=2)
+    assert [r["status"] for r in callback.results] == ["finished", "failed"]
+
+
 def test_rerun_skips_finished_branches_and_reruns_failed_ones(tmp_path, fragile):
     first = PruneAndBranchCallback(branch_epoch=1, amounts=(0.5, 0.7), verbose=False)
     with pytest.warns(UserWarning, match="failed"):

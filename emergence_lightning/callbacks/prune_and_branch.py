@@ -789,6 +789,7 @@ class _BranchRecorder(Callback):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.train_started = time.perf_counter()
+        _check_optimized_tensors(trainer, pl_module)
         if self.owner.fast_masks and not any(isinstance(cb, ModelPruning) for cb in trainer.callbacks):
             masked = MaskedTraining(pl_module)
             if masked.tensors:
@@ -1017,6 +1018,19 @@ def _measure_at_fork(
         logger.log_metrics({**metrics, "epoch": epoch}, step=trainer.global_step)
     if callback.log_histograms:
         callback._log_histograms(trainer, measurement)
+
+
+def _check_optimized_tensors(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    """A pruned ``weight`` is recomputed from ``weight_orig`` every pass: optimizing it trains nothing."""
+    parameters = {id(parameter) for parameter in pl_module.parameters()}
+    for optimizer in trainer.optimizers:
+        for group in optimizer.param_groups:
+            if any(id(tensor) not in parameters for tensor in group["params"]):
+                raise RuntimeError(
+                    "`configure_optimizers` hands the optimizer tensors that are not parameters of the pruned "
+                    "model: pruning replaces a module's `weight` parameter by `weight_orig` (times `weight_mask`). "
+                    "Build the optimizer from `self.parameters()` (or `named_parameters()`)."
+                )
 
 
 def _val_check_interval(trainer: pl.Trainer) -> Any:
