@@ -194,7 +194,10 @@ def _active_share(active: Curve, dead: Curve) -> Curve:
 
 def _group_name(run: str) -> str:
     parts = [part for part in run.split("/") if not SEED_COMPONENT.fullmatch(part)]
-    return "/".join(parts) or run
+    if parts:
+        return "/".join(parts)
+    # "seed-0", "seed-1", ...: the parent runs of a multi-seed experiment form one group too.
+    return "parent" if SEED_COMPONENT.fullmatch(run) else run
 
 
 def _aggregate(curves: Curves, groups: dict[str, list[str]]) -> dict[str, dict[str, tuple[np.ndarray, ...]]]:

@@ -210,3 +210,11 @@ def test_bad_prefix(branch_logs):
         ValueError, match="`prefix` must be a non-empty string not ending in '/', got 'emergence/'"
     ):
         make_report(branch_logs, prefix="emergence/")
+
+
+def test_parent_runs_of_several_seeds_form_one_group():
+    from emergence_lightning.report import _group_name
+
+    assert _group_name("seed-0") == _group_name("seed-2") == "parent"
+    assert _group_name("seed-1/branches/pruned-30") == "branches/pruned-30"
+    assert _group_name("version_0") == "version_0"
