@@ -98,6 +98,19 @@ def _check_data(dm: pl.LightningDataModule) -> None:
         dm.prepare_data()  # raises FileNotFoundError naming the files and where they go
 
 
+def _fit_and_branch(
+    settings: Settings,
+    log_dir: Path,
+    model: pl.LightningModule,
+    dm: pl.LightningDataModule,
+    branches: PruneAndBranchCallback,
+) -> PruneAndBranchCallback:
+    epochs = settings.epochs_before + settings.epochs_after
+    trainer = _trainer(settings, log_dir, epochs, [EmergenceCallback(threshold=settings.threshold), branches])
+    trainer.fit(model, datamodule=dm)
+    return branches
+
+
 def mlp_prune(settings: Settings, seed: int, log_dir: Path) -> PruneAndBranchCallback:
     """Section 4.1/4.2: train the MLP, fork into control and 30/50/70 % pruned copies, continue."""
     pl.seed_everything(seed, workers=True, verbose=False)
@@ -105,14 +118,7 @@ def mlp_prune(settings: Settings, seed: int, log_dir: Path) -> PruneAndBranchCal
     _check_data(dm)
     model = PaperMLP(input_shape=dm.input_shape, hidden=settings.hidden, lr=settings.lr)
     branches = PruneAndBranchCallback(branch_epoch=settings.epochs_before, amounts=settings.amounts, seed=seed)
-    trainer = _trainer(
-        settings,
-        log_dir,
-        settings.epochs_before + settings.epochs_after,
-        [EmergenceCallback(threshold=settings.threshold), branches],
-    )
-    trainer.fit(model, datamodule=dm)
-    return branches
+    return _fit_and_branch(settings, log_dir, model, dm, branches)
 
 
 def transfer(settings: Settings, seed: int, log_dir: Path) -> PruneAndBranchCallback:
@@ -130,14 +136,7 @@ def transfer(settings: Settings, seed: int, log_dir: Path) -> PruneAndBranchCall
         branch_datamodule=target,
         seed=seed,
     )
-    trainer = _trainer(
-        settings,
-        log_dir,
-        settings.epochs_before + settings.epochs_after,
-        [EmergenceCallback(threshold=settings.threshold), branches],
-    )
-    trainer.fit(model, datamodule=source)
-    return branches
+    return _fit_and_branch(settings, log_dir, model, source, branches)
 
 
 def cnn(settings: Settings, seed: int, log_dir: Path) -> EmergenceCallback:
