@@ -296,6 +296,28 @@ def effective_weights_zero_where_masked(model: nn.Module) -> bool:
     return True
 
 
+# Optimizers whose update of an entry depends only on that entry's gradient, state and value, and is
+# exactly zero for a zero weight whose gradient has always been zero (momentum, moments and weight
+# decay of a zero stay zero). With masked gradients their masked weights stay zero by themselves.
+_ZERO_PRESERVING_OPTIMIZERS = (
+    torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.Adagrad, torch.optim.Adadelta,
+    torch.optim.Adamax, torch.optim.RMSprop, torch.optim.NAdam, torch.optim.RAdam,
+)
+
+
+def keeps_masked_weights_at_zero(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer``, given masked gradients, leaves masked (zero) weights exactly zero.
+
+    True for the built-in element-wise optimizers (exact type, not subclasses, which may change
+    the update). Others (LBFGS, user-written ones) need the weights re-masked after every step.
+
+    Example:
+        >>> keeps_masked_weights_at_zero(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1))
+        True
+    """
+    return type(optimizer) in _ZERO_PRESERVING_OPTIMIZERS
+
+
 class _AliasMask(prune.BasePruningMethod):
     """Stands in for a pruning hook while :class:`MaskedTraining` keeps ``<name>_orig`` masked.
 

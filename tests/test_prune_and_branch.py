@@ -33,6 +33,7 @@ from emergence_lightning.branching import (
     epochs_to_fraction_of_final,
     find_prunable,
     fingerprint,
+    keeps_masked_weights_at_zero,
     masks,
     permanent_state_dict,
     pick_monitor,
@@ -212,6 +213,60 @@ def test_fast_masks_train_exactly_as_torch_prune_does(tmp_path):
         finals[fast] = torch.load(by_name(callback)["pruned-50"]["state_dict"])
     assert finals[True].keys() == finals[False].keys()
     assert all(torch.equal(finals[True][k], finals[False][k]) for k in finals[True])
+
+
+class DriftingSGD(torch.optim.SGD):
+    """Moves every weight a little after each step, zero or not: masked weights must be re-masked."""
+
+    def step(self, closure=None):
+        loss = super().step(closure)
+        with torch.no_grad():
+            for group in self.param_groups:
+                for param in group["params"]:
+                    param.add_(1e-3)
+        return loss
+
+
+class DriftingClassifier(Classifier):
+    def configure_optimizers(self):
+        return DriftingSGD(self.parameters(), lr=self.lr)
+
+
+def test_fast_masks_re_mask_weights_after_an_optimizer_that_moves_zeros(tmp_path):
+    callback = PruneAndBranchCallback(branch_epoch=1, amounts=(0.5,), verbose=False)
+    fit(tmp_path, callback, model=DriftingClassifier(mlp(), lr=0.1), max_epochs=3)
+    assert branch_fits()["pruned-50"]["zero_where_masked"]
+    final = torch.load(by_name(callback)["pruned-50"]["state_dict"])
+    start = branch_fits()["pruned-50"]["start"]
+    for key, mask in start.items():
+        if key.endswith("_mask"):
+            assert bool((final[key.removesuffix("_mask")][mask == 0] == 0).all()), key
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True),
+        lambda ps: torch.optim.Adam(ps, lr=0.01, weight_decay=0.01),
+        lambda ps: torch.optim.AdamW(ps, lr=0.01),
+        lambda ps: torch.optim.RMSprop(ps, lr=0.01, momentum=0.5, centered=True),
+        lambda ps: torch.optim.Adagrad(ps, lr=0.1),
+    ],
+)
+def test_element_wise_optimizers_keep_masked_weights_zero_given_masked_gradients(make):
+    torch.manual_seed(0)
+    net = prune_model(mlp(), 0.5)
+    with MaskedTraining(net) as masked:
+        optimizer = make(net.parameters())
+        assert keeps_masked_weights_at_zero(optimizer)
+        for _ in range(5):
+            optimizer.zero_grad()
+            net(torch.randn(8, 8)).pow(2).sum().backward()
+            masked.mask_gradients()
+            optimizer.step()  # no mask_weights(): the optimizer alone must keep the zeros
+        assert effective_weights_zero_where_masked(net)
+    assert not keeps_masked_weights_at_zero(DriftingSGD(net.parameters(), lr=0.1))
+    assert not keeps_masked_weights_at_zero(torch.optim.LBFGS(net.parameters()))
 
 
 def test_effective_parameter_counts(tmp_path):

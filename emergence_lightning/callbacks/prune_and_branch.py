@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import csv
 import datetime
+import inspect
 import io
 import json
 import logging
@@ -24,7 +25,7 @@ import os
 import tempfile
 import time
 import types
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ from emergence_lightning.branching import (
     epochs_to_fraction_of_final,
     find_prunable,
     fingerprint,
+    keeps_masked_weights_at_zero,
     masks,
     percent,
     permanent_state_dict,
@@ -66,6 +68,7 @@ from emergence_lightning.branching import (
     random_pruned_name,
     reinitialize,
 )
+from emergence_lightning.activity import check_flags
 from emergence_lightning.callbacks.emergence import EmergenceCallback
 from emergence_lightning.pruning import count_parameters
 
@@ -251,7 +254,20 @@ class PruneAndBranchCallback(Callback):
             raise ValueError(f"`mode` must be 'min', 'max' or None, got {mode!r}.")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"`seed` must be an int, got {seed!r}.")
+        check_flags(random_controls=random_controls, resume=resume, verbose=verbose, fast_masks=fast_masks)
+        if not _valid_norm(pruning_norm):
+            raise ValueError(
+                f"`pruning_norm` must be a number (1, 2, float('inf'), ...) or 'fro'/'nuc', as torch.norm's `p`, "
+                f"got {pruning_norm!r}."
+            )
+        if trainer_kwargs is not None and not isinstance(trainer_kwargs, Mapping):
+            raise TypeError(
+                f"`trainer_kwargs` must be a dict of Trainer arguments, got {type(trainer_kwargs).__name__}."
+            )
         trainer_kwargs = dict(trainer_kwargs or {})
+        unknown = sorted(set(trainer_kwargs) - set(inspect.signature(pl.Trainer.__init__).parameters) - {"self"})
+        if unknown:
+            raise ValueError(f"`trainer_kwargs` has arguments the Trainer does not take: {unknown!r}.")
         reserved = sorted(set(trainer_kwargs) & set(_RESERVED_TRAINER_KWARGS))
         if reserved:
             raise ValueError(
@@ -794,10 +810,12 @@ class _BranchRecorder(Callback):
             masked = MaskedTraining(pl_module)
             if masked.tensors:
                 self._masked = masked.open()
-                # After every step, whoever calls it (manual optimization, DDP): the masked entries stay zero.
+                # After every step, whoever calls it (manual optimization, DDP): the masked entries stay
+                # zero. Built-in element-wise optimizers keep them zero given masked gradients.
                 self._step_hooks = [
                     optimizer.register_step_post_hook(lambda *_: masked.mask_weights())
                     for optimizer in trainer.optimizers
+                    if not keeps_masked_weights_at_zero(optimizer)
                 ]
         if self.emergence_callback is not None:
             _measure_at_fork(self.emergence_callback, trainer, pl_module, epoch=trainer.current_epoch)
@@ -937,6 +955,13 @@ class _BranchRecorder(Callback):
 
 
 # ---- helpers: the fork ----------------------------------------------------------------------
+def _valid_norm(norm: Any) -> bool:
+    """Whether ``norm`` is a ``p`` that ``torch.norm`` takes (what ``prune.ln_structured`` passes on)."""
+    if isinstance(norm, str):
+        return norm in ("fro", "nuc")
+    return not isinstance(norm, bool) and isinstance(norm, (int, float)) and not math.isnan(norm)
+
+
 def _check_strategy(strategy: Any) -> None:
     if isinstance(strategy, SingleDeviceStrategy):
         return
