@@ -17,8 +17,9 @@ Example (no Trainer needed)::
 from __future__ import annotations
 
 import math
+import sys
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -137,6 +138,7 @@ class ActivityTracker:
         include_output: bool = False,
     ) -> None:
         check_tracking_arguments(threshold, statistic, min_firing_rate, node_dim, layers)
+        check_flags(include_input=include_input, include_output=include_output)
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
         self.model = model
@@ -149,6 +151,7 @@ class ActivityTracker:
         self._first_seen: dict[str, int] = {}  # name -> order of its first call ever
         self._calls_this_pass: dict[str, int] = {}
         self._handles: list[RemovableHandle] = []
+        self._holds_eager = False  # compiled parts run eagerly while attached (see `compiled_modules`)
         self._nonfinite_warned: set[str] = set()
         self.enabled = True
         # Samples this process may still count; None = no limit (see `limit_samples`).
@@ -175,6 +178,10 @@ class ActivityTracker:
         """Registers the hooks (idempotent)."""
         if self._handles:
             return self
+        compiled = compiled_modules(self.model)
+        if compiled and not self._holds_eager:
+            _EagerWhileMeasuring.hold(compiled)  # before any hook: an error leaves nothing behind
+            self._holds_eager = True
         # A pass starts with each call of the root module, so reuse is detected per forward.
         def pass_starts(module: nn.Module, args: tuple) -> None:
             if module is self.model:
@@ -193,6 +200,9 @@ class ActivityTracker:
         """Removes every hook this tracker registered (idempotent)."""
         while self._handles:
             self._handles.pop().remove()
+        if self._holds_eager:
+            self._holds_eager = False
+            _EagerWhileMeasuring.release()
 
     def __enter__(self) -> ActivityTracker:
         return self.attach()
@@ -268,9 +278,17 @@ class ActivityTracker:
             if output.shape[0] == 0:
                 return
         node_dim = self.node_dim if self.node_dim is not None else (1 if output.dim() > 2 else -1)
+        if not -output.dim() <= node_dim < output.dim():
+            raise ValueError(
+                f"`node_dim`={node_dim} is out of range for layer {name!r}, whose output has shape "
+                f"{tuple(output.shape)}; pick one of its dimensions 1..{output.dim() - 1}."
+            )
         node_dim = node_dim % output.dim()
         if node_dim == 0:
-            raise ValueError(f"`node_dim` cannot be the batch dimension 0 (layer {name!r}).")
+            raise ValueError(
+                f"`node_dim`={self.node_dim} is the batch dimension 0 for layer {name!r}, whose output has "
+                f"shape {tuple(output.shape)}; pick one of its dimensions 1..{output.dim() - 1}."
+            )
         reduce_dims = [d for d in range(output.dim()) if d != node_dim]
         dtype = _accumulation_dtype(output.device)
         probe = output.sum(reduce_dims, dtype=dtype)
@@ -398,12 +416,78 @@ def check_tracking_arguments(
     if node_dim == 0:
         raise ValueError("`node_dim` cannot be 0, the batch dimension, got 0.")
     if layers is not None:
-        if isinstance(layers, str) or not all(isinstance(name, str) for name in layers):
+        if (
+            isinstance(layers, str)
+            or not isinstance(layers, Collection)
+            or not all(isinstance(name, str) for name in layers)
+        ):
             raise TypeError(f"`layers` must be a sequence of module names (str), got {layers!r}.")
         if len(layers) == 0:
             raise ValueError("`layers` must name at least one module, got an empty sequence.")
         if len(set(layers)) != len(layers):
             raise ValueError(f"`layers` names a module twice: {list(layers)!r}.")
+
+
+def check_flags(**flags: object) -> None:
+    """Raises a TypeError for a switch that is not True or False (``"no"`` would read as True)."""
+    for name, value in flags.items():
+        if value not in (True, False):
+            raise TypeError(f"`{name}` must be True or False, got {value!r}.")
+
+
+def compiled_modules(model: nn.Module) -> list[str]:
+    """Qualified names of the parts of ``model`` that ``torch.compile`` wraps (``""``: the model itself).
+
+    All forms count: ``torch.compile(module)`` (an ``OptimizedModule`` around ``_orig_mod``),
+    ``module.compile()`` in place, and compiled methods set on a module (``self.forward =
+    torch.compile(self.forward)``; ``Trainer.fit(torch.compile(model))`` does this to ``forward``
+    and the ``*_step`` methods of the LightningModule).
+    """
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")  # not imported: nothing was compiled
+    optimized = getattr(eval_frame, "OptimizedModule", ())
+
+    def compiled(module: nn.Module) -> bool:
+        if isinstance(module, optimized) or getattr(module, "_compiled_call_impl", None) is not None:
+            return True
+        methods = (value for value in vars(module).values() if callable(value))
+        return any(hasattr(method, "_torchdynamo_orig_callable") for method in methods)
+
+    return [name for name, module in model.named_modules() if compiled(module)]
+
+
+class _EagerWhileMeasuring:
+    """Runs ``torch.compile``'d code eagerly while a tracker of a model with compiled parts is attached.
+
+    Dynamo does not guard compiled code on the forward hooks of submodules
+    (``torch._dynamo.config.skip_nnmodule_hook_guards``): code compiled before the hooks were
+    added runs on without calling them, so the tracker would see some batches, or none, without an
+    error. The ``force_eager`` stance runs the original modules, hooks and all, and compiled code
+    resumes once the last such tracker detaches. Counted, since two trackers' windows may overlap.
+    """
+
+    holders = 0
+    stance: object = None
+
+    @classmethod
+    def hold(cls, compiled: list[str]) -> None:
+        if cls.holders == 0:
+            set_stance = getattr(getattr(torch, "compiler", None), "set_stance", None)
+            if set_stance is None:
+                raise RuntimeError(
+                    f"Modules {compiled} are compiled with torch.compile, whose compiled code skips forward "
+                    "hooks added after compilation; measuring them needs torch >= 2.6 "
+                    f"(`torch.compiler.set_stance`), found torch {torch.__version__}. Upgrade torch, or measure "
+                    "the uncompiled module (`compiled._orig_mod`, or no `module.compile()`)."
+                )
+            cls.stance = set_stance("force_eager")
+        cls.holders += 1
+
+    @classmethod
+    def release(cls) -> None:
+        cls.holders -= 1
+        if cls.holders == 0 and cls.stance is not None:
+            cls.stance.__exit__(None, None, None)  # type: ignore[attr-defined]  # the stance before `hold`
+            cls.stance = None
 
 
 def parametrised_leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -466,6 +550,11 @@ def measure(
     The model's train/eval mode is restored afterwards. Keyword arguments go to
     :class:`ActivityTracker`.
     """
+    if isinstance(batches, Tensor) or not isinstance(batches, Iterable):
+        raise TypeError(
+            f"`batches` must be an iterable of model inputs (a DataLoader of tensors, or `[x]` for one batch), "
+            f"got {type(batches).__name__}."
+        )
     tracker = ActivityTracker(model, **tracker_kwargs)  # type: ignore[arg-type]
     modes = {module: module.training for module in model.modules()}
     try:

@@ -442,7 +442,8 @@ def fingerprint(state_dict: dict[str, Any]) -> str:
         if isinstance(value, Tensor):
             tensor = value.detach().cpu().contiguous()
             digest.update(f"{tuple(tensor.shape)}{tensor.dtype}".encode())
-            digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+            # 1-D first: a 0-dim tensor (BatchNorm's `num_batches_tracked`) cannot be viewed as bytes
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
         else:
             digest.update(repr(value).encode())
     return digest.hexdigest()[:16]

@@ -23,9 +23,12 @@ def _widths(text: str) -> tuple[int, ...]:
 
 def _amounts(text: str) -> tuple[float, ...]:
     try:
-        return tuple(float(part) for part in text.split(",") if part.strip())
+        amounts = tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"amounts must be comma-separated numbers, got {text!r}") from None
+    if not amounts or any(not 0 <= amount < 1 for amount in amounts):
+        raise argparse.ArgumentTypeError(f"amounts must be fractions in [0, 1), got {text!r}")
+    return amounts
 
 
 def _writable_dir(path: str) -> Path:

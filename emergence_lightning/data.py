@@ -17,6 +17,7 @@ activations of inputs in ``[0, 1]``.
 from __future__ import annotations
 
 import gzip
+import numbers
 import os
 import shutil
 from collections.abc import Sequence
@@ -118,6 +119,8 @@ class _ImageDataModule(pl.LightningDataModule):
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"`num_workers` must be a non-negative integer, got {num_workers!r}.")
         self.num_workers = num_workers
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise TypeError(f"`seed` must be an int, got {seed!r}.")
         self.seed = seed
         self.normalize = normalize
         self.train_set: Dataset | None = None

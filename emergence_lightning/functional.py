@@ -8,20 +8,22 @@ inactive node and end at a later active node.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 VARIANTS = ("paper", "induced")
 
 
 def _check_counts(name: str, values: Sequence[int]) -> list[int]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise TypeError(f"`{name}` must be a sequence of counts (one per layer), got {values!r}.")
     checked = []
     for index, value in enumerate(values):
         if isinstance(value, bool) or not isinstance(value, int):
             try:
                 as_int = int(value)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise TypeError(f"`{name}` must hold integers, got {value!r} at position {index}.") from None
-            if as_int != value:
+            if isinstance(value, bool) or as_int != value:
                 raise TypeError(f"`{name}` must hold integers, got {value!r} at position {index}.")
             value = as_int
         if value < 0:
@@ -53,7 +55,7 @@ def emergence(
         n: nodes per layer, in forward order.
         a: active nodes per layer, ``0 <= a_i <= n_i``.
         m: the count each intermediate layer contributes to a path (the paper's filters ``m_k``
-            of a CNN); defaults to ``n``. Only used by ``variant="paper"``.
+            of a CNN); defaults to ``n``. Only for ``variant="paper"`` (an error with ``"induced"``).
         variant: ``"paper"`` or ``"induced"``.
 
     Returns:
@@ -77,6 +79,8 @@ def emergence(
     if m is None:
         m = n
     else:
+        if variant != "paper":
+            raise ValueError(f"`m` is used by variant='paper' only, got m={m!r} with variant={variant!r}.")
         m = _check_counts("m", m)
         if len(m) != len(n):
             raise ValueError(f"`m` must have the same length as `n`, got len(m)={len(m)} and len(n)={len(n)}.")

@@ -8,7 +8,8 @@ once per epoch. Every hidden activation is its own ``nn.ReLU`` module, so
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
 from itertools import pairwise
 
 import lightning.pytorch as pl
@@ -18,14 +19,14 @@ from torchmetrics.classification import MulticlassAccuracy
 
 
 def _check_widths(name: str, widths: Sequence[int]) -> tuple[int, ...]:
-    values = tuple(widths)
+    values = tuple(widths) if isinstance(widths, Iterable) and not isinstance(widths, str) else ()
     if not values or any(isinstance(w, bool) or not isinstance(w, int) or w <= 0 for w in values):
         raise ValueError(f"`{name}` must be a non-empty sequence of positive integers, got {widths!r}.")
     return values
 
 
 def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
-    shape = tuple(input_shape)
+    shape = tuple(input_shape) if isinstance(input_shape, Iterable) and not isinstance(input_shape, str) else ()
     if len(shape) != 3 or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in shape):
         raise ValueError(f"`input_shape` must be three positive integers (C, H, W), got {input_shape!r}.")
     return shape  # type: ignore[return-value]
@@ -43,9 +44,11 @@ class _PaperClassifier(pl.LightningModule):
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"`num_classes` must be an integer >= 2, got {num_classes!r}.")
-        if not lr > 0:
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
             raise ValueError(f"`lr` must be positive, got {lr!r}.")
-        if not 0 <= momentum < 1:
+        if math.isinf(lr):
+            raise ValueError(f"`lr` must be finite, got {lr!r}.")
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
             raise ValueError(f"`momentum` must be in [0, 1), got {momentum!r}.")
         # "micro" averaging is plain accuracy (correct / total), what the paper reports.
         self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")

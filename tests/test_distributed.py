@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tb import read_scalars
 
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_emergence.py"
 
@@ -28,11 +29,16 @@ def run(tmp_path: Path, devices: int, *args: str) -> dict:
 def test_two_processes_equal_one_on_uneven_validation_set(tmp_path, statistic):
     # 37 validation samples over 2 processes: the sampler pads one sample that must not count twice
     single = run(tmp_path, 1, "--val-samples", "37", "--statistic", statistic)
-    double = run(tmp_path, 2, "--val-samples", "37", "--statistic", statistic)
+    double = run(tmp_path, 2, "--val-samples", "37", "--statistic", statistic, "--log-dir", "tb")
     assert double["world_size"] == 2
     assert double["history"] == single["history"]
     assert [r["samples"] for r in double["history"]] == [37, 37, 37]
     assert all(r["E"] > 0 for r in double["history"])
+    # rank zero alone writes the logs, each measurement once
+    assert len(list((tmp_path / "tb").rglob("events.out.tfevents*"))) == 1
+    scalars = read_scalars(tmp_path / "tb")
+    assert [value for _, value in sorted(scalars["emergence/epoch"])] == [0, 1, 2]
+    assert [value for _, value in sorted(scalars["emergence/E"])] == [float(r["E"]) for r in double["history"]]
 
 
 @pytest.mark.slow

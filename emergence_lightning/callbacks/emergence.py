@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.utils.data import DistributedSampler
 from typing_extensions import override
 
-from emergence_lightning.activity import ActivityTracker, Measurement, check_tracking_arguments
+from emergence_lightning.activity import ActivityTracker, Measurement, check_flags, check_tracking_arguments
 from emergence_lightning.connectivity import ConnectivityError, build_edges, path_emergence
 from emergence_lightning.functional import VARIANTS, emergence, log10_emergence, relative_emergence
 from emergence_lightning.pruning import count_parameters
@@ -123,6 +123,21 @@ class EmergenceCallback(Callback):
             raise ValueError(f"`connectivity` must be one of {CONNECTIVITIES}, got {connectivity!r}.")
         if probe_step is not None and not callable(probe_step):
             raise TypeError(f"`probe_step` must be callable, got {probe_step!r}.")
+        check_flags(
+            include_input=include_input,
+            include_output=include_output,
+            measure_at_start=measure_at_start,
+            stop_at_zero=stop_at_zero,
+            log_histograms=log_histograms,
+        )
+        if probe_dataloader is not None:
+            if isinstance(probe_dataloader, (Tensor, str, bytes)) or not isinstance(probe_dataloader, Iterable):
+                raise TypeError(
+                    "`probe_dataloader` must be a DataLoader (or any iterable of batches), got "
+                    f"{type(probe_dataloader).__name__}."
+                )
+            if _length(probe_dataloader) == 0:
+                raise ValueError(f"`probe_dataloader` has no batch to measure, got {probe_dataloader!r}.")
         self.threshold = float(threshold)
         self.statistic = statistic
         self.variant = variant
@@ -147,6 +162,7 @@ class EmergenceCallback(Callback):
         self.tracker: ActivityTracker | None = None
         self._source: str | None = None  # "validation", "train" or "probe"
         self._window_open = False
+        self._window_batches = 0  # batches fed to the model while the window is open
         self._example_input: Tensor | None = None  # two rows of a batch, to trace the weight graph
         self._untraceable = False
 
@@ -232,6 +248,7 @@ class EmergenceCallback(Callback):
             self._remember_input(batch)
             # Only the first validation dataloader is measured, so every epoch sees the same data.
             self.tracker.enabled = dataloader_idx == 0
+            self._window_batches += self.tracker.enabled
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -253,6 +270,7 @@ class EmergenceCallback(Callback):
         if self._window_open and self.tracker is not None:
             self.tracker.start_pass()
             self._remember_input(batch)
+            self._window_batches += 1
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -275,6 +293,7 @@ class EmergenceCallback(Callback):
         self.tracker.enabled = True
         self.tracker.attach()
         self._window_open = True
+        self._window_batches = 0
 
     def _close_window(self, trainer: pl.Trainer | None = None) -> Measurement | None:
         """Removes the hooks; with a trainer, also reduces across processes and computes."""
@@ -284,7 +303,16 @@ class EmergenceCallback(Callback):
         was_open, self._window_open = self._window_open, False
         if trainer is None or not was_open:
             return None
-        return self.tracker.compute(reduce=lambda tensor, op: trainer.strategy.reduce(tensor, reduce_op=op))
+        measurement = self.tracker.compute(reduce=lambda tensor, op: trainer.strategy.reduce(tensor, reduce_op=op))
+        if measurement is None and self._window_batches:
+            # Never a silent gap in the history: batches went through, yet no hook was called.
+            raise RuntimeError(
+                f"EmergenceCallback: {self._window_batches} batches went through the model, but none of the "
+                f"tracked layers {self.tracker.layer_names} produced an output: their forward hooks never ran. "
+                "The forward pass must call these modules (not `module.forward(...)` or a functional op); name "
+                "the modules it does call in `layers=[...]`, or give `probe_step` that runs the model."
+            )
+        return measurement
 
     def _start_batches(self, trainer: pl.Trainer) -> tuple[Iterable[Any], Any]:
         """The data of the epoch-0 pass (the same data later epochs measure) and its sampler."""
@@ -313,6 +341,7 @@ class EmergenceCallback(Callback):
                     batch = trainer.strategy.batch_to_device(batch)
                     self.tracker.start_pass()
                     self._remember_input(batch)
+                    self._window_batches += 1
                     self.probe_step(pl_module, batch)
         except BaseException:
             self._close_window()
@@ -449,6 +478,14 @@ class EmergenceCallback(Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = [dict(record) for record in state_dict.get("history", [])]
+
+
+def _length(loader: Any) -> int | None:
+    """``len(loader)``, or None when it has none (an iterable dataset)."""
+    try:
+        return len(loader)
+    except (TypeError, NotImplementedError):
+        return None
 
 
 def _as_float(E: int) -> float:

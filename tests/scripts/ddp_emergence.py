@@ -13,6 +13,7 @@ import sys
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 from tiny_models import Classifier, loaders, mlp  # noqa: E402
@@ -28,6 +29,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--statistic", default="mean")
     parser.add_argument("--dead", action="store_true", help="kill every node so E = 0 (stop-at-zero)")
+    parser.add_argument("--log-dir", default=None, help="also log to TensorBoard under this directory")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -46,7 +48,7 @@ def main() -> None:
         devices=args.devices,
         strategy="ddp" if args.devices > 1 else "auto",
         callbacks=[callback],
-        logger=False,
+        logger=TensorBoardLogger(args.log_dir, name="", version="") if args.log_dir else False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
