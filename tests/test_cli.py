@@ -70,3 +70,25 @@ def test_report_on_folder_without_event_files(tmp_path, capsys):
 def test_prepare_fashion_mnist_without_debian_files(tmp_path, capsys):
     assert main(["prepare-fashion-mnist", "--data-dir", str(tmp_path), "--source", str(tmp_path / "none")]) == 2
     assert "apt-get install -y dataset-fashion-mnist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["reproduce", "transfer"], (20, 20)),  # section 4.3's schedule
+        (["reproduce", "mlp-prune"], (5, 15)),
+        (["reproduce", "transfer", "--epochs-before", "3", "--epochs-after", "4"], (3, 4)),
+    ],
+)
+def test_reproduce_uses_the_papers_epochs_unless_given(tmp_path, monkeypatch, argv, expected):
+    from emergence_lightning import cli, experiments
+
+    seen = {}
+
+    def fake_run(name, settings):
+        seen["epochs"] = (settings.epochs_before, settings.epochs_after)
+        raise FileNotFoundError("stop here: only the settings are under test")
+
+    monkeypatch.setattr(experiments, "run_experiment", fake_run)
+    assert cli.main([*argv, "--log-dir", str(tmp_path)]) == 2
+    assert seen["epochs"] == expected
