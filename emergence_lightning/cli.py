@@ -45,6 +45,11 @@ def _writable_dir(path: str) -> Path:
     return folder
 
 
+def _show_progress(args: argparse.Namespace) -> bool:
+    """Lightning's bar only on a terminal: in a log file it is thousands of lines."""
+    return not args.no_progress and sys.stderr.isatty()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emergence-lightning", description="Measure emergence while networks train.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -53,7 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--log-dir", default="runs", help="where runs, figures and the summary go (default: runs)")
     demo.add_argument("--epochs-before", type=int, default=5, help="epochs before the fork (default: 5, the paper's)")
     demo.add_argument("--epochs-after", type=int, default=10, help="epochs of every branch (default: 10)")
-    demo.add_argument("--no-progress", action="store_true", help="hide Lightning's progress bar")
+    demo.add_argument(
+        "--no-progress", action="store_true", help="hide Lightning's progress bar (hidden anyway off a terminal)"
+    )
     demo.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
 
     reproduce = commands.add_parser("reproduce", help="one of the paper's experiments on real data")
@@ -76,7 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--threshold", type=float, default=0.05, help="activity threshold (paper: 0.05)")
     reproduce.add_argument("--seeds", type=int, default=1, help="repeat with seeds 0..N-1; figures show mean ± std")
     reproduce.add_argument("--accelerator", default="auto")
-    reproduce.add_argument("--no-progress", action="store_true")
+    reproduce.add_argument(
+        "--no-progress", action="store_true", help="hide Lightning's progress bar (hidden anyway off a terminal)"
+    )
     reproduce.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
 
     prepare = commands.add_parser(
@@ -139,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log_dir=str(log_dir),
                 epochs_before=args.epochs_before,
                 epochs_after=args.epochs_after,
-                progress_bar=not args.no_progress,
+                progress_bar=_show_progress(args),
             )
             name = "mlp-prune"
         else:
@@ -161,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 threshold=args.threshold,
                 seeds=args.seeds,
                 accelerator=args.accelerator,
-                progress_bar=not args.no_progress,
+                progress_bar=_show_progress(args),
             )
             name = args.experiment
         start = time.perf_counter()

@@ -4,8 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-# torch goes first and pinned: an unpinned torch makes pip fetch a multi-GB CUDA build. Override
-# TORCH_PACKAGES for another platform (e.g. TORCH_PACKAGES="torch torchvision" with a CPU index).
+# torch goes first and pinned to the versions the project is tested with (PyPI's Linux wheels
+# bring CUDA libraries, several GB). For a CPU-only install, or another platform, override it:
+#   TORCH_PACKAGES="torch torchvision --index-url https://download.pytorch.org/whl/cpu" bash scripts/setup.sh
 if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
   # shellcheck disable=SC2086
   .venv/bin/python -m pip install --quiet ${TORCH_PACKAGES:-torch==2.14.1 torchvision==0.29.1}

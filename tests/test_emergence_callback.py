@@ -217,6 +217,24 @@ def test_stop_at_zero_with_patience(tmp_path, caplog):
     assert "emergence has been 0 for 2 consecutive measurements" in caplog.text
 
 
+def test_stop_at_zero_warns_when_E_is_zero_before_training(tmp_path):
+    # One hidden layer: no later layer for a dead node to reach, so E = 0 whatever the training.
+    train, val = loaders()
+    callback = EmergenceCallback(stop_at_zero=True, patience=1)
+    trainer = make_trainer(tmp_path, [callback], max_epochs=1)
+    with pytest.warns(UserWarning, match=r"E is already 0 before training .*will stop after 2 epochs"):
+        trainer.fit(Classifier(mlp(hidden=(16,))), train, val)
+    assert callback.history[0]["epoch"] == 0 and callback.history[0]["E"] == 0
+
+
+def test_no_zero_warning_when_E_is_positive_before_training(tmp_path, recwarn):
+    train, val = loaders()
+    callback = EmergenceCallback(threshold=0.5, stop_at_zero=True)  # dead nodes in the first layer too
+    make_trainer(tmp_path, [callback], max_epochs=1).fit(Classifier(mlp()), train, val)
+    assert callback.history[0]["E"] > 0
+    assert not [w for w in recwarn if "already 0 before training" in str(w.message)]
+
+
 def test_early_stopping_on_our_key(tmp_path):
     # EarlyStopping(stopping_threshold=0) never fires at exactly 0 (strict comparison); a threshold
     # just above zero does, because E is an integer.
