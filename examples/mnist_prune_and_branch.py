@@ -18,6 +18,7 @@ import argparse
 import time
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from emergence_lightning.callbacks.emergence import EmergenceCallback
@@ -42,6 +43,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+
+    # One thread: the paper's small MLP steps fastest on one, and several threads collapse (OpenMP
+    # workers spin waiting for each other) when another process shares the cores.
+    torch.set_num_threads(1)
 
     pl.seed_everything(args.seed, workers=True, verbose=False)
     datamodule = MNIST5kDataModule(batch_size=args.batch_size, seed=args.seed)

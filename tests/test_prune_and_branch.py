@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.utils import prune
 from torch.utils.data import DataLoader
 
+from emergence_lightning.activity import measure
 from emergence_lightning.branching import (
     MaskedTraining,
     apply_masks,
@@ -42,11 +43,13 @@ from emergence_lightning.branching import (
 )
 from emergence_lightning.callbacks.emergence import EmergenceCallback
 from emergence_lightning.callbacks.prune_and_branch import (
+    PATH_COLUMNS,
     RESULT_FILE,
     SUMMARY_COLUMNS,
     PruneAndBranchCallback,
     _check_strategy,
 )
+from emergence_lightning.connectivity import build_edges, path_emergence
 from emergence_lightning.pruning import count_parameters
 
 DDP_SCRIPT = Path(__file__).parent / "scripts" / "ddp_branching.py"
@@ -313,6 +316,86 @@ def test_emergence_measured_at_the_fork_and_at_the_end(tmp_path):
     assert control["emergence/E"][0][1] == pytest.approx(by_name(callback)["control"]["E_fork"])
     # The fork measurement is logged at the fork's step with Lightning's `epoch` at the fork epoch.
     assert (control["emergence/E"][0][0], dict(control["epoch"])[control["emergence/E"][0][0]]) == (6, 1.0)
+
+
+def effective_model(state: dict[str, torch.Tensor]) -> Classifier:
+    """A plain copy of a branch's start state: pruned weights as `weight_orig * weight_mask`."""
+    plain = {k: v for k, v in state.items() if not k.endswith(("_orig", "_mask"))}
+    for key in state:
+        if key.endswith("_orig"):
+            name = key.removesuffix("_orig")
+            plain[name] = state[key] * state[name + "_mask"]
+    model = Classifier(mlp())
+    model.load_state_dict(plain)
+    return model
+
+
+def test_path_exact_emergence_at_the_fork_and_at_the_end(tmp_path):
+    model = Classifier(mlp(), lr=0.1)
+    with torch.no_grad():
+        model.net[0].bias[:6] = -5.0  # dead nodes, so E > 0
+    callback = PruneAndBranchCallback(branch_epoch=1, amounts=(0.5,), verbose=False)
+    fit(
+        tmp_path,
+        callback,
+        model=model,
+        max_epochs=3,
+        emergence=False,
+        extra_callbacks=(EmergenceCallback(connectivity="weights"),),
+    )
+    results = by_name(callback)
+    for result in results.values():
+        for key in ("E_path_fork", "E_path_end"):
+            assert isinstance(result[key], int) and not isinstance(result[key], bool), (result["name"], key)
+        for when in ("fork", "end"):
+            assert result[f"relative_E_path_{when}"] == pytest.approx(
+                result[f"E_path_{when}"] / result["parameters"]
+            )
+            # Consecutive layers only: the weights' graph never has more paths than the dense formula counts.
+            assert result[f"E_path_{when}"] <= result[f"E_{when}"]
+    control, pruned = results["control"], results["pruned-50"]
+    assert control["E_path_fork"] == control["E_fork"] > 0  # trained weights: no zero, every edge there
+    # Pruning removes edges: the path-exact E falls below the pruned branch's own dense E (always, with
+    # consecutive layers) and, in this seeded run (17 against 66), below the control's.
+    assert pruned["E_path_fork"] < pruned["E_fork"]
+    assert pruned["E_path_fork"] < control["E_path_fork"]
+    assert pruned["relative_E_path_fork"] < control["relative_E_path_fork"]
+    # The same count, computed independently on each branch's start weights and the validation data.
+    _, val = loaders()
+    for name, fit_ in branch_fits().items():
+        start = effective_model(fit_["start"])
+        measurement = measure(start, [x for x, _ in val])
+        edges = build_edges(start, measurement.names, next(iter(val))[0][:2])
+        expected = path_emergence(edges, [layer.active for layer in measurement.layers])
+        assert results[name]["E_path_fork"] == expected, name
+    # The files and the table carry them; TensorBoard gets the end value beside branch/E_end.
+    with open(tmp_path / "runs" / "branches" / "summary.csv") as handle:
+        rows = {row["name"]: row for row in csv.DictReader(handle)}
+    for column in ("E_path_fork", "relative_E_path_fork", "E_path_end", "relative_E_path_end"):
+        assert rows["pruned-50"][column] != ""
+    assert int(rows["pruned-50"]["E_path_fork"]) == pruned["E_path_fork"]
+    summary = json.loads((tmp_path / "runs" / "branches" / "summary.json").read_text())
+    assert [b["E_path_end"] for b in summary["branches"]] == [control["E_path_end"], pruned["E_path_end"]]
+    table = callback.summary_table()
+    assert "E_path fork" in table and "E~path end" in table
+    for name, result in results.items():
+        scalars = read_scalars(tmp_path / "runs" / "branches" / name)
+        assert scalars["branch/E_path_end"][-1][1] == pytest.approx(result["E_path_end"])
+        assert scalars["branch/relative_E_path_end"][-1][1] == pytest.approx(result["relative_E_path_end"])
+
+
+def test_no_path_exact_emergence_with_dense_connectivity(tmp_path):
+    callback = PruneAndBranchCallback(branch_epoch=1, amounts=(0.5,), verbose=False)
+    fit(tmp_path, callback, max_epochs=2)  # EmergenceCallback() counts on the dense formula only
+    for result in callback.results:
+        assert result["E_fork"] is not None
+        assert all(result[key] is None for key in PATH_COLUMNS)
+    with open(tmp_path / "runs" / "branches" / "summary.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert all(row[key] == "" for row in rows for key in PATH_COLUMNS)
+    assert "E_path" not in callback.summary_table()  # the table is not widened
+    control = read_scalars(tmp_path / "runs" / "branches" / "control")
+    assert "branch/E_end" in control and not any(key.startswith("branch/E_path") for key in control)
 
 
 def test_branch_callbacks_are_fresh_copies(tmp_path):

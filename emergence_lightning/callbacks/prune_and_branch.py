@@ -85,6 +85,10 @@ SUMMARY_COLUMNS = (
     "E_end",
     "relative_E_end",
     "log10_E_end",
+    "E_path_fork",
+    "relative_E_path_fork",
+    "E_path_end",
+    "relative_E_path_end",
     "monitor",
     "final",
     "best",
@@ -101,6 +105,8 @@ SUMMARY_COLUMNS = (
     "state_dict",
     "fork_fingerprint",
 )
+#: Path-exact columns: filled when the branch's EmergenceCallback has ``connectivity="weights"``.
+PATH_COLUMNS = ("E_path_fork", "relative_E_path_fork", "E_path_end", "relative_E_path_end")
 RESULT_FILE = "result.json"
 STATE_DICT_FILE = "final_state_dict.pt"
 # Trainer arguments a branch takes from this callback, never from `trainer_kwargs`.
@@ -139,8 +145,10 @@ class PruneAndBranchCallback(Callback):
     ``<log_dir>/branches/summary.csv`` / ``summary.json`` compare them.
 
     Per branch: ``E`` and ``E~ = E / P`` at the fork and at the end (from the branch's
-    ``EmergenceCallback``, when the parent has one), the effective parameter count ``P``, the final
-    and best value of ``monitor``, epochs to reach 99% of the final value, wall time and status.
+    ``EmergenceCallback``, when the parent has one; with ``connectivity="weights"`` also the
+    path-exact ``E_path``, which counts no path through a pruned weight), the effective parameter
+    count ``P``, the final and best value of ``monitor``, epochs to reach 99% of the final value,
+    wall time and status.
 
     Args:
         branch_epoch: finished epochs before the fork (the paper's 5); below the Trainer's ``max_epochs``.
@@ -726,6 +734,9 @@ class PruneAndBranchCallback(Callback):
     def summary_table(self) -> str:
         """The results as a text table (what ``verbose`` prints)."""
         monitor = next((r.get("monitor") for r in self.results if r.get("monitor")), None) or "metric"
+        # The path-exact columns only when some branch has them (connectivity="weights").
+        with_path = any(r.get(column) is not None for r in self.results for column in PATH_COLUMNS)
+        path_header = ("E_path fork", "E~path fork", "E_path end", "E~path end") if with_path else ()
         header = (
             "branch",
             "amount",
@@ -734,6 +745,7 @@ class PruneAndBranchCallback(Callback):
             "E~ fork",
             "E end",
             "E~ end",
+            *path_header,
             f"final {monitor}",
             "best",
             "ep->99%",
@@ -751,6 +763,7 @@ class PruneAndBranchCallback(Callback):
                     _fmt(r.get("relative_E_fork")),
                     _fmt(r.get("E_end")),
                     _fmt(r.get("relative_E_end")),
+                    *([_fmt(r.get(column)) for column in PATH_COLUMNS] if with_path else []),
                     _fmt(r.get("final")),
                     _fmt(r.get("best")),
                     _fmt(r.get("epochs_to_99")),
@@ -901,6 +914,11 @@ class _BranchRecorder(Callback):
             "E_end": end_record["E"] if end_record else None,
             "relative_E_end": end_record["relative"] if end_record else None,
             "log10_E_end": end_record["log10_E"] if end_record else None,
+            # Path-exact E on the weights' graph (pruned weights are no edge): connectivity="weights" only.
+            "E_path_fork": fork_record.get("E_path") if fork_record else None,
+            "relative_E_path_fork": fork_record.get("relative_path") if fork_record else None,
+            "E_path_end": end_record.get("E_path") if end_record else None,
+            "relative_E_path_end": end_record.get("relative_path") if end_record else None,
             "final": values[-1] if values else None,
             "best": best,
             "best_epoch": epochs[values.index(best)] if best is not None else None,
@@ -932,7 +950,11 @@ class _BranchRecorder(Callback):
             "branch/E_end": summary["E_end"],
             "branch/relative_E_end": summary["relative_E_end"],
         }
-        metrics = {key: (math.nan if value is None else float(value)) for key, value in metrics.items()}
+        if self.emergence_callback is not None and self.emergence_callback.connectivity == "weights":
+            # Every branch of the run has these keys (NaN where the model could not be traced).
+            metrics["branch/E_path_end"] = summary["E_path_end"]
+            metrics["branch/relative_E_path_end"] = summary["relative_E_path_end"]
+        metrics = {key: _metric_value(value) for key, value in metrics.items()}
         params = {
             "branch/name": self.spec.name,
             "branch/kind": self.spec.kind,
@@ -1285,6 +1307,15 @@ def _csv_value(value: Any) -> Any:
     if isinstance(value, float):
         return repr(round(value, 6)) if math.isfinite(value) else str(value)
     return value
+
+
+def _metric_value(value: Any) -> float:
+    """A scalar for the loggers: NaN for None, inf for an exact E beyond float range."""
+    if value is None:
+        return math.nan
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**1023:
+        return math.inf if value > 0 else -math.inf
+    return float(value)
 
 
 def _fmt(value: Any) -> str:
