@@ -475,7 +475,7 @@ def keep_threads():
     ],
 )
 def test_cli_rejects_bad_values_while_parsing(argv, match, capsys):
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(SystemExit, match="^2$") as exit_info:
         main(argv)
     assert exit_info.value.code == 2
     assert re.search(match, capsys.readouterr().err)

@@ -27,7 +27,7 @@ def test_demo_path_runs_end_to_end(tmp_path, capsys):
 
 
 def test_unknown_experiment_lists_valid_ones(capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="^2$"):  # argparse exits with status 2
         main(["reproduce", "resnet"])
     assert "invalid choice: 'resnet' (choose from 'mlp-prune', 'transfer', 'cnn')" in capsys.readouterr().err
 
@@ -41,7 +41,7 @@ def test_missing_data_files_say_which_and_where(tmp_path, capsys):
 
 
 def test_widths_must_be_positive(capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="^2$"):  # argparse exits with status 2
         main(["reproduce", "mlp-prune", "--hidden", "128,0"])
     assert "widths must be positive integers, got '128,0'" in capsys.readouterr().err
 
