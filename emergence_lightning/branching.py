@@ -47,7 +47,10 @@ def check_amounts(amounts: Any) -> tuple[float, ...]:
         raise ValueError(f"`amounts` must be a non-empty sequence of fractions in [0, 1), got {amounts!r}.")
     for value in values:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-            raise ValueError(f"`amounts` must hold fractions in [0, 1), got {value!r} in {amounts!r}.")
+            hint = ""
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) and 1 <= v < 100 for v in values):
+                hint = f" Percents? Did you mean {tuple(v / 100 for v in values)!r}?"
+            raise ValueError(f"`amounts` must hold fractions in [0, 1), got {value!r} in {amounts!r}.{hint}")
     floats = tuple(float(value) for value in values)
     names = [pruned_name(value) for value in floats]
     duplicated = sorted({name for name in names if names.count(name) > 1})

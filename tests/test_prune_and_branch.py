@@ -789,6 +789,10 @@ def test_check_amounts():
         TypeError, match=r"`amounts` must be a non-empty sequence of fractions in \[0, 1\), got 'ab'"
     ):
         check_amounts("ab")
+    with pytest.raises(ValueError, match=r"got 30 in \(30, 50, 70\)\. Percents\? Did you mean \(0\.3, 0\.5, 0\.7\)\?"):
+        check_amounts((30, 50, 70))
+    with pytest.raises(ValueError, match=r"got 1\.2 in \(0\.3, 1\.2\)\.$"):  # no hint: not all percents
+        check_amounts((0.3, 1.2))
 
 
 def test_prune_model_per_layer_and_random():
