@@ -1,6 +1,7 @@
 import copy
 import logging
 import math
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
@@ -347,6 +348,25 @@ def test_weights_connectivity_logs_path_count_beside_dense(tmp_path):
     assert results["dense"]["E_path"] == results["dense"]["E"] > 0
     # the dense formula counts edges that pruning removed; the path count does not
     assert results["pruned"]["E_path"] < results["pruned"]["E"]
+    charts = custom_scalar_charts(trainer.logger.log_dir)
+    assert charts["log10 E: dense and path-exact"] == ["emergence/log10_E", "emergence/log10_E_path"]
+
+
+def custom_scalar_charts(log_dir: str) -> dict[str, list[str]]:
+    """Chart title -> tags of the custom-scalars layout written to a run's event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    charts = {}
+    for path in Path(log_dir).glob("events.out.tfevents*"):
+        accumulator = EventAccumulator(str(path), size_guidance={"tensors": 0})
+        accumulator.Reload()
+        if "custom_scalars__config__" in accumulator.Tags()["tensors"]:
+            proto = accumulator.Tensors("custom_scalars__config__")[0].tensor_proto
+            for category in layout_pb2.Layout.FromString(proto.string_val[0]).category:
+                for chart in category.chart:
+                    charts[chart.title] = list(chart.multiline.tag)
+    return charts
 
 
 def test_weights_connectivity_on_untraceable_model_warns_and_keeps_dense(tmp_path):

@@ -472,6 +472,8 @@ class EmergenceCallback(Callback):
                 "active nodes per layer": ["Multiline", [f"{p}/active/.*"]],
             }
         }
+        if self.connectivity == "weights":
+            layout[p]["log10 E: dense and path-exact"] = ["Multiline", [f"{p}/log10_E", f"{p}/log10_E_path"]]
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_custom_scalars(layout)
