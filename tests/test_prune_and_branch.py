@@ -246,6 +246,40 @@ def test_fast_masks_re_mask_weights_after_an_optimizer_that_moves_zeros(tmp_path
             assert bool((final[key.removesuffix("_mask")][mask == 0] == 0).all()), key
 
 
+class RawOptimizerClassifier(Classifier):
+    """Manual optimization with the raw torch optimizer: no `on_before_optimizer_step` at all."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        optimizer = self.optimizers(use_pl_optimizer=False)
+        x, y = batch
+        loss = nn.functional.cross_entropy(self(x), y)
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        optimizer.step()
+        return loss
+
+
+class NoisyGradientClassifier(Classifier):
+    """Adds noise to every gradient after the callbacks' `on_before_optimizer_step` has run."""
+
+    def on_before_optimizer_step(self, optimizer):
+        for param in self.parameters():
+            if param.grad is not None:
+                param.grad.add_(1e-3 * torch.randn_like(param.grad))
+
+
+@pytest.mark.parametrize("model_class", [RawOptimizerClassifier, NoisyGradientClassifier])
+def test_fast_masks_hold_when_gradients_reach_the_step_unmasked(tmp_path, model_class):
+    callback = PruneAndBranchCallback(branch_epoch=1, amounts=(0.5,), verbose=False)
+    fit(tmp_path, callback, model=model_class(mlp(), lr=0.1), max_epochs=3)
+    assert by_name(callback)["pruned-50"]["status"] == "finished"
+    assert branch_fits()["pruned-50"]["zero_where_masked"]  # at the end of training, before re-masking
+
+
 @pytest.mark.parametrize(
     "make",
     [

@@ -45,6 +45,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
@@ -824,11 +825,13 @@ class _BranchRecorder(Callback):
             if masked.tensors:
                 self._masked = masked.open()
                 # After every step, whoever calls it (manual optimization, DDP): the masked entries stay
-                # zero. Built-in element-wise optimizers keep them zero given masked gradients.
+                # zero. Skipped only where a built-in element-wise optimizer is sure to see the gradients
+                # as `on_before_optimizer_step` left them masked: then it keeps the zeros by itself.
+                masked_until_step = _gradients_stay_masked_until_step(trainer, pl_module, self)
                 self._step_hooks = [
                     optimizer.register_step_post_hook(lambda *_: masked.mask_weights())
                     for optimizer in trainer.optimizers
-                    if not keeps_masked_weights_at_zero(optimizer)
+                    if not (masked_until_step and keeps_masked_weights_at_zero(optimizer))
                 ]
         if self.emergence_callback is not None:
             _measure_at_fork(self.emergence_callback, trainer, pl_module, epoch=trainer.current_epoch)
@@ -982,6 +985,25 @@ def _valid_norm(norm: Any) -> bool:
     if isinstance(norm, str):
         return norm in ("fro", "nuc")
     return not isinstance(norm, bool) and isinstance(norm, (int, float)) and not math.isnan(norm)
+
+
+def _gradients_stay_masked_until_step(
+    trainer: pl.Trainer, pl_module: pl.LightningModule, recorder: Callback
+) -> bool:
+    """Whether the gradients masked in ``recorder.on_before_optimizer_step`` reach ``optimizer.step`` unchanged.
+
+    Not so with manual optimization (a raw optimizer skips the hook), a module that overrides
+    ``optimizer_step`` or ``on_before_optimizer_step`` (which runs after the callbacks'), or another
+    callback that overrides ``on_before_optimizer_step`` (it may run after ours). Clipping only scales.
+    """
+    if not pl_module.automatic_optimization:
+        return False
+    if is_overridden("on_before_optimizer_step", pl_module) or is_overridden("optimizer_step", pl_module):
+        return False
+    return not any(
+        callback is not recorder and is_overridden("on_before_optimizer_step", callback, parent=Callback)
+        for callback in trainer.callbacks
+    )
 
 
 def _check_strategy(strategy: Any) -> None:
