@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import sys
 import warnings
+import weakref
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -178,10 +179,9 @@ class ActivityTracker:
         """Registers the hooks (idempotent)."""
         if self._handles:
             return self
-        compiled = compiled_modules(self.model)
-        if compiled and not self._holds_eager:
-            _EagerWhileMeasuring.hold(compiled)  # before any hook: an error leaves nothing behind
-            self._holds_eager = True
+        if not self._holds_eager:
+            # Before any hook: an error leaves nothing behind.
+            self._holds_eager = _EagerWhileMeasuring.hold(self, compiled_modules(self.model))
         # A pass starts with each call of the root module, so reuse is detected per forward.
         def pass_starts(module: nn.Module, args: tuple) -> None:
             if module is self.model:
@@ -202,7 +202,7 @@ class ActivityTracker:
             self._handles.pop().remove()
         if self._holds_eager:
             self._holds_eager = False
-            _EagerWhileMeasuring.release()
+            _EagerWhileMeasuring.release(self)
 
     def __enter__(self) -> ActivityTracker:
         return self.attach()
@@ -449,43 +449,56 @@ def compiled_modules(model: nn.Module) -> list[str]:
     def compiled(module: nn.Module) -> bool:
         if isinstance(module, optimized) or getattr(module, "_compiled_call_impl", None) is not None:
             return True
-        methods = (value for value in vars(module).values() if callable(value))
-        return any(hasattr(method, "_torchdynamo_orig_callable") for method in methods)
+        # Compiled methods set on the instance, or decorated with @torch.compile in the class body.
+        namespaces = [vars(module), *(vars(cls) for cls in type(module).__mro__)]
+        return any(
+            callable(value) and hasattr(value, "_torchdynamo_orig_callable")
+            for namespace in namespaces
+            for value in namespace.values()
+        )
 
     return [name for name, module in model.named_modules() if compiled(module)]
 
 
 class _EagerWhileMeasuring:
-    """Runs ``torch.compile``'d code eagerly while a tracker of a model with compiled parts is attached.
+    """Runs ``torch.compile``'d code eagerly while any tracker is attached.
 
     Dynamo does not guard compiled code on the forward hooks of submodules
     (``torch._dynamo.config.skip_nnmodule_hook_guards``): code compiled before the hooks were
     added runs on without calling them, so the tracker would see some batches, or none, without an
     error. The ``force_eager`` stance runs the original modules, hooks and all, and compiled code
-    resumes once the last such tracker detaches. Counted, since two trackers' windows may overlap.
+    resumes once the last tracker detaches. It is held for every tracker, not only for models found
+    compiled, since compiled code can hide where no module shows it (a compiled function called
+    in ``forward``); on code that was never compiled it changes nothing. The holders are a weak set
+    of trackers: a copy of an attached tracker cannot release the original's hold, and one dropped
+    while attached stops counting (the stance then ends with the next tracker's detach).
     """
 
-    holders = 0
+    holders: weakref.WeakSet[object] = weakref.WeakSet()
     stance: object = None
 
     @classmethod
-    def hold(cls, compiled: list[str]) -> None:
-        if cls.holders == 0:
-            set_stance = getattr(getattr(torch, "compiler", None), "set_stance", None)
-            if set_stance is None:
+    def hold(cls, tracker: object, compiled: list[str]) -> bool:
+        """Enters the eager stance for ``tracker``; whether it is held (False on torch < 2.6)."""
+        set_stance = getattr(getattr(torch, "compiler", None), "set_stance", None)
+        if set_stance is None:
+            if compiled:
                 raise RuntimeError(
                     f"Modules {compiled} are compiled with torch.compile, whose compiled code skips forward "
                     "hooks added after compilation; measuring them needs torch >= 2.6 "
                     f"(`torch.compiler.set_stance`), found torch {torch.__version__}. Upgrade torch, or measure "
                     "the uncompiled module (`compiled._orig_mod`, or no `module.compile()`)."
                 )
+            return False
+        if cls.stance is None:
             cls.stance = set_stance("force_eager")
-        cls.holders += 1
+        cls.holders.add(tracker)
+        return True
 
     @classmethod
-    def release(cls) -> None:
-        cls.holders -= 1
-        if cls.holders == 0 and cls.stance is not None:
+    def release(cls, tracker: object) -> None:
+        cls.holders.discard(tracker)
+        if not cls.holders and cls.stance is not None:
             cls.stance.__exit__(None, None, None)  # type: ignore[attr-defined]  # the stance before `hold`
             cls.stance = None
 

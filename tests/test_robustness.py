@@ -163,7 +163,7 @@ def fresh_dynamo():
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()
-    assert _EagerWhileMeasuring.holders == 0  # every window gave the eager stance back
+    assert len(_EagerWhileMeasuring.holders) == 0 and _EagerWhileMeasuring.stance is None  # all given back
 
 
 class CountingBackend:
@@ -227,6 +227,58 @@ def test_compiled_model_measures_as_uncompiled(tmp_path, how, fresh_dynamo):
     assert emergence_history(tmp_path / "compiled", model) == expected
     assert [r["samples"] for r in expected] == [40, 40, 40] and expected[0]["E"] > 0
     assert backend.runs >= 12  # the training steps (6 per epoch) ran compiled code
+
+
+BACKEND = CountingBackend()
+
+
+class DecoratedForward(Classifier):
+    """`@torch.compile` on the method in the class body: nothing on the instance shows it."""
+
+    @torch.compile(backend=BACKEND)
+    def forward(self, x):
+        return self.net(x)
+
+
+def run_net(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return net(x)
+
+
+class CompiledHelper(Classifier):
+    """`forward` calls a compiled function that runs the submodules: no module is compiled."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend = CountingBackend()
+        self.run = torch.compile(run_net, backend=self.backend)
+
+    def forward(self, x):
+        return self.run(self.net, x)
+
+
+@pytest.mark.parametrize("model_class", [DecoratedForward, CompiledHelper])
+def test_compiled_code_no_module_shows_is_measured_as_uncompiled(tmp_path, model_class, fresh_dynamo):
+    expected = emergence_history(tmp_path / "eager", Classifier(dead_nodes_net(), lr=0.1))
+    model = model_class(dead_nodes_net(), lr=0.1)
+    backend = getattr(model, "backend", BACKEND)
+    runs = backend.runs
+    assert emergence_history(tmp_path / "compiled", model) == expected
+    assert backend.runs >= runs + 12  # the training steps ran compiled code
+
+
+def test_a_copy_of_an_attached_tracker_cannot_release_the_eager_stance(fresh_dynamo):
+    net = dead_nodes_net()
+    backend = CountingBackend()
+    net.compile(backend=backend)
+    tracker = ActivityTracker(net).attach()
+    copy.deepcopy(tracker).detach()  # e.g. a callback deep-copied while measuring
+    with torch.no_grad():
+        net(torch.randn(5, 8))
+    assert backend.runs == 0  # still eager: the original's hold stands
+    tracker.detach()
+    assert tracker.compute().samples == 5
+    net(torch.randn(5, 8))
+    assert backend.runs == 1
 
 
 def test_compiled_model_without_validation_measures_training_passes(tmp_path, fresh_dynamo):
@@ -300,6 +352,7 @@ def test_compiled_modules_names_every_form(fresh_dynamo):
     model = Classifier(mlp())
     model.forward = torch.compile(model.forward, backend="eager")
     assert compiled_modules(model) == [""]
+    assert compiled_modules(DecoratedForward(mlp())) == [""]
 
 
 def test_hooks_that_never_run_fail_instead_of_measuring_nothing(tmp_path):
@@ -310,6 +363,19 @@ def test_hooks_that_never_run_fail_instead_of_measuring_nothing(tmp_path):
 
     with pytest.raises(RuntimeError, match=r"6 batches went through the model, but none of the tracked"):
         trainer(tmp_path, [EmergenceCallback()]).fit(Bypassing(mlp()), loaders()[0])
+
+
+def test_batches_skipped_by_returning_minus_one_are_not_counted(tmp_path):
+    # Lightning's documented way to end an epoch early: `on_train_batch_start` returns -1.
+    class EndsEpochsEarly(Classifier):
+        def on_train_batch_start(self, batch, batch_idx):
+            if self.current_epoch == 2:
+                return -1  # no batch at all in the third epoch: no measurement, and no error
+            return -1 if batch_idx == 2 else None  # two batches of 16 in the others
+
+    callback = EmergenceCallback()
+    trainer(tmp_path, [callback], max_epochs=3).fit(EndsEpochsEarly(mlp()), loaders()[0])
+    assert [(r["epoch"], r["samples"]) for r in callback.history] == [(0, 96), (1, 32), (2, 32)]
 
 
 # ---- 3. a fit killed and resumed ------------------------------------------------------------------

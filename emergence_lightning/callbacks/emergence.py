@@ -248,7 +248,19 @@ class EmergenceCallback(Callback):
             self._remember_input(batch)
             # Only the first validation dataloader is measured, so every epoch sees the same data.
             self.tracker.enabled = dataloader_idx == 0
-            self._window_batches += self.tracker.enabled
+
+    @override
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if self._window_open and self.tracker is not None:
+            self._window_batches += self.tracker.enabled  # counted once the batch really ran
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -270,7 +282,13 @@ class EmergenceCallback(Callback):
         if self._window_open and self.tracker is not None:
             self.tracker.start_pass()
             self._remember_input(batch)
-            self._window_batches += 1
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._window_open:
+            self._window_batches += 1  # not at the start: `on_train_batch_start` may return -1 and skip it
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -304,13 +322,16 @@ class EmergenceCallback(Callback):
         if trainer is None or not was_open:
             return None
         measurement = self.tracker.compute(reduce=lambda tensor, op: trainer.strategy.reduce(tensor, reduce_op=op))
-        if measurement is None and self._window_batches:
+        # `measurement` is None on every process or on none; all take the same collective.
+        batches = _total(trainer, self._window_batches) if measurement is None else 0
+        if batches:
             # Never a silent gap in the history: batches went through, yet no hook was called.
             raise RuntimeError(
-                f"EmergenceCallback: {self._window_batches} batches went through the model, but none of the "
-                f"tracked layers {self.tracker.layer_names} produced an output: their forward hooks never ran. "
-                "The forward pass must call these modules (not `module.forward(...)` or a functional op); name "
-                "the modules it does call in `layers=[...]`, or give `probe_step` that runs the model."
+                f"EmergenceCallback: {batches} batches went through the model, but none of the tracked "
+                f"layers {self.tracker.layer_names} produced an output: their forward hooks never ran. The "
+                "forward pass must call these modules (not `module.forward(...)` or a functional op), and the "
+                "step must run this model (not a copy, such as an EMA model): name the modules it does call "
+                "in `layers=[...]`, or measure on `probe_dataloader=` with a `probe_step` that runs the model."
             )
         return measurement
 
@@ -489,6 +510,13 @@ class EmergenceCallback(Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = [dict(record) for record in state_dict.get("history", [])]
+
+
+def _total(trainer: pl.Trainer, count: int) -> int:
+    """``count`` summed over the processes."""
+    if trainer.world_size == 1:
+        return count
+    return int(trainer.strategy.reduce(torch.tensor(float(count), device=trainer.strategy.root_device), reduce_op="sum"))
 
 
 def _length(loader: Any) -> int | None:
