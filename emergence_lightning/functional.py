@@ -23,7 +23,8 @@ def _check_counts(name: str, values: Sequence[int]) -> list[int]:
                 as_int = int(value)
             except (TypeError, ValueError, OverflowError):
                 raise TypeError(f"`{name}` must hold integers, got {value!r} at position {index}.") from None
-            if isinstance(value, bool) or as_int != value:
+            # bool (and numpy's bool_) compares equal to 0/1 but is no count.
+            if isinstance(value, bool) or type(value).__name__ in ("bool", "bool_") or as_int != value:
                 raise TypeError(f"`{name}` must hold integers, got {value!r} at position {index}.")
             value = as_int
         if value < 0:

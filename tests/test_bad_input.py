@@ -801,3 +801,16 @@ def test_odd_model_with_nan_output(tmp_path):
     for record in later:
         assert record["a"][1:] == [0, 0]  # every node NaN: none active
         assert isinstance(record["E"], int) and math.isfinite(record["log10_E"])
+
+
+def test_numpy_bool_is_no_count_but_numpy_numbers_are_accepted():
+    import numpy as np
+
+    from emergence_lightning import emergence
+    from emergence_lightning.models import PaperMLP
+
+    with pytest.raises(TypeError, match=r"`a` must hold integers, got .*True.* at position 0"):
+        emergence([3, 3], [np.True_, 2])
+    assert emergence(np.array([3, 3]), np.array([1, 2])) == emergence([3, 3], [1, 2])
+    model = PaperMLP(lr=np.float32(0.01), momentum=np.float64(0.5))
+    assert model.configure_optimizers().param_groups[0]["lr"] == pytest.approx(0.01)
