@@ -223,7 +223,7 @@ def test_stop_at_zero_warns_when_E_is_zero_before_training(tmp_path):
     train, val = loaders()
     callback = EmergenceCallback(stop_at_zero=True, patience=1)
     trainer = make_trainer(tmp_path, [callback], max_epochs=1)
-    with pytest.warns(UserWarning, match=r"E is already 0 before training .*will stop after 2 epochs"):
+    with pytest.warns(UserWarning, match=r"E is already 0 before training .*will stop after the next 2 measurements"):
         trainer.fit(Classifier(mlp(hidden=(16,))), train, val)
     assert callback.history[0]["epoch"] == 0 and callback.history[0]["E"] == 0
 

@@ -418,8 +418,8 @@ class EmergenceCallback(Callback):
                 "EmergenceCallback(stop_at_zero=True): E is already 0 before training (active nodes per "
                 f"layer {dict(zip(measurement.names, measurement.a))} of {measurement.n}). E counts paths "
                 "from a dead node to an active node in a later layer, so with no dead node before the last "
-                "active one it is 0 whatever the accuracy, and training will stop after "
-                f"{self.patience + 1} epochs if it stays 0. Check that `layers` covers the hidden layers, "
+                "active one it is 0 whatever the accuracy, and training will stop after the next "
+                f"{self.patience + 1} measurements if it stays 0. Check that `layers` covers the hidden layers, "
                 "or watch E before stopping on it."
             )
         if self.stop_at_zero and epoch != 0:
