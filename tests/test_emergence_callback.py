@@ -187,6 +187,21 @@ def test_empty_validation_epoch_gives_no_measurement(tmp_path):
     assert [r["epoch"] for r in callback.history] == [0, 1, 2]  # the training passes stand in
 
 
+class TwoValidationLoaders(Classifier):
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        return super().validation_step(batch, batch_idx)
+
+
+def test_empty_first_validation_dataloader_warns_once(tmp_path):
+    train, val = loaders()
+    empty = DataLoader(torch.utils.data.TensorDataset(torch.zeros(0, 8), torch.zeros(0, dtype=torch.long)))
+    callback = EmergenceCallback(measure_at_start=False)
+    with pytest.warns(UserWarning, match=r"the first validation dataloader gave no batch.*`probe_dataloader=`") as seen:
+        make_trainer(tmp_path, [callback], max_epochs=2).fit(TwoValidationLoaders(mlp()), train, [empty, val])
+    assert callback.history == []
+    assert len([w for w in seen if "first validation dataloader" in str(w.message)]) == 1
+
+
 def test_sanity_check_is_not_measured(tmp_path):
     train, val = loaders()
     callback = EmergenceCallback(measure_at_start=False)

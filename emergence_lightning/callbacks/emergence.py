@@ -163,6 +163,8 @@ class EmergenceCallback(Callback):
         self._source: str | None = None  # "validation", "train" or "probe"
         self._window_open = False
         self._window_batches = 0  # batches fed to the model while the window is open
+        self._unmeasured_batches = 0  # batches of validation dataloaders after the first
+        self._warned_empty_first_loader = False
         self._example_input: Tensor | None = None  # two rows of a batch, to trace the weight graph
         self._untraceable = False
 
@@ -261,6 +263,7 @@ class EmergenceCallback(Callback):
     ) -> None:
         if self._window_open and self.tracker is not None:
             self._window_batches += self.tracker.enabled  # counted once the batch really ran
+            self._unmeasured_batches += not self.tracker.enabled
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -269,6 +272,14 @@ class EmergenceCallback(Callback):
         measurement = self._close_window(trainer)
         if measurement is not None:
             self._record(trainer, pl_module, measurement, epoch=_epochs_completed(trainer))
+        elif self._unmeasured_batches and not self._warned_empty_first_loader:
+            self._warned_empty_first_loader = True
+            rank_zero_warn(
+                "EmergenceCallback: the first validation dataloader gave no batch, so nothing was measured "
+                f"this epoch ({self._unmeasured_batches} batches of the other dataloaders are not measured, "
+                "so that every epoch sees the same data). Put the data to measure first, or pass "
+                "`probe_dataloader=`."
+            )
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -311,7 +322,7 @@ class EmergenceCallback(Callback):
         self.tracker.enabled = True
         self.tracker.attach()
         self._window_open = True
-        self._window_batches = 0
+        self._window_batches = self._unmeasured_batches = 0
 
     def _close_window(self, trainer: pl.Trainer | None = None) -> Measurement | None:
         """Removes the hooks; with a trainer, also reduces across processes and computes."""
