@@ -294,6 +294,9 @@ def test_tensorboard_histograms_layout_and_hparams(tmp_path):
     assert "custom_scalars__config__" in tags["plugins"]
     assert "_hparams_/session_start_info" in tags["plugins"]
     assert trainer.logger.hparams["emergence/threshold"] == 0.05
+    assert trainer.logger.hparams["emergence/source"] == "validation"
+    saved = (Path(trainer.logger.log_dir) / "hparams.yaml").read_text()  # written once, at the start
+    assert "emergence/threshold: 0.05" in saved and "emergence/layers: net.1,net.3" in saved
 
 
 def test_no_parameters_logs_nan_relative(tmp_path):

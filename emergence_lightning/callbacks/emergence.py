@@ -208,6 +208,11 @@ class EmergenceCallback(Callback):
             rank_zero_warn(
                 f"{type(pl_module).__name__} has no trainable parameter: relative emergence is logged as NaN."
             )
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    # Before Lightning writes hparams.yaml (once, at the start of the run): ours go in too.
+                    logger.hparams.update(self._hparams())
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -493,6 +498,10 @@ class EmergenceCallback(Callback):
                             f"{self.prefix}/activity/{layer.name}", values, global_step=trainer.global_step
                         )
 
+    def _hparams(self) -> dict[str, Any]:
+        # `source` is known from `on_train_start` on: left out before.
+        return {f"{self.prefix}/{key}": value for key, value in self.settings.items() if value != "None"}
+
     @rank_zero_only
     def _log_tensorboard_extras(self, trainer: pl.Trainer) -> None:
         p = self.prefix
@@ -510,8 +519,7 @@ class EmergenceCallback(Callback):
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_custom_scalars(layout)
                 # Keep the model's hyperparameters in the table and add ours beside them.
-                ours = {f"{p}/{key}": value for key, value in self.settings.items()}
-                logger.log_hyperparams({**dict(logger.hparams), **ours})
+                logger.log_hyperparams({**dict(logger.hparams), **self._hparams()})
 
     # ---- checkpointing -------------------------------------------------------------------
     @override
