@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emergence-lightning", description="Measure emergence while networks train.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="a one-minute offline demo: MLP on 5,000 MNIST digits, pruned branches")
+    demo = commands.add_parser("demo", help="a ~25 s offline demo: MLP on 5,000 MNIST digits, pruned branches")
     demo.add_argument("--log-dir", default="runs", help="where runs, figures and the summary go (default: runs)")
     demo.add_argument("--epochs-before", type=int, default=5, help="epochs before the fork (default: 5, the paper's)")
     demo.add_argument("--epochs-after", type=int, default=10, help="epochs of every branch (default: 10)")
