@@ -152,7 +152,7 @@ class ActivityTracker:
         self._first_seen: dict[str, int] = {}  # name -> order of its first call ever
         self._calls_this_pass: dict[str, int] = {}
         self._handles: list[RemovableHandle] = []
-        self._holds_eager = False  # compiled parts run eagerly while attached (see `compiled_modules`)
+        self._holds_eager = False  # compiled code runs eagerly while attached (see `_EagerWhileMeasuring`)
         self._nonfinite_warned: set[str] = set()
         self.enabled = True
         # Samples this process may still count; None = no limit (see `limit_samples`).
@@ -181,7 +181,7 @@ class ActivityTracker:
             return self
         if not self._holds_eager:
             # Before any hook: an error leaves nothing behind.
-            self._holds_eager = _EagerWhileMeasuring.hold(self, compiled_modules(self.model))
+            self._holds_eager = _EagerWhileMeasuring.hold(self)
         # A pass starts with each call of the root module, so reuse is detected per forward.
         def pass_starts(module: nn.Module, args: tuple) -> None:
             if module is self.model:
@@ -474,14 +474,15 @@ class _EagerWhileMeasuring:
     while attached stops counting (the stance then ends with the next tracker's detach).
     """
 
-    holders: weakref.WeakSet[object] = weakref.WeakSet()
+    holders: weakref.WeakSet[ActivityTracker] = weakref.WeakSet()
     stance: object = None
 
     @classmethod
-    def hold(cls, tracker: object, compiled: list[str]) -> bool:
+    def hold(cls, tracker: ActivityTracker) -> bool:
         """Enters the eager stance for ``tracker``; whether it is held (False on torch < 2.6)."""
         set_stance = getattr(getattr(torch, "compiler", None), "set_stance", None)
         if set_stance is None:
+            compiled = compiled_modules(tracker.model)  # without the stance, only these can be refused
             if compiled:
                 raise RuntimeError(
                     f"Modules {compiled} are compiled with torch.compile, whose compiled code skips forward "
@@ -496,7 +497,7 @@ class _EagerWhileMeasuring:
         return True
 
     @classmethod
-    def release(cls, tracker: object) -> None:
+    def release(cls, tracker: ActivityTracker) -> None:
         cls.holders.discard(tracker)
         if not cls.holders and cls.stance is not None:
             cls.stance.__exit__(None, None, None)  # type: ignore[attr-defined]  # the stance before `hold`

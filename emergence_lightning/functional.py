@@ -131,3 +131,13 @@ def log10_emergence(E: int) -> float:
     if isinstance(E, bool) or not isinstance(E, int) or E < 0:
         raise ValueError(f"`E` must be a non-negative int, got {E!r}.")
     return math.log10(E + 1)
+
+
+def emergence_as_float(E: int) -> float:
+    """``E`` as a float for the loggers: ``inf`` where an exact E is beyond the float range.
+
+    Example:
+        >>> emergence_as_float(10**400)
+        inf
+    """
+    return float(E) if E < 2**1023 else math.inf

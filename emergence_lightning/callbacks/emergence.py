@@ -17,7 +17,13 @@ from typing_extensions import override
 
 from emergence_lightning.activity import ActivityTracker, Measurement, check_flags, check_tracking_arguments
 from emergence_lightning.connectivity import ConnectivityError, build_edges, path_emergence
-from emergence_lightning.functional import VARIANTS, emergence, log10_emergence, relative_emergence
+from emergence_lightning.functional import (
+    VARIANTS,
+    emergence,
+    emergence_as_float,
+    log10_emergence,
+    relative_emergence,
+)
 from emergence_lightning.pruning import count_parameters
 
 # probe_step(pl_module, batch) runs one forward pass for the measurements the callback drives itself.
@@ -462,14 +468,14 @@ class EmergenceCallback(Callback):
     def _metrics(self, record: dict[str, Any]) -> dict[str, float]:
         p = self.prefix
         metrics = {
-            f"{p}/E": _as_float(record["E"]),
+            f"{p}/E": emergence_as_float(record["E"]),
             f"{p}/relative": record["relative"],
             f"{p}/log10_E": record["log10_E"],
             f"{p}/active_fraction": record["active_fraction"],
             f"{p}/epoch": float(record["epoch"]),
         }
         if record.get("E_path") is not None:
-            metrics[f"{p}/E_path"] = _as_float(record["E_path"])
+            metrics[f"{p}/E_path"] = emergence_as_float(record["E_path"])
             metrics[f"{p}/log10_E_path"] = log10_emergence(record["E_path"])
             metrics[f"{p}/relative_path"] = record["relative_path"]
         for name, n, a in zip(record["layers"], record["n"], record["a"]):
@@ -499,8 +505,10 @@ class EmergenceCallback(Callback):
                         )
 
     def _hparams(self) -> dict[str, Any]:
-        # `source` is known from `on_train_start` on: left out before.
-        return {f"{self.prefix}/{key}": value for key, value in self.settings.items() if value != "None"}
+        settings = self.settings
+        if self._source is None:
+            del settings["source"]  # known from `on_train_start` on
+        return {f"{self.prefix}/{key}": value for key, value in settings.items()}
 
     @rank_zero_only
     def _log_tensorboard_extras(self, trainer: pl.Trainer) -> None:
@@ -544,10 +552,6 @@ def _length(loader: Any) -> int | None:
         return len(loader)
     except (TypeError, NotImplementedError):
         return None
-
-
-def _as_float(E: int) -> float:
-    return float(E) if E < 2**1023 else math.inf
 
 
 def _first(loaders: Any) -> Any:

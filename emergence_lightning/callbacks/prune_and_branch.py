@@ -44,12 +44,13 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from lightning.pytorch.utilities.seed import isolate_rng
 from lightning.pytorch.utilities.model_helpers import is_overridden
+from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
+from emergence_lightning.activity import check_flags
 from emergence_lightning.branching import (
     PRUNING_FUNCTIONS,
     STRUCTURED_PRUNING_FUNCTIONS,
@@ -69,8 +70,8 @@ from emergence_lightning.branching import (
     random_pruned_name,
     reinitialize,
 )
-from emergence_lightning.activity import check_flags
 from emergence_lightning.callbacks.emergence import EmergenceCallback
+from emergence_lightning.functional import emergence_as_float
 from emergence_lightning.pruning import count_parameters
 
 #: Columns of ``summary.csv`` (``summary.json`` holds these and each branch's metric history).
@@ -1335,9 +1336,7 @@ def _metric_value(value: Any) -> float:
     """A scalar for the loggers: NaN for None, inf for an exact E beyond float range."""
     if value is None:
         return math.nan
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**1023:
-        return math.inf if value > 0 else -math.inf
-    return float(value)
+    return emergence_as_float(value) if isinstance(value, int) else float(value)  # E exact, E~ a float
 
 
 def _fmt(value: Any) -> str:
