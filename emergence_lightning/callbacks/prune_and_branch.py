@@ -70,6 +70,15 @@ from emergence_lightning.branching import (
     random_pruned_name,
     reinitialize,
 )
+from emergence_lightning.branching.fork_state import (
+    OptimizerState,
+    capture_optimizer,
+    capture_rng,
+    capture_schedulers,
+    load_optimizer,
+    load_schedulers,
+    restore_rng,
+)
 from emergence_lightning.callbacks.emergence import EmergenceCallback
 from emergence_lightning.functional import emergence_as_float
 from emergence_lightning.pruning import count_parameters
@@ -111,6 +120,8 @@ SUMMARY_COLUMNS = (
 PATH_COLUMNS = ("E_path_fork", "relative_E_path_fork", "E_path_end", "relative_E_path_end")
 RESULT_FILE = "result.json"
 STATE_DICT_FILE = "final_state_dict.pt"
+#: What a branch starts with besides the weights: the parent's optimizer, scheduler and RNG state, or fresh ones.
+OPTIMIZER_STATES = ("continue", "fresh")
 # Trainer arguments a branch takes from this callback, never from `trainer_kwargs`.
 _RESERVED_TRAINER_KWARGS = ("callbacks", "logger")
 
@@ -132,6 +143,15 @@ class ForkPoint:
     global_step: int
     batches_that_stepped: int
     fingerprint: str
+
+
+@dataclass(frozen=True)
+class ForkState:
+    """The parent's training state at the fork, loaded into every branch (``optimizer_state="continue"``)."""
+
+    optimizers: list[OptimizerState]
+    schedulers: list[tuple[str, dict[str, Any]]]
+    rng: dict[str, Any]
 
 
 class PruneAndBranchCallback(Callback):
@@ -211,6 +231,7 @@ class PruneAndBranchCallback(Callback):
         resume: bool = True,
         verbose: bool = True,
         fast_masks: bool = True,
+        optimizer_state: str = "continue",
     ) -> None:
         if isinstance(branch_epoch, bool) or not isinstance(branch_epoch, int) or branch_epoch < 1:
             raise ValueError(f"`branch_epoch` must be an int >= 1, got {branch_epoch!r}.")
@@ -264,6 +285,8 @@ class PruneAndBranchCallback(Callback):
             raise ValueError(f"`mode` must be 'min', 'max' or None, got {mode!r}.")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"`seed` must be an int, got {seed!r}.")
+        if optimizer_state not in OPTIMIZER_STATES:
+            raise ValueError(f"`optimizer_state` must be one of {OPTIMIZER_STATES}, got {optimizer_state!r}.")
         check_flags(random_controls=random_controls, resume=resume, verbose=verbose, fast_masks=fast_masks)
         if not _valid_norm(pruning_norm):
             raise ValueError(
@@ -302,6 +325,8 @@ class PruneAndBranchCallback(Callback):
         self.resume = resume
         self.verbose = verbose
         self.fast_masks = bool(fast_masks)
+        self.optimizer_state = optimizer_state
+        self.fork_state: ForkState | None = None
         self._state_key = self._generate_state_key(
             branch_epoch=branch_epoch, amounts=self.amounts, pruning_fn=pruning_fn
         )
@@ -413,6 +438,7 @@ class PruneAndBranchCallback(Callback):
     def run_branches(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[dict[str, Any]]:
         """Forks ``pl_module`` as ``trainer`` left it and trains every branch; returns :attr:`results`."""
         started = time.perf_counter()
+        rng = capture_rng()  # first: where the unforked run's next epoch would draw from
         parent_dir = Path(trainer.log_dir or trainer.default_root_dir)
         self.branches_dir = parent_dir / "branches"
         self.fork = ForkPoint(
@@ -434,6 +460,13 @@ class PruneAndBranchCallback(Callback):
         data = self._data_kwargs(trainer)
         generators = _generator_states(data.values())
         dense_parameters = count_parameters(pl_module)
+        self.fork_state = None
+        if self.optimizer_state == "continue":
+            self.fork_state = ForkState(
+                optimizers=[capture_optimizer(optimizer, pl_module) for optimizer in trainer.optimizers],
+                schedulers=capture_schedulers([config.scheduler for config in trainer.lr_scheduler_configs]),
+                rng=rng,
+            )
         pl_module.cpu()  # the parent's strategy has moved it back already on GPU; copies start on the host
         self.results = [result for result in self.results if result["name"] not in {s.name for s in specs}]
         self.timings = {"fork_s": time.perf_counter() - started}
@@ -498,7 +531,8 @@ class PruneAndBranchCallback(Callback):
         }
         model: pl.LightningModule | None = None
         try:
-            pl.seed_everything(self.seed, workers=True, verbose=False)
+            if self.fork_state is None:
+                pl.seed_everything(self.seed, workers=True, verbose=False)
             model = self._branch_model(spec, pl_module)
             result["parameters"] = count_parameters(model)
             callbacks = self._fresh_callbacks(spec, base_kwargs)
@@ -834,8 +868,14 @@ class _BranchRecorder(Callback):
                     for optimizer in trainer.optimizers
                     if not (masked_until_step and keeps_masked_weights_at_zero(optimizer))
                 ]
+        fork_state = self.owner.fork_state
+        if fork_state is not None and self.spec.kind in ("control", "pruned"):
+            # Random controls are new networks: the parent's momentum would push them along its own path.
+            _load_fork_state(trainer, pl_module, fork_state)
         if self.emergence_callback is not None:
             _measure_at_fork(self.emergence_callback, trainer, pl_module, epoch=trainer.current_epoch)
+        if fork_state is not None:
+            restore_rng(fork_state.rng)  # last: the first batch draws exactly as the unforked run's would
 
     @override
     def on_train_batch_end(
@@ -1088,6 +1128,19 @@ def _measure_at_fork(
         logger.log_metrics({**metrics, "epoch": epoch}, step=trainer.global_step)
     if callback.log_histograms:
         callback._log_histograms(trainer, measurement)
+
+
+def _load_fork_state(trainer: pl.Trainer, pl_module: pl.LightningModule, fork_state: ForkState) -> None:
+    """Loads the parent's optimizer and LR scheduler state into the branch's (pruned entries' state zeroed)."""
+    if len(trainer.optimizers) != len(fork_state.optimizers):
+        raise ValueError(
+            f"The branch's `configure_optimizers` returned {len(trainer.optimizers)} optimizer(s), the parent's "
+            f"{len(fork_state.optimizers)}; pass `optimizer_state='fresh'` to start the branches afresh."
+        )
+    mask_by_name = masks(pl_module)
+    for optimizer, saved in zip(trainer.optimizers, fork_state.optimizers):
+        load_optimizer(optimizer, saved, pl_module, mask_by_name)
+    load_schedulers([config.scheduler for config in trainer.lr_scheduler_configs], fork_state.schedulers)
 
 
 def _check_optimized_tensors(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -22,11 +22,17 @@ from torch import Tensor, nn
 from torch.nn.utils import prune
 from typing_extensions import Self
 
+from emergence_lightning.branching.scope import (
+    PRUNABLE_TYPES,
+    find_prunable,
+    qualified_names,
+    refresh_bypassed_masks,
+    tensor_names,
+)
+
 #: Pruning functions, named as Lightning's ``ModelPruning`` names them.
 PRUNING_FUNCTIONS = ("l1_unstructured", "random_unstructured", "ln_structured", "random_structured")
 STRUCTURED_PRUNING_FUNCTIONS = ("ln_structured", "random_structured")
-#: Modules pruned by default: every Linear and every convolution (transposed ones included).
-PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd)
 
 _ORIG = "_orig"
 _MASK = "_mask"
@@ -77,64 +83,6 @@ def random_pruned_name(amount: float) -> str:
     return f"random-pruned-{percent(amount)}"
 
 
-# ---- which tensors are pruned --------------------------------------------------------------
-def find_prunable(
-    model: nn.Module,
-    modules: Sequence[str] | None = None,
-    parameter_names: Sequence[str] = ("weight",),
-    skip_last: bool = False,
-) -> list[tuple[str, nn.Module, str]]:
-    """The ``(module name, module, parameter name)`` triples to prune.
-
-    Args:
-        model: the network.
-        modules: qualified names of the modules to prune; ``None`` takes every Linear and Conv.
-        parameter_names: the parameters of each module to prune (``"weight"``, ``"bias"``).
-        skip_last: with ``modules=None``, leave out the last Linear/Conv (the output layer),
-            which structured pruning would otherwise cut output classes from.
-
-    Raises:
-        ValueError: a module name the model lacks, a parameter name a module lacks, or nothing to prune.
-    """
-    named = dict(model.named_modules())
-    if modules is None:
-        chosen = [(name, module) for name, module in named.items() if isinstance(module, PRUNABLE_TYPES)]
-        if skip_last and len(chosen) > 1:
-            chosen = chosen[:-1]
-        if not chosen:
-            raise ValueError(
-                f"{type(model).__name__} has no module to prune: no nn.Linear or nn.Conv*d; "
-                "name the modules with `modules=[...]`."
-            )
-    else:
-        unknown = [name for name in modules if name not in named]
-        if unknown:
-            raise ValueError(
-                f"`modules` names {unknown!r}, which {type(model).__name__} does not have; "
-                f"it has {[name for name in named if name][:20]!r}."
-            )
-        chosen = [(name, named[name]) for name in modules]
-    triples = []
-    for module_name, module in chosen:
-        for parameter_name in parameter_names:
-            if not _has_prunable_parameter(module, parameter_name):
-                raise ValueError(
-                    f"`parameter_names` includes {parameter_name!r}, but module "
-                    f"{module_name or type(model).__name__!r} ({type(module).__name__}) has no such parameter; "
-                    f"its parameters are {[n.removesuffix(_ORIG) for n, _ in module.named_parameters(recurse=False)]!r}."
-                )
-            triples.append((module_name, module, parameter_name))
-    return triples
-
-
-def _has_prunable_parameter(module: nn.Module, name: str) -> bool:
-    # An already pruned parameter lives on as `<name>_orig` (prune stacks masks on it).
-    for candidate in (name, name + _ORIG):
-        if isinstance(module._parameters.get(candidate), Tensor):
-            return True
-    return False
-
-
 # ---- pruning ------------------------------------------------------------------------------
 def prune_model(
     model: nn.Module,
@@ -163,7 +111,7 @@ def prune_model(
         use_global_unstructured: prune all tensors together; ``None`` means yes for unstructured
             functions and no for structured ones (torch has no global structured pruning).
         parameter_names: parameters of each module to prune.
-        modules: qualified module names to prune; ``None`` takes every Linear and Conv.
+        modules: qualified module names to prune; ``None`` takes every trainable Linear, Conv and attention weight.
         pruning_dim: the dimension structured pruning removes slices along.
         pruning_norm: the norm ``ln_structured`` ranks slices by (1, 2, ``"fro"``, ...).
         remove_nodes: with structured pruning along dim 0, also mask the pruned nodes' biases.
@@ -195,7 +143,7 @@ def prune_model(
         prune.global_unstructured(
             [(module, name) for _, module, name in targets], pruning_method=method, amount=float(amount)
         )
-        return _detach_pruned(model)
+        return _detach_pruned(refresh_bypassed_masks(model))
     for _, module, name in targets:
         if pruning_fn == "l1_unstructured":
             prune.l1_unstructured(module, name, amount=float(amount))
@@ -207,7 +155,7 @@ def prune_model(
             prune.random_structured(module, name, amount=float(amount), dim=pruning_dim)
         if structured and remove_nodes and name == "weight" and pruning_dim == 0:
             _mask_bias_of_removed_nodes(module, parameter_names)
-    return _detach_pruned(model)
+    return _detach_pruned(refresh_bypassed_masks(model))
 
 
 def _detach_pruned(model: nn.Module) -> nn.Module:
@@ -254,7 +202,7 @@ def apply_masks(model: nn.Module, mask_by_name: dict[str, Tensor]) -> nn.Module:
                 f"{type(model).__name__} has no module {module_name!r} for the mask of {qualified!r}."
             )
         prune.custom_from_mask(named[module_name], parameter_name, mask)
-    return model
+    return _detach_pruned(refresh_bypassed_masks(model))
 
 
 def permanent_state_dict(model: nn.Module) -> dict[str, Tensor]:
@@ -281,11 +229,6 @@ def permanent_state_dict(model: nn.Module) -> dict[str, Tensor]:
         else:
             plain[key] = value.detach().clone()
     return plain
-
-
-def pruned_zero_count(model: nn.Module) -> int:
-    """Entries that pruning masks hold at zero: the weights a branch must never use."""
-    return sum(int((mask == 0).sum()) for mask in masks(model).values())
 
 
 def effective_weights_zero_where_masked(model: nn.Module) -> bool:
