@@ -158,11 +158,13 @@ class PruneAndBranchCallback(Callback):
     r"""Forks the model after ``branch_epoch`` epochs into a control and pruned copies, and trains each.
 
     When ``trainer.fit`` returns, the model has trained ``branch_epoch`` epochs; copies of it were
-    pruned by each of ``amounts`` (the ``amount`` smallest-magnitude weights across all Linear and
-    Conv layers, by default) and, with an unpruned control, each trained for the parent's remaining
-    epochs from the same weights with a fresh ``configure_optimizers``, the same data order
-    (``seed``), fresh copies of the parent's other callbacks and the parent's accelerator, devices,
-    precision and strategy. Each branch logs to its own run ``<log_dir>/branches/<name>/``, on
+    pruned by each of ``amounts`` (by default the ``amount`` smallest-magnitude entries across every
+    trainable weight of a Linear, Conv or ``nn.MultiheadAttention``: the weights ``P`` counts; each
+    result's ``pruned_tensors`` lists them) and, with an unpruned control, each trained for the
+    parent's remaining epochs from the parent's full training state at the fork: weights,
+    optimizer state (pruned entries' momentum zeroed), LR schedulers, data order and RNG, so the
+    control *is* the unforked run; with fresh copies of the parent's other callbacks and the
+    parent's accelerator, devices, precision and strategy. Each branch logs to its own run ``<log_dir>/branches/<name>/``, on
     the parent's epoch and step axes, so TensorBoard overlays the curves; ``results`` and
     ``<log_dir>/branches/summary.csv`` / ``summary.json`` compare them.
 
@@ -180,8 +182,8 @@ class PruneAndBranchCallback(Callback):
         use_global_unstructured: rank weights across all pruned layers together; ``None``: yes for
             unstructured functions, per layer for structured ones.
         parameter_names: parameters of each module to prune.
-        modules: qualified names of the modules to prune; ``None``: every Linear and Conv (the
-            output layer excepted for structured pruning).
+        modules: qualified names of the modules to prune; ``None``: every Linear, Conv and
+            MultiheadAttention whose weight is trainable (the output layer excepted for structured pruning).
         pruning_dim: dimension whose slices structured pruning removes (0: output neurons/channels).
         pruning_norm: norm ``ln_structured`` ranks slices by.
         random_controls: also train a randomly initialised copy (``random-dense``) and, per amount,
@@ -191,7 +193,8 @@ class PruneAndBranchCallback(Callback):
         branch_val_dataloaders: ... and these validation dataloaders.
         monitor: the metric to compare; ``None``: validation accuracy when logged, else validation loss.
         mode: ``"max"`` or ``"min"`` for ``monitor``; ``None`` guesses from its name.
-        seed: seeds every branch alike (data order, dropout, random pruning and re-initialisation).
+        seed: seeds random pruning and re-initialisation; with ``optimizer_state="fresh"`` also the
+            branches' data order and dropout (with ``"continue"`` they continue the parent's RNG).
         trainer_kwargs: ``Trainer`` arguments that override the ones taken from the parent
             (``max_epochs`` sets where the branches end; ``strategy`` may name a registered strategy).
         resume: skip branches a previous run with the same log directory finished, reading their results.
@@ -201,6 +204,11 @@ class PruneAndBranchCallback(Callback):
             forward pass (:class:`~emergence_lightning.branching.MaskedTraining`): the same forward
             values and gradients, at a fraction of the cost. ``False`` keeps ``torch.nn.utils.prune``'s
             hooks as they are (automatic when a branch has a ``ModelPruning`` callback).
+        optimizer_state: ``"continue"`` (default): the control and pruned branches load the parent's
+            optimizer and LR scheduler state and continue its global RNG, as "identical copies" that
+            "continue training"; random controls, new networks, start a fresh optimizer.
+            ``"fresh"``: every branch calls ``configure_optimizers`` afresh (momentum and schedule
+            restart at the fork) and is seeded with ``seed``.
 
     Example::
 
@@ -535,6 +543,7 @@ class PruneAndBranchCallback(Callback):
                 pl.seed_everything(self.seed, workers=True, verbose=False)
             model = self._branch_model(spec, pl_module)
             result["parameters"] = count_parameters(model)
+            result["pruned_tensors"] = list(masks(model))  # qualified names, e.g. `net.0.weight`
             callbacks = self._fresh_callbacks(spec, base_kwargs)
             emergence_callback = next((cb for cb in callbacks if isinstance(cb, EmergenceCallback)), None)
             recorder.emergence_callback = emergence_callback
