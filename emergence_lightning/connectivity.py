@@ -24,7 +24,7 @@ from torch.nn.utils import prune
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 
-from emergence_lightning.activity import INPUT_LAYER, OUTPUT_LAYER, parametrised_leaves
+from emergence_lightning.measure.layers import INPUT_LAYER, OUTPUT_LAYER, parametrised_leaves
 
 VARIANTS = ("paper", "induced")
 

@@ -6,7 +6,7 @@ import torch
 from tiny_models import DefinedOutOfOrder, FunctionalReLU, SharedReLU, mlp
 from torch import nn
 
-from emergence_lightning.activity import ActivityTracker, SharedModuleError, measure
+from emergence_lightning.measure import ActivityTracker, measure
 
 
 def hook_count(model: nn.Module) -> int:
@@ -52,18 +52,28 @@ def test_fraction_and_max_statistics():
 def test_layers_follow_forward_order_not_definition_order():
     model = DefinedOutOfOrder()
     with ActivityTracker(model) as tracker:
-        assert tracker.layer_names == ["late", "early"]  # definition order before any forward
+        assert tracker.layer_names == []  # layers are found as the forward pass runs them
         model(torch.randn(3, 8))
     assert tracker.layer_names == ["early", "late"]
     assert tracker.compute().n == [5, 4]
 
 
-def test_explicit_layers_for_functional_activations():
+def test_functional_activation_is_a_layer_and_equals_the_module_version():
+    torch.manual_seed(0)
     model = FunctionalReLU()
-    with pytest.raises(ValueError, match=r"FunctionalReLU has no activation module.*layers=\["):
-        ActivityTracker(model)
-    result = measure(model, [torch.randn(6, 8)], layers=["fc1"])
-    assert result.names == ["fc1"] and result.n == [6]
+    x = torch.randn(30, 8)
+    result = measure(model, [x])
+    hidden = torch.relu(model.fc1(x))  # independent: the activation computed by hand
+    assert result.names == ["relu()"] and result.n == [6]
+    assert result.a == [int((hidden.mean(0) > 0.05).sum())]
+    # `layers=["fc1"]` still measures the module's own output, the pre-activation.
+    pre = measure(model, [x], layers=["fc1"])
+    assert pre.names == ["fc1"] and pre.a == [int((model.fc1(x).mean(0) > 0.05).sum())]
+
+
+def test_model_without_any_activation_is_refused_after_it_ran():
+    with pytest.raises(ValueError, match=r"Linear ran, but no activation was found.*layers=\["):
+        measure(nn.Linear(4, 2), [torch.randn(3, 4)])
 
 
 def test_unknown_layer_names_list_valid_ones():
@@ -71,11 +81,18 @@ def test_unknown_layer_names_list_valid_ones():
         ActivityTracker(mlp(), layers=["encoder"])
 
 
-def test_shared_module_is_reported():
+def test_reused_module_gives_one_layer_per_call():
+    torch.manual_seed(0)
     model = SharedReLU()
-    with ActivityTracker(model):
-        with pytest.raises(SharedModuleError, match=r"'act' ran twice in one forward pass.*own module instance"):
-            model(torch.randn(2, 8))
+    x = torch.randn(20, 8)
+    with ActivityTracker(model) as tracker:
+        tracker.start_pass()
+        model(x)
+    result = tracker.compute()
+    first = torch.relu(model.fc1(x))
+    second = torch.relu(model.fc2(first))
+    assert result.names == ["act", "act#2"]
+    assert result.a == [int((first.mean(0) > 0.05).sum()), int((second.mean(0) > 0.05).sum())]
     assert hook_count(model) == 0
 
 
@@ -179,3 +196,46 @@ def test_copy_of_model_made_while_attached_is_ignored():
         twin(torch.randn(3, 8))
         model(torch.randn(2, 8))
     assert tracker.compute().samples == 2
+
+
+def test_sequences_of_varying_length_count_features_not_time_steps():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU())
+    short, long = torch.randn(2, 5, 4), torch.randn(2, 7, 4)
+    result = measure(model, [short, long])
+    outputs = torch.cat([model(short).reshape(-1, 3), model(long).reshape(-1, 3)])  # every token a row
+    assert result.n == [3]
+    assert result.a == [int((outputs.mean(0) > 0.05).sum())]
+
+
+def test_output_without_node_dimension_is_named_and_skipped():
+    class Gate(nn.Module):  # a per-sample scalar gate: (batch,) has no nodes
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            h = torch.relu(self.fc(x))
+            return h * torch.sigmoid(h.sum(1)).unsqueeze(1)
+
+    with pytest.warns(RuntimeWarning, match=r"Layer 'sigmoid\(\)' produced a tensor of shape \(3,\).*not measured"):
+        result = measure(Gate(), [torch.randn(3, 4)])
+    assert result.names == ["relu()"]
+
+
+def test_window_leaves_no_global_hook_and_no_function_mode():
+    from torch.nn.modules import module as module_hooks
+
+    model = mlp()
+    x = torch.randn(5, 8)
+    expected = model(x)
+    measure(model, [x])
+    assert not module_hooks._global_forward_hooks and not module_hooks._global_forward_pre_hooks
+    assert torch.overrides._get_current_function_mode_stack() == []
+    assert torch.equal(model(x), expected)
+
+
+def test_node_dim_per_layer_mapping():
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 3), nn.Tanh())
+    result = measure(model, [torch.randn(2, 5, 4)], node_dim={"1": 1})
+    assert result.names == ["1", "3"] and result.n == [5, 3]  # time steps on request, features by rule

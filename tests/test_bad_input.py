@@ -39,7 +39,6 @@ from emergence_lightning import (
     measure,
     relative_emergence,
 )
-from emergence_lightning.activity import SharedModuleError
 from emergence_lightning.cli import main
 from emergence_lightning.connectivity import build_edges, path_emergence
 from emergence_lightning.data import MNIST5kDataModule, MNISTDataModule
@@ -56,21 +55,10 @@ def one_batch(model: nn.Module, **kwargs: Any):
     return measure(model, [torch.randn(2, 4)], **kwargs)
 
 
-class LSTMNet(nn.Module):
-    """An LSTM returns a tuple: naming it as a layer is a mistake the tracker must explain."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lstm, self.act = nn.LSTM(4, 3, batch_first=True), nn.ReLU()
-
-    def forward(self, x):
-        return self.act(self.lstm(x)[0])
-
-
 def varying_lengths():
-    """Sequences of 5 then 7 steps: with the default node_dim=1 the "nodes" are time steps."""
+    """Sequences of 5 then 7 steps with the node dim forced to the time steps: the count changes."""
     model = nn.Sequential(nn.Linear(4, 3), nn.ReLU())
-    return measure(model, [torch.randn(2, 5, 4), torch.randn(2, 7, 4)])
+    return measure(model, [torch.randn(2, 5, 4), torch.randn(2, 7, 4)], node_dim=1)
 
 
 # ---- 1. arguments: checked when called ----------------------------------------------------------
@@ -151,7 +139,7 @@ ARGUMENT_CASES = [
     Case("tracker-statistic", lambda: ActivityTracker(net(), statistic=None), ValueError, r"`statistic` must be one of \('mean', 'fraction', 'max'\), got None"),
     Case("tracker-rate-nan", lambda: ActivityTracker(net(), min_firing_rate=math.nan), ValueError, r"`min_firing_rate` must be in \[0, 1\), got nan"),
     Case("tracker-rate-string", lambda: ActivityTracker(net(), min_firing_rate="x"), TypeError, r"`min_firing_rate` must be a number, got 'x'"),
-    Case("tracker-node-dim-float", lambda: ActivityTracker(net(), node_dim=1.0), TypeError, r"`node_dim` must be an int or None, got 1.0"),
+    Case("tracker-node-dim-float", lambda: ActivityTracker(net(), node_dim=1.0), TypeError, r"`node_dim` must be an int, a mapping from layer names to ints, or None, got 1.0"),
     Case("tracker-node-dim-batch", lambda: ActivityTracker(net(), node_dim=0), ValueError, r"`node_dim` cannot be 0, the batch dimension, got 0"),
     Case("tracker-layers-int", lambda: ActivityTracker(net(), layers=1), TypeError, r"`layers` must be a sequence of module names \(str\), got 1"),
     Case(
@@ -168,7 +156,7 @@ ARGUMENT_CASES = [
         ValueError,
         r"`include_input`/`include_output` need a module with parameters.*Sequential has none",
     ),
-    Case("tracker-no-activation", lambda: ActivityTracker(nn.Linear(4, 2)), ValueError, r"Linear has no activation module to track.*layers=\["),
+    Case("measure-no-activation", lambda: measure(nn.Linear(4, 2), [torch.randn(3, 4)]), ValueError, r"Linear ran, but no activation was found in its forward pass.*layers=\["),
     # measure(model, batches, **kwargs), and what the first forward pass reveals
     Case("measure-batches-none", lambda: measure(net(), None), TypeError, r"`batches` must be an iterable of model inputs.*got NoneType"),
     Case("measure-batches-tensor", lambda: measure(net(), torch.randn(3, 4)), TypeError, r"`batches` must be an iterable.*`\[x\]` for one batch\), got Tensor"),
@@ -177,23 +165,15 @@ ARGUMENT_CASES = [
         "measure-node-dim-out-of-range",
         lambda: one_batch(net(), node_dim=5),
         ValueError,
-        r"`node_dim`=5 is out of range for layer '1', whose output has shape \(2, 3\)",
+        r"`node_dim`=5 does not fit layer '1', whose output has shape \(2, 3\)",
     ),
     Case(
         "measure-node-dim-is-batch",
         lambda: one_batch(net(), node_dim=-2),
         ValueError,
-        r"`node_dim`=-2 is the batch dimension 0 for layer '1', whose output has shape \(2, 3\)",
+        r"`node_dim`=-2 does not fit layer '1', whose output has shape \(2, 3\) \(batch on dim 0\)",
     ),
-    Case(
-        "measure-tuple-layer",
-        lambda: measure(LSTMNet(), [torch.randn(2, 5, 4)], layers=["lstm"]),
-        TypeError,
-        r"Layer 'lstm' produced tuple, not a tensor; name a module whose output is a tensor",
-    ),
-    Case("measure-1d-output", lambda: measure(nn.Sequential(nn.ReLU()), [torch.randn(4)]), ValueError, r"Layer '0' produced a tensor of shape \(4,\); expected \(batch, nodes"),
-    Case("measure-varying-nodes", varying_lengths, ValueError, r"Layer '1' changed its number of nodes from 5 to 7.*set `node_dim`"),
-    Case("measure-shared-module", lambda: measure(SharedReLU(), [torch.randn(2, 8)]), SharedModuleError, r"Module 'act' ran twice in one forward pass"),
+    Case("measure-varying-nodes", varying_lengths, ValueError, r"Layer '1' changed its number of nodes between batches \(node count changed from 5 to 7\).*set `node_dim`"),
     # EmergenceCallback(...)
     Case("callback-threshold-negative", lambda: EmergenceCallback(threshold=-0.5), ValueError, r"`threshold` must be a finite number >= 0, got -0.5"),
     Case("callback-threshold-nan", lambda: EmergenceCallback(threshold=math.nan), ValueError, r"`threshold` must be a finite number >= 0, got nan"),
@@ -206,7 +186,7 @@ ARGUMENT_CASES = [
     Case("callback-layers-string", lambda: EmergenceCallback(layers="net.1"), TypeError, r"`layers` must be a sequence of module names \(str\), got 'net.1'"),
     Case("callback-layers-empty", lambda: EmergenceCallback(layers=[]), ValueError, r"`layers` must name at least one module, got an empty sequence"),
     Case("callback-layers-twice", lambda: EmergenceCallback(layers=["a", "a"]), ValueError, r"`layers` names a module twice: \['a', 'a'\]"),
-    Case("callback-node-dim-bool", lambda: EmergenceCallback(node_dim=True), TypeError, r"`node_dim` must be an int or None, got True"),
+    Case("callback-node-dim-bool", lambda: EmergenceCallback(node_dim=True), TypeError, r"`node_dim` must be an int, a mapping from layer names to ints, or None, got True"),
     Case("callback-patience-negative", lambda: EmergenceCallback(patience=-1), ValueError, r"`patience` must be an int >= 0, got -1"),
     Case("callback-patience-float", lambda: EmergenceCallback(patience=1.5), ValueError, r"`patience` must be an int >= 0, got 1.5"),
     Case("callback-patience-string", lambda: EmergenceCallback(patience="2"), ValueError, r"`patience` must be an int >= 0, got '2'"),
@@ -364,15 +344,13 @@ def _mlp() -> Recorder:
 
 SETUP_CASES = [
     SetupCase("no-trackable-layer", lambda: Recorder(nn.Sequential(nn.Linear(8, 3))), lambda: [EmergenceCallback()],
-              ValueError, r"Recorder has no activation module to track.*layers=\[", {}),
+              ValueError, r"Recorder ran, but no activation was found in its forward pass.*layers=\[", {}),
     SetupCase("unknown-layer", _mlp, lambda: [EmergenceCallback(layers=["net.1", "net.9"])],
               ValueError, r"`layers` names modules that don't exist: \['net.9'\]. Some valid names: \['net', 'net.0'", {}),
     SetupCase("root-as-layer", _mlp, lambda: [EmergenceCallback(layers=[""])],
               ValueError, r"`layers` names modules that don't exist: \[''\]", {}),
-    SetupCase("shared-module", lambda: Recorder(SharedReLU()), lambda: [EmergenceCallback()],
-              SharedModuleError, r"Module 'net.act' ran twice in one forward pass.*own module instance.*`layers=\[\.\.\.\]`", {}),
     SetupCase("node-dim-out-of-range", _mlp, lambda: [EmergenceCallback(node_dim=2)],
-              ValueError, r"`node_dim`=2 is out of range for layer 'net.1', whose output has shape \(16, 16\)", {}),
+              ValueError, r"`node_dim`=2 does not fit layer 'net.1', whose output has shape \(16, 16\)", {}),
     SetupCase("dict-batch-without-probe-step", lambda: DictBatches(mlp()), lambda: [EmergenceCallback()],
               TypeError, r"cannot find the input in a batch of type dict; pass `probe_step=lambda module, batch:", {}),
     SetupCase("branch-epoch-equals-max-epochs", _mlp, lambda: [PruneAndBranchCallback(branch_epoch=2)],
@@ -590,13 +568,13 @@ def test_odd_model_without_parameters(tmp_path):
 
 
 def test_odd_model_reusing_one_activation(tmp_path):
-    """(b) One nn.ReLU used after both hidden layers: named, with the fix, before any training step."""
+    """(b) One nn.ReLU used after both hidden layers: one layer per call, each of its own width."""
     model = Recorder(SharedReLU())
-    before = copy.deepcopy(model.state_dict())
-    with pytest.raises(SharedModuleError, match=r"'net.act' ran twice.*Give each use its own module instance.*explicit `layers="):
-        fit(tmp_path, model, EmergenceCallback())
-    assert model.training_steps == 0 and hooks(model) == 0
-    assert all(torch.equal(value, before[key]) for key, value in model.state_dict().items())
+    callback = EmergenceCallback()
+    fit(tmp_path, model, callback)
+    assert callback.history[-1]["layers"] == ["net.act", "net.act#2"]
+    assert callback.history[-1]["n"] == [6, 6]  # fc1 and fc2 both have 6 outputs
+    assert hooks(model) == 0
 
 
 class TwoHidden(Classifier):
@@ -716,17 +694,17 @@ def sequences(samples: int, seed: int) -> TensorDataset:
 
 def test_odd_model_with_sequence_activations(tmp_path):
     data = (DataLoader(sequences(48, 0), batch_size=16), DataLoader(sequences(24, 1), batch_size=16))
-    # default node_dim: dim 1 of a 3-D output, as for conv channels (docs/measure.md): the 7 time steps
-    default = EmergenceCallback()
-    fit(tmp_path / "default", Sequence3D(), default, max_epochs=1, data=data)
-    assert default.history[-1]["n"] == [7, 7]
-    # node_dim=-1, as docs/measure.md says for sequences: the features, averaged over samples and steps
+    # default node_dim: decided from the producing Linear, so the features (6 and 5), not the 7 steps
     model = Sequence3D()
-    features = EmergenceCallback(node_dim=-1)
-    _, val = fit(tmp_path / "features", model, features, max_epochs=1, data=data)
-    record = features.history[-1]
+    default = EmergenceCallback()
+    _, val = fit(tmp_path / "default", model, default, max_epochs=1, data=data)
+    record = default.history[-1]
     n, a, E = independent(model.hidden, val)
     assert (record["n"], record["a"], record["E"]) == (n, a, E) and n == [6, 5]
+    # node_dim=1 on request: the 7 time steps
+    forced = EmergenceCallback(node_dim=1)
+    fit(tmp_path / "forced", Sequence3D(), forced, max_epochs=1, data=data)
+    assert forced.history[-1]["n"] == [7, 7]
     assert E > 0
 
 

@@ -1,0 +1,23 @@
+"""The measure's pure tier: layers and nodes, per-node activity, the compile guard. No Lightning."""
+
+from emergence_lightning.measure.layers import INPUT_LAYER, OUTPUT_LAYER, parametrised_leaves
+from emergence_lightning.measure.tracker import (
+    ActivityTracker,
+    LayerActivity,
+    Measurement,
+    check_flags,
+    check_tracking_arguments,
+    measure,
+)
+
+__all__ = [
+    "INPUT_LAYER",
+    "OUTPUT_LAYER",
+    "ActivityTracker",
+    "LayerActivity",
+    "Measurement",
+    "check_flags",
+    "check_tracking_arguments",
+    "measure",
+    "parametrised_leaves",
+]

@@ -1,0 +1,83 @@
+"""Compiled code and forward hooks: keep ``torch.compile``'d code eager while a tracker measures.
+
+Plain PyTorch, no Lightning. Dynamo does not guard compiled code on hooks added later, so a
+tracker attached after compilation would silently see nothing; see :class:`EagerWhileMeasuring`.
+"""
+
+from __future__ import annotations
+
+import sys
+import weakref
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def compiled_modules(model: nn.Module) -> list[str]:
+    """Qualified names of the parts of ``model`` that ``torch.compile`` wraps (``""``: the model itself).
+
+    All forms count: ``torch.compile(module)`` (an ``OptimizedModule`` around ``_orig_mod``),
+    ``module.compile()`` in place, and compiled methods set on a module (``self.forward =
+    torch.compile(self.forward)``; ``Trainer.fit(torch.compile(model))`` does this to ``forward``
+    and the ``*_step`` methods of the LightningModule).
+    """
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")  # not imported: nothing was compiled
+    optimized = getattr(eval_frame, "OptimizedModule", ())
+
+    def compiled(module: nn.Module) -> bool:
+        if isinstance(module, optimized) or getattr(module, "_compiled_call_impl", None) is not None:
+            return True
+        # Compiled methods set on the instance, or decorated with @torch.compile in the class body.
+        namespaces = [vars(module), *(vars(cls) for cls in type(module).__mro__)]
+        return any(
+            callable(value) and hasattr(value, "_torchdynamo_orig_callable")
+            for namespace in namespaces
+            for value in namespace.values()
+        )
+
+    return [name for name, module in model.named_modules() if compiled(module)]
+
+
+class EagerWhileMeasuring:
+    """Runs ``torch.compile``'d code eagerly while any tracker is attached.
+
+    Dynamo does not guard compiled code on the forward hooks of submodules
+    (``torch._dynamo.config.skip_nnmodule_hook_guards``): code compiled before the hooks were
+    added runs on without calling them, so the tracker would see some batches, or none, without an
+    error. The ``force_eager`` stance runs the original modules, hooks and all, and compiled code
+    resumes once the last tracker detaches. It is held for every tracker, not only for models found
+    compiled, since compiled code can hide where no module shows it (a compiled function called
+    in ``forward``); on code that was never compiled it changes nothing. The holders are a weak set
+    of trackers: a copy of an attached tracker cannot release the original's hold, and one dropped
+    while attached stops counting (the stance then ends with the next tracker's detach).
+    """
+
+    holders: weakref.WeakSet[Any] = weakref.WeakSet()
+    stance: object = None
+
+    @classmethod
+    def hold(cls, tracker: Any) -> bool:
+        """Enters the eager stance for ``tracker``; whether it is held (False on torch < 2.6)."""
+        set_stance = getattr(getattr(torch, "compiler", None), "set_stance", None)
+        if set_stance is None:
+            compiled = compiled_modules(tracker.model)  # without the stance, only these can be refused
+            if compiled:
+                raise RuntimeError(
+                    f"Modules {compiled} are compiled with torch.compile, whose compiled code skips forward "
+                    "hooks added after compilation; measuring them needs torch >= 2.6 "
+                    f"(`torch.compiler.set_stance`), found torch {torch.__version__}. Upgrade torch, or measure "
+                    "the uncompiled module (`compiled._orig_mod`, or no `module.compile()`)."
+                )
+            return False
+        if cls.stance is None:
+            cls.stance = set_stance("force_eager")
+        cls.holders.add(tracker)
+        return True
+
+    @classmethod
+    def release(cls, tracker: Any) -> None:
+        cls.holders.discard(tracker)
+        if not cls.holders and cls.stance is not None:
+            cls.stance.__exit__(None, None, None)  # type: ignore[attr-defined]  # the stance before `hold`
+            cls.stance = None

@@ -1,0 +1,145 @@
+"""What is a layer and what is a node. Plain PyTorch, no Lightning.
+
+A *layer* is the output of one activation call site, in the order the forward pass runs it:
+
+- an activation module of any library (``nn.ReLU``, timm's ``GELU``, Hugging Face's
+  ``GELUActivation``, a user's ``Swish``): a leaf module in whose forward an activation function
+  ran. Its output is the layer, so a GELU built from ``torch.tanh`` is one layer, not two;
+- a functional call (``F.relu``, ``torch.tanh``, ``x.sigmoid()``) made directly in the forward of
+  a module that has submodules (``nn.TransformerEncoderLayer``'s ``F.relu``);
+- the output of a recurrent module (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``).
+
+Each call site is its own layer. Names a person can find: the module's qualified name for a
+module (``layer1.0.relu``), ``<module>.<function>()`` for a functional call
+(``encoder.layers.0.relu()``), and ``#k`` for the k-th call of the same site in one forward pass
+(``layer1.0.relu#2``). Softmax is not an activation here: it normalises logits.
+
+A *node* is one feature of the layer that produced the activation's input: a convolution's
+channel (dim 1) or a Linear's feature (the last dim, also for ``(N, tokens, features)`` and
+channels-last ``(N, H, W, C)`` outputs). :func:`node_dim_from_producer` decides it per layer.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+INPUT_LAYER = "<input>"
+OUTPUT_LAYER = "<output>"
+
+
+def _activation_functions() -> dict[object, str]:
+    """Every function and Tensor method that applies an element-wise activation, -> short name."""
+    names = [
+        "relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "mish", "softplus",
+        "sigmoid", "tanh", "hardtanh", "hardswish", "hardsigmoid", "prelu", "rrelu", "logsigmoid",
+        "softsign", "tanhshrink", "threshold", "glu",
+    ]  # fmt: skip
+    found: dict[object, str] = {}
+    for name in names:
+        for space in (F, torch, torch.Tensor, torch._C._nn):
+            for variant in (name, name + "_"):
+                function = getattr(space, variant, None)
+                if callable(function):
+                    found.setdefault(function, name)
+    found[torch.special.expit] = "sigmoid"
+    return found
+
+
+#: Function or method object -> the activation's short name (used in call-site names).
+ACTIVATION_FUNCTIONS: dict[object, str] = _activation_functions()
+
+
+def activation_name(function: object) -> str | None:
+    """The short name of an activation function (``"relu"``), or None for any other function."""
+    try:
+        return ACTIVATION_FUNCTIONS.get(function)
+    except TypeError:  # an unhashable callable is no activation
+        return None
+
+
+def is_recurrent(module: nn.Module) -> bool:
+    return isinstance(module, nn.RNNBase)
+
+
+def call_site_name(base: str, call: int) -> str:
+    """``base`` for a site's first call in a forward pass, ``base#k`` for its k-th."""
+    return base if call == 1 else f"{base}#{call}"
+
+
+def functional_site(owner: str, function: str) -> str:
+    """Name of a functional activation call made in the forward of module ``owner``."""
+    return f"{owner}.{function}()" if owner else f"{function}()"
+
+
+def base_name(layer: str) -> str:
+    """The site a layer name belongs to: ``layer1.0.relu#2`` -> ``layer1.0.relu``."""
+    head, sep, tail = layer.rpartition("#")
+    return head if sep and tail.isdigit() else layer
+
+
+# Producers whose output indexes nodes by dim 1 (channels first) or by the last dim (features).
+_CHANNELS_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LocalResponseNorm)
+_FEATURES_LAST = (nn.Linear, nn.Bilinear, nn.Embedding, nn.LayerNorm, nn.MultiheadAttention, nn.RNNBase)
+if hasattr(nn, "RMSNorm"):
+    _FEATURES_LAST = (*_FEATURES_LAST, nn.RMSNorm)
+
+
+def is_producer(module: nn.Module) -> bool:
+    """A module whose output fixes the node layout of what follows: one with parameters of its own."""
+    return any(True for _ in module.parameters(recurse=False))
+
+
+def produced_features(module: nn.Module) -> set[int]:
+    """How many features (nodes) a producer's output has, as far as its definition tells."""
+    for attribute in ("out_channels", "out_features", "num_features", "num_channels", "embedding_dim", "embed_dim"):
+        value = getattr(module, attribute, None)
+        if isinstance(value, int):
+            return {value}
+    if isinstance(module, nn.LayerNorm) or hasattr(module, "normalized_shape"):
+        shape = getattr(module, "normalized_shape", ())
+        if shape:
+            return {int(shape[-1]) if not isinstance(shape, int) else shape}
+    if is_recurrent(module):
+        hidden = module.proj_size or module.hidden_size if isinstance(module, nn.LSTM) else module.hidden_size
+        return {hidden * (2 if module.bidirectional else 1)}
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, Tensor) and weight.dim() >= 1:
+        # Linear-like (out, in) or Hugging Face's Conv1D (in, out): either end may be the output.
+        return {int(weight.shape[0]), int(weight.shape[-1])}
+    return set()
+
+
+def node_dim_from_producer(shape: tuple[int, ...], producer: nn.Module | None) -> int | None:
+    """The dimension indexing nodes of an activation whose input has ``shape``; None if undecidable.
+
+    2-D inputs are ``(batch, features)``. For more dimensions the producing layer decides: the
+    dimension (1 or last) whose size is the producer's feature count; when both match, the
+    producer's kind (a convolution or batch norm: channels first; a Linear: last).
+    """
+    if len(shape) <= 2:
+        return len(shape) - 1
+    if producer is None:
+        return None
+    features = produced_features(producer)
+    first, last = shape[1] in features, shape[-1] in features
+    if first and not last:
+        return 1
+    if last and not first:
+        return len(shape) - 1
+    if first and last:
+        if isinstance(producer, _CHANNELS_FIRST):
+            return 1
+        if type(producer) in _FEATURES_LAST:  # exact types: a LayerNorm2d subclass is channels first
+            return len(shape) - 1
+    return None
+
+
+def parametrised_leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Leaf modules that own parameters, in definition order: where the input and logits are read."""
+    return [
+        (name, module)
+        for name, module in model.named_modules()
+        if not list(module.children()) and is_producer(module)
+    ]

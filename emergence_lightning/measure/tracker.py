@@ -1,0 +1,589 @@
+"""Per-node activity of a model's layers during a measurement window. Plain PyTorch, no Lightning.
+
+While a window is open (``attach`` .. ``detach``) the tracker sees every module call of its model
+through global module hooks and every activation function through a ``TorchFunctionMode``; both
+are removed when the window closes, so training steps outside it run exactly as without the
+tracker. What counts as a layer and a node is decided in :mod:`emergence_lightning.measure.layers`.
+
+Example (no Trainer needed)::
+
+    with ActivityTracker(model) as tracker:
+        for x, _ in loader:
+            tracker.start_pass()
+            model(x)
+    measurement = tracker.compute()
+    measurement.names, measurement.n, measurement.a   # layers, nodes and active nodes
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules import module as module_hooks
+from torch.overrides import TorchFunctionMode
+from torch.utils.hooks import RemovableHandle
+
+from emergence_lightning.measure import layers as rules
+from emergence_lightning.measure.compile_guard import EagerWhileMeasuring
+from emergence_lightning.measure.layers import INPUT_LAYER, OUTPUT_LAYER
+from emergence_lightning.measure.statistics import STATISTICS, NodeStatistic, accumulation_dtype
+
+# A reduction across processes: (tensor, "sum" | "max") -> reduced tensor. Identity on one process.
+Reduce = Callable[[Tensor, str], Tensor]
+NodeDim = int | Mapping[str, int] | None
+
+
+@dataclass
+class LayerActivity:
+    """One layer's nodes after a measurement window."""
+
+    name: str
+    activity: Tensor  # per-node statistic (float64, CPU); NaN where the node saw a non-finite value
+    active: Tensor  # bool per node
+    nonfinite_nodes: int  # nodes that produced NaN or inf at least once (counted as inactive)
+
+    @property
+    def n(self) -> int:
+        return int(self.activity.numel())
+
+    @property
+    def a(self) -> int:
+        return int(self.active.sum())
+
+
+@dataclass
+class Measurement:
+    """Every tracked layer in forward order, and how many samples (rows) each layer saw."""
+
+    layers: list[LayerActivity]
+    samples: int
+    names: list[str] = field(init=False)
+    n: list[int] = field(init=False)
+    a: list[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.names = [layer.name for layer in self.layers]
+        self.n = [layer.n for layer in self.layers]
+        self.a = [layer.a for layer in self.layers]
+
+    @property
+    def active_fraction(self) -> float:
+        total = sum(self.n)
+        return sum(self.a) / total if total else math.nan
+
+
+class _Frame:
+    """A module call in progress."""
+
+    __slots__ = ("module", "name", "leaf", "producer", "skip", "saw_activation", "input_shape")
+
+    def __init__(self, module: nn.Module, name: str, producer: nn.Module | None, skip: bool, args: tuple) -> None:
+        self.module, self.name, self.producer, self.skip = module, name, producer, skip
+        self.leaf = next(iter(module.children()), None) is None
+        self.saw_activation = False
+        first = args[0] if args else None
+        self.input_shape = tuple(first.shape) if isinstance(first, Tensor) else None
+
+
+class _ActivationCalls(TorchFunctionMode):
+    """Hands every activation function call to the tracker; every other call passes untouched."""
+
+    def __init__(self, tracker: ActivityTracker) -> None:
+        super().__init__()
+        self.tracker = tracker
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        output = func(*args, **(kwargs or {}))
+        name = rules.activation_name(func)
+        if name is not None and self.tracker._stack:
+            self.tracker._activation_called(name, args, output)
+        return output
+
+
+class ActivityTracker:
+    """Collects per-node activity of every activation call site of a model.
+
+    Args:
+        model: the network (an ``nn.Module``; a LightningModule with no ``forward`` works too:
+            any call of its submodules is seen).
+        layers: names of the layers to keep (``None``: every activation). A module name keeps
+            each call of that module's output (also a non-activation module, e.g. ``"fc1"``);
+            a call-site name (``"layer1.0.relu#2"``, ``"encoder.layers.0.relu()"``) keeps that one.
+        threshold: a node is active when its activity exceeds this value (the paper's 0.05).
+        statistic: ``"mean"`` (mean output per node over samples and positions), ``"fraction"``
+            (fraction of samples/positions on which the output exceeds ``threshold``) or ``"max"``.
+        min_firing_rate: with ``statistic="fraction"``, a node is active when it fires on more
+            than this fraction of samples/positions.
+        node_dim: the dimension indexing nodes, for every layer (an int) or per layer (a mapping
+            from layer or module name to int); ``None`` decides it from the producing layer.
+            The batch is dim 0 (dim 1 for a recurrent module that is not ``batch_first``).
+        include_input: also track the input of the first parametrised leaf module (the data).
+        include_output: also track the output of the last parametrised leaf module (the logits).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Sequence[str] | None = None,
+        threshold: float = 0.05,
+        statistic: str = "mean",
+        min_firing_rate: float = 0.5,
+        node_dim: NodeDim = None,
+        include_input: bool = False,
+        include_output: bool = False,
+    ) -> None:
+        check_tracking_arguments(threshold, statistic, min_firing_rate, node_dim, layers)
+        check_flags(include_input=include_input, include_output=include_output)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
+        self.model = model
+        self.threshold = float(threshold)
+        self.statistic = statistic
+        self.min_firing_rate = float(min_firing_rate)
+        self.node_dim = node_dim
+        self.include_input, self.include_output = include_input, include_output
+        self._wanted = _check_layer_names(model, layers)
+        leaves = rules.parametrised_leaves(model)
+        if (include_input or include_output) and not leaves:
+            raise ValueError(
+                "`include_input`/`include_output` need a module with parameters (Linear, Conv, ...); "
+                f"{type(model).__name__} has none."
+            )
+        self._input_module = leaves[0][1] if include_input else None
+        self._output_module = leaves[-1][1] if include_output else None
+        self._stats: dict[str, NodeStatistic] = {}
+        self._layout: dict[str, tuple[int, int]] = {}  # layer -> (batch dim, node dim), fixed at first sight
+        self._first_seen: dict[str, int] = {}
+        self._calls: Counter[str] = Counter()  # call sites seen in this forward pass
+        self._stack: list[_Frame] = []
+        self._names: dict[int, str] = {}
+        self._skipped: set[int] = set()
+        self._last_producer: nn.Module | None = None
+        self._handles: list[RemovableHandle] = []
+        self._mode: _ActivationCalls | None = None
+        self._holds_eager = False
+        self._warned: set[str] = set()
+        self._module_calls = 0  # module calls of the model seen in this window
+        self.enabled = True
+        self._rows_left: dict[str, int | None] = {}
+        self._sample_limit: int | None = None
+
+    # ---- window --------------------------------------------------------------------------
+    @property
+    def layer_names(self) -> list[str]:
+        """Layers in forward order, as far as forward passes have shown them."""
+        pinned = {INPUT_LAYER: -math.inf, OUTPUT_LAYER: math.inf}
+        return sorted(self._stats, key=lambda name: (pinned.get(name, 0), self._first_seen[name]))
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)
+
+    def attach(self) -> ActivityTracker:
+        """Opens the window: module hooks and activation interception (idempotent)."""
+        if self._handles:
+            return self
+        if not self._holds_eager:
+            self._holds_eager = EagerWhileMeasuring.hold(self)
+        self._names = {id(module): name for name, module in self.model.named_modules()}
+        self._skipped = _metric_modules(self.model)
+        self._stack.clear()
+        self._handles.append(module_hooks.register_module_forward_pre_hook(self._module_starts))
+        self._handles.append(module_hooks.register_module_forward_hook(self._module_ends, always_call=True))
+        self._mode = _ActivationCalls(self)
+        self._mode.__enter__()
+        return self
+
+    def detach(self) -> None:
+        """Closes the window: removes every hook and the interception (idempotent)."""
+        while self._handles:
+            self._handles.pop().remove()
+        if self._mode is not None:
+            _leave_mode(self._mode)
+            self._mode = None
+        self._stack.clear()
+        if self._holds_eager:
+            self._holds_eager = False
+            EagerWhileMeasuring.release(self)
+
+    def __enter__(self) -> ActivityTracker:
+        return self.attach()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.detach()
+
+    def start_pass(self) -> None:
+        """Marks the start of one forward pass (one batch): call sites are numbered per pass."""
+        self._calls.clear()
+        self._stack.clear()
+
+    def reset(self) -> None:
+        """Clears the statistics to start a new measurement window (layers and order are kept)."""
+        for stat in self._stats.values():
+            stat.reset()
+        self._rows_left = {name: self._sample_limit for name in self._stats}
+        self._module_calls = 0
+
+    def limit_samples(self, limit: int | None) -> None:
+        """Counts at most ``limit`` samples per layer in the next windows (``None``: all).
+
+        A distributed sampler pads the last batches with repeated samples so every process gets
+        as many; counting only this process's share of real samples avoids counting them twice.
+        """
+        self._sample_limit = limit
+        self._rows_left = {name: limit for name in self._stats}
+
+    # ---- what the hooks see --------------------------------------------------------------
+    def _module_starts(self, module: nn.Module, args: tuple) -> None:
+        name = self._names.get(id(module))
+        if name is None:  # another model, or a copy of this one
+            return
+        if not self._stack:
+            self._module_calls += 1
+            if module is self.model:
+                self._calls.clear()
+        skip = id(module) in self._skipped or bool(self._stack and self._stack[-1].skip)
+        self._stack.append(_Frame(module, name, self._last_producer, skip, args))
+        if module is self._input_module and not skip and args and isinstance(args[0], Tensor):
+            self._record(INPUT_LAYER, args[0], producer=None, once=True)
+
+    def _module_ends(self, module: nn.Module, args: tuple, output: object) -> None:
+        if id(module) not in self._names:
+            return
+        while self._stack and self._stack[-1].module is not module:
+            self._stack.pop()  # frames left by an exception
+        if not self._stack:
+            return
+        frame = self._stack.pop()
+        if frame.skip:
+            return
+        if rules.is_recurrent(module):
+            self._record_recurrent(frame.name, module, output)
+        elif frame.saw_activation or frame.name in self._wanted:
+            same_shape = isinstance(output, Tensor) and tuple(output.shape) == frame.input_shape
+            producer = frame.producer if same_shape or not rules.is_producer(module) else module
+            self._record(frame.name, output, producer=producer)
+        if rules.is_producer(module) and not frame.saw_activation:
+            self._last_producer = module
+        if module is self._output_module:
+            self._record(OUTPUT_LAYER, output, producer=module, once=True)
+
+    def _activation_called(self, function: str, args: tuple, output: object) -> None:
+        frame = self._stack[-1]
+        if frame.skip:
+            return
+        if frame.leaf:  # an activation module: its output is the layer (recorded when it ends)
+            frame.saw_activation = True
+            return
+        if args and isinstance(args[0], nn.Parameter):
+            return  # a gate computed from weights (sigmoid(self.alpha)) has no samples
+        self._record(rules.functional_site(frame.name, function), output, producer=self._last_producer)
+
+    def _record_recurrent(self, name: str, module: nn.Module, output: object) -> None:
+        sequence = output[0] if isinstance(output, tuple) else output
+        if isinstance(sequence, nn.utils.rnn.PackedSequence):
+            sequence = sequence.data  # (tokens, features): every row a time step of some sample
+        batch_first = getattr(module, "batch_first", False)
+        batch_dim = 0 if batch_first or not isinstance(sequence, Tensor) or sequence.dim() < 3 else 1
+        self._record(name, sequence, producer=module, batch_dim=batch_dim)
+
+    # ---- accumulation --------------------------------------------------------------------
+    def _record(
+        self, site: str, output: object, producer: nn.Module | None, batch_dim: int = 0, once: bool = False
+    ) -> None:
+        self._calls[site] += 1
+        if once and self._calls[site] > 1:
+            return
+        name = rules.call_site_name(site, self._calls[site])
+        if self._wanted and name not in self._wanted and rules.base_name(name) not in self._wanted:
+            return
+        if not isinstance(output, Tensor):
+            raise TypeError(
+                f"Layer {name!r} produced {type(output).__name__}, not a tensor; name a module whose output "
+                "is a tensor in `layers=[...]`."
+            )
+        if output.is_nested:
+            self._warn_once(name, f"Layer {name!r} produced a nested tensor; it is not measured.")
+            return
+        if output.dim() < 2:
+            self._warn_once(
+                name, f"Layer {name!r} produced a tensor of shape {tuple(output.shape)}, which has no (batch, "
+                "nodes) dimensions; it is not measured."
+            )
+            return
+        if name not in self._stats:
+            self._layout[name] = (batch_dim, self._decide_node_dim(name, output, producer, batch_dim))
+            self._stats[name] = NodeStatistic(self.statistic, self.threshold)
+            self._first_seen[name] = len(self._first_seen)
+            self._rows_left[name] = self._sample_limit
+        if not self.enabled:
+            return
+        batch_dim, node_dim = self._layout[name]
+        if node_dim >= output.dim():
+            raise ValueError(
+                f"Layer {name!r} produced shape {tuple(output.shape)}, but its nodes were on dim {node_dim} "
+                "in earlier batches; set `node_dim` for this layer."
+            )
+        with torch.no_grad():
+            output = output.detach()
+            rows_left = self._rows_left.get(name)
+            if rows_left is not None:
+                output = output.narrow(batch_dim, 0, min(rows_left, output.shape[batch_dim]))
+                self._rows_left[name] = rows_left - output.shape[batch_dim]
+                if output.shape[batch_dim] == 0:
+                    return
+            try:
+                self._stats[name].add(output, batch_dim, node_dim)
+            except ValueError as error:
+                raise ValueError(
+                    f"Layer {name!r} changed its number of nodes between batches ({error}); set `node_dim` to "
+                    "the dimension that indexes nodes."
+                ) from None
+
+    def _decide_node_dim(self, name: str, output: Tensor, producer: nn.Module | None, batch_dim: int) -> int:
+        shape = tuple(output.shape)
+        override = self.node_dim
+        if isinstance(override, Mapping):
+            override = override.get(name, override.get(rules.base_name(name)))
+        if override is not None:
+            if not -output.dim() <= override < output.dim() or override % output.dim() == batch_dim:
+                raise ValueError(
+                    f"`node_dim`={override} does not fit layer {name!r}, whose output has shape {shape} (batch on "
+                    f"dim {batch_dim}); pick one of its other dimensions."
+                )
+            return override % output.dim()
+        if batch_dim != 0:  # a recurrent module's (time, batch, features)
+            return output.dim() - 1
+        decided = rules.node_dim_from_producer(shape, producer)
+        if decided is None:
+            source = f"{type(producer).__name__}" if producer is not None else "no layer with parameters"
+            self._warn_once(
+                name, f"Layer {name!r} has shape {shape} and was produced by {source}, which does not tell which "
+                f"dimension indexes its nodes; counting dim 1. Pass `node_dim={{{name!r}: d}}` to choose."
+            )
+            decided = 1
+        return decided
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+    # ---- result --------------------------------------------------------------------------
+    def compute(self, reduce: Reduce | None = None) -> Measurement | None:
+        """Turns the window's statistics into active/dead nodes per layer.
+
+        Args:
+            reduce: combines a tensor across processes (``"sum"`` or ``"max"``); every process
+                must call ``compute`` with it. ``None`` on a single process.
+
+        Returns:
+            The measurement, or ``None`` when no samples were seen by any process.
+        """
+        names = self.layer_names
+        stats = [self._stats[name] for name in names]
+        device = next((s.total.device for s in stats if s.total is not None), torch.device("cpu"))
+        dtype = accumulation_dtype(device)
+        # Node counts must agree everywhere to pack tensors; a process that saw nothing reports 0.
+        sizes = torch.tensor([s.nodes or 0 for s in stats], device=device, dtype=torch.long)
+        if reduce is not None:
+            # Layers are found as they run; every process must have found the same ones.
+            counts = reduce(torch.tensor([len(names)], device=device), "max")
+            if int(counts) != len(names):
+                raise RuntimeError(
+                    f"This process found {len(names)} layers ({names}) but another found {int(counts)}; the "
+                    "processes ran different forward passes. Pass the same `layers=[...]` everywhere."
+                )
+            if names:
+                sizes = reduce(sizes, "max")
+        sizes_list = [int(v) for v in sizes.tolist()]
+
+        def packed(values: list[Tensor | None], fill: float) -> Tensor:
+            filled = [
+                torch.full((size,), fill, device=device, dtype=dtype) if v is None else v.to(dtype)
+                for v, size in zip(values, sizes_list)
+            ]
+            return torch.cat(filled) if filled else torch.zeros(0, device=device, dtype=dtype)
+
+        rows = torch.tensor([float(s.rows) for s in stats], device=device, dtype=dtype)
+        totals = packed([s.total for s in stats], -math.inf if self.statistic == "max" else 0.0)
+        # One collective for everything that adds up, one more for a max statistic.
+        if self.statistic == "mean":
+            summed_parts = [rows, totals]
+        else:
+            probes = packed([s.probe for s in stats], 0.0)
+            summed_parts = [rows, probes, totals] if self.statistic == "fraction" else [rows, probes]
+        summed = torch.cat(summed_parts)
+        if reduce is not None:
+            summed = reduce(summed, "sum")
+            if self.statistic == "max":
+                totals = reduce(totals, "max")
+        split = torch.split(summed.cpu(), [part.numel() for part in summed_parts])
+        rows = split[0]
+        totals = (totals if self.statistic == "max" else split[-1]).cpu()
+        probes = totals if self.statistic == "mean" else split[1]
+
+        if not stats or float(rows.max()) == 0:
+            if self._module_calls and not stats:
+                raise ValueError(
+                    f"{type(self.model).__name__} ran, but no activation was found in its forward pass (no "
+                    "activation module, functional activation or recurrent module). Name the modules whose "
+                    "outputs are the layers: `layers=['encoder.0', ...]`."
+                )
+            return None
+        missing = [name for name, r in zip(names, rows.tolist()) if r == 0]
+        unmatched = [name for name in self._wanted if not any(rules.base_name(n) == name or n == name for n in names)]
+        if unmatched:
+            raise RuntimeError(
+                f"`layers` names {unmatched}, which never produced an output during the measurement; name "
+                f"modules or call sites used in the forward pass. Layers seen: {names[:12]}."
+            )
+
+        layers = []
+        offset = 0
+        for name, size, row_count in zip(names, sizes_list, rows.tolist()):
+            total = totals[offset : offset + size]
+            bad = ~torch.isfinite(probes[offset : offset + size])
+            offset += size
+            if row_count == 0:
+                continue
+            activity = total if self.statistic == "max" else total / row_count
+            activity = torch.where(bad, torch.full_like(activity, math.nan), activity)
+            active = activity > (self.min_firing_rate if self.statistic == "fraction" else self.threshold)
+            bad_count = int(bad.sum())
+            if bad_count:
+                self._warn_once(
+                    "nonfinite:" + name,
+                    f"Layer {name!r}: {bad_count} of {size} nodes produced NaN or inf; they are counted as inactive.",
+                )
+            layers.append(LayerActivity(name, activity, active, bad_count))
+        if missing:
+            self._warn_once(
+                "missing:" + ",".join(missing),
+                f"Layers {missing} ran in earlier measurements but not in this one; this measurement leaves them out.",
+            )
+        return Measurement(layers, samples=int(rows.max()))
+
+
+def _check_layer_names(model: nn.Module, layers: Sequence[str] | None) -> set[str]:
+    """The names in ``layers``, each a module or a call site of one; raises on any other."""
+    if layers is None:
+        return set()
+    modules = dict(model.named_modules())
+
+    def known(name: str) -> bool:
+        site = rules.base_name(name)
+        if site.endswith("()"):
+            owner = site[:-2].rpartition(".")[0]
+            return owner in modules
+        return site in modules and site != ""
+
+    unknown = [name for name in layers if not known(name)]
+    if unknown:
+        valid = [name for name in modules if name][:12]
+        raise ValueError(f"`layers` names modules that don't exist: {unknown}. Some valid names: {valid}.")
+    return set(layers)
+
+
+def _metric_modules(model: nn.Module) -> set[int]:
+    """torchmetrics metrics (and their submodules) inside the model: their sigmoids are no layers."""
+    torchmetrics = sys.modules.get("torchmetrics")
+    metric = getattr(torchmetrics, "Metric", None)
+    if metric is None:
+        return set()
+    return {id(sub) for module in model.modules() if isinstance(module, metric) for sub in module.modules()}
+
+
+def _leave_mode(mode: TorchFunctionMode) -> None:
+    """Pops ``mode`` even when other modes were pushed above it (and puts those back)."""
+    stack = torch.overrides._get_current_function_mode_stack()
+    if mode not in stack:
+        return
+    above = []
+    while torch.overrides._get_current_function_mode() is not mode:
+        above.append(torch.overrides._pop_mode())
+    mode.__exit__(None, None, None)
+    for other in reversed(above):
+        torch.overrides._push_mode(other)
+
+
+def check_tracking_arguments(
+    threshold: float,
+    statistic: str,
+    min_firing_rate: float,
+    node_dim: NodeDim,
+    layers: Sequence[str] | None,
+) -> None:
+    """Raises a clear error for a bad tracking argument (shared by the tracker and the callback)."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise TypeError(f"`threshold` must be a number, got {threshold!r}.")
+    if not math.isfinite(threshold) or threshold < 0:
+        raise ValueError(f"`threshold` must be a finite number >= 0, got {threshold!r}.")
+    if statistic not in STATISTICS:
+        raise ValueError(f"`statistic` must be one of {STATISTICS}, got {statistic!r}.")
+    if isinstance(min_firing_rate, bool) or not isinstance(min_firing_rate, (int, float)):
+        raise TypeError(f"`min_firing_rate` must be a number, got {min_firing_rate!r}.")
+    if not 0 <= min_firing_rate < 1:
+        raise ValueError(f"`min_firing_rate` must be in [0, 1), got {min_firing_rate!r}.")
+    dims = list(node_dim.values()) if isinstance(node_dim, Mapping) else [node_dim]
+    if isinstance(node_dim, Mapping) and not all(isinstance(key, str) for key in node_dim):
+        raise TypeError(f"`node_dim` keys must be layer names (str), got {node_dim!r}.")
+    for dim in dims:
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int)):
+            raise TypeError(f"`node_dim` must be an int, a mapping from layer names to ints, or None, got {node_dim!r}.")
+        if dim == 0:
+            raise ValueError(f"`node_dim` cannot be 0, the batch dimension, got {node_dim!r}.")
+    if layers is not None:
+        if (
+            isinstance(layers, str)
+            or not isinstance(layers, Collection)
+            or not all(isinstance(name, str) for name in layers)
+        ):
+            raise TypeError(f"`layers` must be a sequence of module names (str), got {layers!r}.")
+        if len(layers) == 0:
+            raise ValueError("`layers` must name at least one module, got an empty sequence.")
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"`layers` names a module twice: {list(layers)!r}.")
+
+
+def check_flags(**flags: object) -> None:
+    """Raises a TypeError for a switch that is not True or False (``"no"`` would read as True)."""
+    for name, value in flags.items():
+        if value not in (True, False):
+            raise TypeError(f"`{name}` must be True or False, got {value!r}.")
+
+
+def measure(model: nn.Module, batches: Iterable[object], **tracker_kwargs: object) -> Measurement | None:
+    """Runs ``model`` on ``batches`` in eval mode without gradients and measures it.
+
+    A batch is what the model takes (``model(batch)``), or a dict of keyword arguments
+    (``model(**batch)``, as Hugging Face models take them). The train/eval mode
+    of every module is restored afterwards. Keyword arguments go to :class:`ActivityTracker`.
+    """
+    if isinstance(batches, Tensor) or not isinstance(batches, Iterable):
+        raise TypeError(
+            f"`batches` must be an iterable of model inputs (a DataLoader of tensors, or `[x]` for one batch), "
+            f"got {type(batches).__name__}."
+        )
+    tracker = ActivityTracker(model, **tracker_kwargs)  # type: ignore[arg-type]
+    modes = {module: module.training for module in model.modules()}
+    try:
+        model.eval()
+        with tracker, torch.no_grad():
+            for batch in batches:
+                tracker.start_pass()
+                if isinstance(batch, Mapping):
+                    model(**batch)
+                else:
+                    model(batch)
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    return tracker.compute()
