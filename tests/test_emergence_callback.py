@@ -14,7 +14,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from emergence_lightning import EmergenceCallback, count_parameters
-from emergence_lightning.activity import ACTIVATION_TYPES
 
 
 def make_trainer(tmp_path, callbacks, max_epochs=3, **kwargs):
@@ -53,7 +52,7 @@ def independent_emergence(net: nn.Sequential, val_loader: DataLoader, threshold:
             h = x
             for index, layer in enumerate(net):
                 h = layer(h)
-                if isinstance(layer, ACTIVATION_TYPES):
+                if isinstance(layer, (nn.ReLU, nn.Tanh, nn.GELU, nn.Sigmoid, nn.SiLU, nn.LeakyReLU)):
                     node_means = h.transpose(0, 1).reshape(h.shape[1], -1).double()
                     outputs.setdefault(index, []).append(node_means)
     n, a = [], []
@@ -296,7 +295,7 @@ def test_tensorboard_histograms_layout_and_hparams(tmp_path):
     assert trainer.logger.hparams["emergence/threshold"] == 0.05
     assert trainer.logger.hparams["emergence/source"] == "validation"
     saved = (Path(trainer.logger.log_dir) / "hparams.yaml").read_text()  # written once, at the start
-    assert "emergence/threshold: 0.05" in saved and "emergence/layers: net.1,net.3" in saved
+    assert "emergence/threshold: 0.05" in saved and "emergence/layers: every activation" in saved
 
 
 def test_no_parameters_logs_nan_relative(tmp_path):
@@ -315,9 +314,9 @@ def test_no_parameters_logs_nan_relative(tmp_path):
     assert math.isnan(callback.history[-1]["relative"])
 
 
-def test_model_without_trackable_layer_fails_in_setup(tmp_path):
+def test_model_without_trackable_layer_fails_before_training(tmp_path):
     model = Classifier(nn.Sequential(nn.Linear(8, 3)))
-    with pytest.raises(ValueError, match=r"has no activation module to track.*layers=\["):
+    with pytest.raises(ValueError, match=r"Classifier ran, but no activation was found in its forward pass.*layers=\["):
         make_trainer(tmp_path, [EmergenceCallback()], max_epochs=1).fit(model, *loaders())
 
 
@@ -408,3 +407,67 @@ def test_weights_connectivity_on_untraceable_model_warns_and_keeps_dense(tmp_pat
 def test_bad_connectivity():
     with pytest.raises(ValueError, match=r"`connectivity` must be one of \('dense', 'weights'\), got 'sparse'"):
         EmergenceCallback(connectivity="sparse")
+
+
+class MeasureMidEpoch(Callback):
+    """Asks for a measurement after the 3rd training batch of epoch 0, as the branching callback does."""
+
+    def __init__(self, emergence_callback, **kwargs):
+        self.emergence_callback, self.kwargs = emergence_callback, kwargs
+        self.records, self.snapshots, self.stopped = [], [], []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.current_epoch == 0 and batch_idx == 2:
+            self.snapshots.append(copy.deepcopy(pl_module.net).eval())
+            self.records.append(self.emergence_callback.measure_now(trainer, pl_module, epoch=0.5, **self.kwargs))
+            self.stopped.append(trainer.should_stop)
+
+
+def test_measure_now_records_logs_and_equals_independent_computation(tmp_path):
+    from emergence_lightning import EmergenceRecord
+
+    torch.manual_seed(0)
+    train, val = loaders(samples=96, val_samples=40)
+    net = mlp(features=8, hidden=(24, 16, 12))
+    with torch.no_grad():
+        for layer in [m for m in net if isinstance(m, nn.Linear)][:-1]:
+            layer.bias[: layer.bias.numel() // 3] = -3.0
+    callback = EmergenceCallback()
+    asker = MeasureMidEpoch(callback)
+    trainer = make_trainer(tmp_path, [callback, asker], max_epochs=1)
+    trainer.fit(Classifier(net, lr=0.5), train, val)
+
+    (record,) = asker.records
+    assert isinstance(record, EmergenceRecord)
+    assert record.E == independent_emergence(asker.snapshots[0], val) and record.E > 0
+    assert record.epoch == 0.5 and record.global_step == 3 and not record.before_training
+    assert record.names == ("net.1", "net.3", "net.5") and record.n == (24, 16, 12)
+    assert record.log10_E == pytest.approx(math.log10(record.E + 1))
+    assert record.parameters == sum(p.numel() for p in net.parameters())
+    with pytest.raises(AttributeError, match="cannot assign"):
+        record.E = 0  # frozen
+    # history: the epoch-0 pass, the asked-for one, the epoch-1 validation; typed twins via records()
+    assert [(r["epoch"], r["before_training"]) for r in callback.history] == [(0, True), (0.5, False), (1, False)]
+    assert [r.epoch for r in callback.records()] == [0, 0.5, 1]
+    assert callback.records()[1] == record
+    scalars = read_scalars(trainer.logger.log_dir)
+    assert (3, pytest.approx(float(record.E), rel=1e-6)) in [(s, v) for s, v in scalars["emergence/E"]]
+    assert (3, 0.5) in scalars["emergence/epoch"]
+
+
+def test_measure_now_without_logging_never_stops_training(tmp_path):
+    train, val = loaders()
+    callback = EmergenceCallback(stop_at_zero=True, patience=0)
+    asker = MeasureMidEpoch(callback, log=False)
+    trainer = make_trainer(tmp_path, [callback, asker], max_epochs=1)
+    with pytest.warns(UserWarning, match="E is already 0 before training"):
+        trainer.fit(DeadNetwork(), train, val)
+    assert asker.records[0].E == 0 and asker.stopped == [False]
+    epochs_logged = [value for _, value in read_scalars(trainer.logger.log_dir)["emergence/epoch"]]
+    assert 0.5 not in epochs_logged
+
+
+def test_measure_now_outside_a_fit_is_refused():
+    callback = EmergenceCallback()
+    with pytest.raises(RuntimeError, match="measure_now needs the callback set up on this module"):
+        callback.measure_now(pl.Trainer(logger=False), Classifier(mlp()), epoch=1)

@@ -16,6 +16,7 @@ from torch.utils.data import DistributedSampler
 from typing_extensions import override
 
 from emergence_lightning.activity import ActivityTracker, Measurement, check_flags, check_tracking_arguments
+from emergence_lightning.callbacks.emergence_record import EmergenceRecord
 from emergence_lightning.connectivity import ConnectivityError, build_edges, path_emergence
 from emergence_lightning.functional import (
     VARIANTS,
@@ -55,7 +56,7 @@ def zero_streak(history: Sequence[dict[str, Any]]) -> int:
     """How many of the latest in-training measurements had E exactly 0."""
     streak = 0
     for record in reversed(history):
-        if record["epoch"] == 0 or record["E"] != 0:
+        if record.get("before_training", record["epoch"] == 0) or record["E"] != 0:
             break
         streak += 1
     return streak
@@ -187,7 +188,8 @@ class EmergenceCallback(Callback):
             "threshold": self.threshold,
             "statistic": self.statistic,
             "variant": self.variant,
-            "layers": ",".join(self.tracker.layer_names) if self.tracker else str(self.layers),
+            # Layers are found as the forward pass runs; hparams are written before it.
+            "layers": ",".join(self.layers) if self.layers else "every activation",
             "include_input": self.include_input,
             "include_output": self.include_output,
             "source": str(self._source),
@@ -231,18 +233,13 @@ class EmergenceCallback(Callback):
     # ---- when to measure -----------------------------------------------------------------
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.probe_dataloader is not None:
-            self._source = "probe"
-        elif _has_validation(trainer):
-            self._source = "validation"
-        else:
-            self._source = "train"
+        self._source = self._choose_source(trainer)
         self._log_tensorboard_extras(trainer)
         if self.measure_at_start and not self.history:
             batches, sampler = self._start_batches(trainer)
             measurement = self._run_probe(trainer, pl_module, batches, sampler)
             if measurement is not None:
-                self._record(trainer, pl_module, measurement, epoch=0, through_loggers=True)
+                self._record(trainer, pl_module, measurement, epoch=0, through_loggers=True, before_training=True)
 
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -325,6 +322,56 @@ class EmergenceCallback(Callback):
         if measurement is not None:
             self._record(trainer, pl_module, measurement, epoch=epoch)
 
+    # ---- public: a measurement on demand, the history as records ----------------------------
+    def measure_now(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        *,
+        epoch: float,
+        before_training: bool = False,
+        log: bool = True,
+    ) -> EmergenceRecord | None:
+        """Takes one measurement now, on the data the epoch-0 pass uses, and records it.
+
+        The pass runs in eval mode with no gradient, on the probe data, else the first validation
+        dataloader, else the training data (the same samples every time). It never triggers
+        ``stop_at_zero``: the caller decides what a measurement it asked for means.
+
+        Args:
+            trainer: the Trainer running ``pl_module`` (its loggers and strategy are used).
+            pl_module: the module to measure (the one this callback was set up with).
+            epoch: the epoch to record and log the measurement at.
+            before_training: whether the weights have not been trained yet.
+            log: also write the scalars (and histograms, if enabled) to ``trainer.loggers`` at
+                ``trainer.global_step``.
+
+        Returns:
+            The record (also appended to :attr:`history`), or None when no sample was measured.
+        """
+        if self.tracker is None or self.tracker.model is not pl_module:
+            raise RuntimeError(
+                "EmergenceCallback.measure_now needs the callback set up on this module: call it from a hook "
+                f"of a running `Trainer` whose callbacks include it (got {type(pl_module).__name__})."
+            )
+        if self._source is None:
+            self._source = self._choose_source(trainer)
+        batches, sampler = self._start_batches(trainer)
+        measurement = self._run_probe(trainer, pl_module, batches, sampler)
+        if measurement is None:
+            return None
+        record = self._new_record(trainer, pl_module, measurement, epoch, before_training)
+        self.history.append(record)
+        if log:
+            self._log_to_loggers(trainer, record)
+            if self.log_histograms:
+                self._log_histograms(trainer, measurement)
+        return EmergenceRecord.from_history(record)
+
+    def records(self) -> list[EmergenceRecord]:
+        """:attr:`history` as typed records, oldest first."""
+        return [EmergenceRecord.from_history(entry) for entry in self.history]
+
     # ---- measurement windows -------------------------------------------------------------
     def _open_window(self, trainer: pl.Trainer, sampler: Any) -> None:
         assert self.tracker is not None
@@ -356,6 +403,11 @@ class EmergenceCallback(Callback):
                 "in `layers=[...]`, or measure on `probe_dataloader=` with a `probe_step` that runs the model."
             )
         return measurement
+
+    def _choose_source(self, trainer: pl.Trainer) -> str:
+        if self.probe_dataloader is not None:
+            return "probe"
+        return "validation" if _has_validation(trainer) else "train"
 
     def _start_batches(self, trainer: pl.Trainer) -> tuple[Iterable[Any], Any]:
         """The data of the epoch-0 pass (the same data later epochs measure) and its sampler."""
@@ -395,14 +447,14 @@ class EmergenceCallback(Callback):
         return self._close_window(trainer)
 
     # ---- recording, logging, stopping ----------------------------------------------------
-    def _record(
+    def _new_record(
         self,
         trainer: pl.Trainer,
         pl_module: pl.LightningModule,
         measurement: Measurement,
         epoch: float,
-        through_loggers: bool = False,
-    ) -> None:
+        before_training: bool,
+    ) -> dict[str, Any]:
         E = emergence(measurement.n, measurement.a, variant=self.variant)
         parameters = count_parameters(pl_module)
         record = {
@@ -417,25 +469,43 @@ class EmergenceCallback(Callback):
             "active_fraction": measurement.active_fraction,
             "parameters": parameters,
             "samples": measurement.samples,
+            "before_training": before_training,
         }
         if self.connectivity == "weights":
             E_path = self._path_emergence(pl_module, measurement)
             record["E_path"] = E_path
             if E_path is not None:
                 record["relative_path"] = relative_emergence(E_path, parameters) if parameters else math.nan
+        return record
+
+    def _log_to_loggers(self, trainer: pl.Trainer, record: dict[str, Any]) -> None:
+        """Writes a record straight to the loggers at ``global_step`` (where ``self.log`` can't: before the
+        first step, in ``on_train_end``, or for a measurement the caller asked for)."""
+        metrics = {**self._metrics(record), "epoch": record["epoch"]}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+
+    def _record(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        measurement: Measurement,
+        epoch: float,
+        through_loggers: bool = False,
+        before_training: bool = False,
+    ) -> None:
+        record = self._new_record(trainer, pl_module, measurement, epoch, before_training)
+        E = record["E"]
         self.history.append(record)
-        metrics = self._metrics(record)
         if through_loggers:
-            # Before the first step, `self.log` would fold this into epoch 1; write it at step 0.
-            for logger in trainer.loggers:
-                logger.log_metrics({**metrics, "epoch": 0}, step=trainer.global_step)
+            self._log_to_loggers(trainer, record)
         else:
-            for key, value in metrics.items():
+            for key, value in self._metrics(record).items():
                 # Values are equal on every process; syncing keeps them so and silences the DDP warning.
                 pl_module.log(key, value, on_step=False, on_epoch=True, batch_size=1, sync_dist=True)
         if self.log_histograms:
             self._log_histograms(trainer, measurement)
-        if self.stop_at_zero and epoch == 0 and E == 0:
+        if self.stop_at_zero and before_training and E == 0:
             rank_zero_warn(
                 "EmergenceCallback(stop_at_zero=True): E is already 0 before training (active nodes per "
                 f"layer {dict(zip(measurement.names, measurement.a))} of {measurement.n}). E counts paths "
@@ -444,7 +514,7 @@ class EmergenceCallback(Callback):
                 f"{self.patience + 1} measurements if it stays 0. Check that `layers` covers the hidden layers, "
                 "or watch E before stopping on it."
             )
-        if self.stop_at_zero and epoch != 0:
+        if self.stop_at_zero and not before_training:
             self._maybe_stop(trainer)
 
     def _remember_input(self, batch: Any) -> None:
