@@ -33,7 +33,7 @@ from torch.utils.hooks import RemovableHandle
 from emergence_lightning.measure import layers as rules
 from emergence_lightning.measure.compile_guard import EagerWhileMeasuring
 from emergence_lightning.measure.layers import INPUT_LAYER, OUTPUT_LAYER
-from emergence_lightning.measure.statistics import STATISTICS, NodeStatistic, accumulation_dtype
+from emergence_lightning.measure.statistics import STATISTICS, NodeStatistic, Scratch, accumulation_dtype
 
 # A reduction across processes: (tensor, "sum" | "max") -> reduced tensor. Identity on one process.
 Reduce = Callable[[Tensor, str], Tensor]
@@ -170,6 +170,7 @@ class ActivityTracker:
         self._mode: _ActivationCalls | None = None
         self._holds_eager = False
         self._warned: set[str] = set()
+        self._scratch = Scratch()
         self._module_calls = 0  # module calls of the model seen in this window
         self.enabled = True
         self._rows_left: dict[str, int | None] = {}
@@ -209,6 +210,7 @@ class ActivityTracker:
             _leave_mode(self._mode)
             self._mode = None
         self._stack.clear()
+        self._scratch.free()
         if self._holds_eager:
             self._holds_eager = False
             EagerWhileMeasuring.release(self)
@@ -340,7 +342,7 @@ class ActivityTracker:
                 if output.shape[batch_dim] == 0:
                     return
             try:
-                self._stats[name].add(output, batch_dim, node_dim)
+                self._stats[name].add(output, batch_dim, node_dim, self._scratch)
             except ValueError as error:
                 raise ValueError(
                     f"Layer {name!r} changed its number of nodes between batches ({error}); set `node_dim` to "
