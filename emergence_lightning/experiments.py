@@ -76,7 +76,25 @@ def datamodule(settings: Settings, dataset: str | None = None, seed: int = 0) ->
     return factory(data_dir=settings.data_dir, batch_size=settings.batch_size, seed=seed)
 
 
+class _ReplacePreviousRun(pl.Callback):
+    """A rerun in the same folder retrains the parent (deterministically) and replaces its earlier curve.
+
+    The earlier run's event files go once this run has started training (after the branch callback's
+    check that the folder holds this experiment), so TensorBoard shows each parent point once; the
+    finished branches, forked from the same weights, are then resumed.
+    """
+
+    def __init__(self, log_dir: Path) -> None:
+        self.previous = sorted(log_dir.glob("events.out.tfevents*"))
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            for path in self.previous:
+                path.unlink(missing_ok=True)
+
+
 def _trainer(settings: Settings, log_dir: Path, max_epochs: int, callbacks: list[pl.Callback]) -> pl.Trainer:
+    callbacks = [_ReplacePreviousRun(log_dir), *callbacks]
     return pl.Trainer(
         max_epochs=max_epochs,
         accelerator=settings.accelerator,

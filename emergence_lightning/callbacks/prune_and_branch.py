@@ -79,6 +79,13 @@ from emergence_lightning.branching.fork_state import (
     load_schedulers,
     restore_rng,
 )
+from emergence_lightning.branching.store import (
+    ExperimentMismatchError,
+    architecture,
+    check_experiment,
+    experiment_record,
+    write_experiment,
+)
 from emergence_lightning.callbacks.emergence import EmergenceCallback
 from emergence_lightning.functional import emergence_as_float
 from emergence_lightning.pruning import count_parameters
@@ -400,6 +407,9 @@ class PruneAndBranchCallback(Callback):
         )
         if "strategy" not in self.trainer_kwargs:
             _check_strategy(trainer.strategy)
+        # Before training the parent: a directory holding another model's or setting's branches is refused now.
+        record = experiment_record(None, architecture(pl_module), self._experiment_settings(trainer))
+        self._check_experiment(trainer, Path(trainer.log_dir or trainer.default_root_dir) / "branches", record, False)
         if not trainer.loggers:
             rank_zero_warn(
                 "PruneAndBranchCallback: the Trainer has no logger, so the branches log nothing; results go to "
@@ -461,6 +471,12 @@ class PruneAndBranchCallback(Callback):
         else:
             monitor, mode = self.monitor, None
         mode = self.mode or mode or ("max" if "acc" in str(monitor).lower() else "min")
+        record = experiment_record(
+            self.fork.fingerprint, architecture(pl_module), self._experiment_settings(trainer)
+        )
+        self._check_experiment(trainer, self.branches_dir, record, True)
+        if trainer.is_global_zero:
+            write_experiment(self.branches_dir, record, _atomic_write_text)
         specs = self.branches
         previous = self._read_finished(specs) if (self.resume and trainer.is_global_zero) else {}
         previous = trainer.strategy.broadcast(previous)  # every process skips the same branches
@@ -482,11 +498,6 @@ class PruneAndBranchCallback(Callback):
             for spec in specs:
                 if spec.name in previous:
                     result = {**previous[spec.name], "resumed": True}
-                    if result.get("fork_fingerprint") != self.fork.fingerprint:
-                        rank_zero_warn(
-                            f"PruneAndBranchCallback: reusing the finished branch {spec.name!r} from {self.branches_dir}, "
-                            "which forked from different weights than this run (training is not deterministic?)."
-                        )
                 else:
                     _restore_generators(generators)
                     result = self._run_branch(
@@ -748,11 +759,41 @@ class PruneAndBranchCallback(Callback):
                     spec.kind not in ("pruned", "random-pruned")
                     or result.get("pruning_fn") == self.pruning_fn
                 )
+                and result.get("fork_fingerprint") == self.fork.fingerprint
                 and (self.branches_dir / spec.name / STATE_DICT_FILE).is_file()
             )
             if same:
                 found[spec.name] = result
         return found
+
+    def _experiment_settings(self, trainer: pl.Trainer) -> dict[str, Any]:
+        """The settings every branch shares, recorded in ``experiment.json`` (see :mod:`~emergence_lightning.branching.store`)."""
+        data = self.branch_datamodule or self.branch_train_dataloaders
+        return {
+            "branch_epoch": self.branch_epoch,
+            "max_epochs": self.trainer_kwargs.get("max_epochs", trainer.max_epochs),
+            "pruning_fn": self.pruning_fn,
+            "use_global_unstructured": self.use_global_unstructured,
+            "parameter_names": list(self.parameter_names),
+            "modules": self.modules,
+            "pruning_dim": self.pruning_dim,
+            "pruning_norm": self.pruning_norm,
+            "seed": self.seed,
+            "optimizer_state": self.optimizer_state,
+            "branch_data": type(data).__name__ if data is not None else None,
+        }
+
+    def _check_experiment(self, trainer: pl.Trainer, directory: Path, record: dict[str, Any], weights: bool) -> None:
+        """Raises, in every process, when ``directory`` holds another experiment's branches (rank zero reads)."""
+        message = None
+        if trainer.is_global_zero:
+            try:
+                check_experiment(directory, record, weights=weights)
+            except ExperimentMismatchError as error:
+                message = str(error)
+        message = trainer.strategy.broadcast(message)
+        if message is not None:
+            raise ExperimentMismatchError(message)
 
     def _write_summary(self, monitor: str | None, mode: str) -> None:
         assert self.branches_dir is not None and self.fork is not None
