@@ -1158,26 +1158,11 @@ def _measure_at_fork(
 ) -> None:
     """The branch's first measurement, recorded and logged at the fork epoch.
 
-    EmergenceCallback's own start-of-training measurement is recorded as epoch 0 and logged with
-    ``epoch=0``, which is right for a fit that starts at 0 but not for a branch that continues at
-    ``epoch``; so the branch's copy has ``measure_at_start=False`` and this takes its place.
+    EmergenceCallback's own start-of-training measurement would be "before training" at epoch 0,
+    wrong for a branch that continues a trained model at ``epoch``; so the branch's copy has
+    ``measure_at_start=False`` and this takes its place (``measure_now`` never stops the branch).
     """
-    batches, sampler = callback._start_batches(trainer)
-    measurement = callback._run_probe(trainer, pl_module, batches, sampler)
-    if measurement is None:
-        return
-    loggers, stop_at_zero = trainer.loggers, callback.stop_at_zero
-    # Log below, with the right epoch; and never stop before the branch has trained.
-    trainer.loggers, callback.stop_at_zero = [], False
-    try:
-        callback._record(trainer, pl_module, measurement, epoch=epoch, through_loggers=True)
-    finally:
-        trainer.loggers, callback.stop_at_zero = loggers, stop_at_zero
-    metrics = callback._metrics(callback.history[-1])
-    for logger in loggers:
-        logger.log_metrics({**metrics, "epoch": epoch}, step=trainer.global_step)
-    if callback.log_histograms:
-        callback._log_histograms(trainer, measurement)
+    callback.measure_now(trainer, pl_module, epoch=epoch, before_training=False, log=True)
 
 
 def _load_fork_state(trainer: pl.Trainer, pl_module: pl.LightningModule, fork_state: ForkState) -> None:
