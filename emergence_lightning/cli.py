@@ -50,24 +50,71 @@ def _show_progress(args: argparse.Namespace) -> bool:
     return not args.no_progress and sys.stderr.isatty()
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option's default after its help (``128,64`` for widths); epilogs keep their line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text  # a default that needs words says so itself
+        shown = ",".join(str(part) for part in default) if isinstance(default, tuple) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+DEMO_EXAMPLES = """examples:
+  emergence-lightning demo
+  emergence-lightning demo --log-dir /tmp/runs --epochs-before 2 --epochs-after 3
+  tensorboard --logdir runs"""
+REPRODUCE_EXAMPLES = """examples:
+  emergence-lightning prepare-fashion-mnist && emergence-lightning reproduce mlp-prune
+  emergence-lightning reproduce mlp-prune --dataset mnist5k --seeds 3 --amounts 0.3,0.7
+  emergence-lightning reproduce cnn --dataset cifar10 --data-dir data --accelerator gpu"""
+PREPARE_EXAMPLES = """examples:
+  sudo apt-get install -y dataset-fashion-mnist
+  emergence-lightning prepare-fashion-mnist --data-dir data"""
+REPORT_EXAMPLES = """examples:
+  emergence-lightning report lightning_logs/version_0
+  emergence-lightning report runs/mlp-prune --out figures
+  emergence-lightning report lightning_logs --metric train/top1,val/top1
+
+Accuracy and loss are found under the names Lightning writes (train_acc, train_acc_epoch,
+train/acc, val_MulticlassAccuracy...); a figure whose data no run logged is skipped, with
+the reason on stderr."""
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="emergence-lightning", description="Measure emergence while networks train.")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    demo = commands.add_parser("demo", help="a ~25 s offline demo: MLP on 5,000 MNIST digits, pruned branches")
-    demo.add_argument("--log-dir", default="runs", help="where runs, figures and the summary go (default: runs)")
-    demo.add_argument("--epochs-before", type=int, default=5, help="epochs before the fork (default: 5, the paper's)")
-    demo.add_argument("--epochs-after", type=int, default=10, help="epochs of every branch (default: 10)")
-    demo.add_argument(
-        "--no-progress", action="store_true", help="hide Lightning's progress bar (hidden anyway off a terminal)"
+    parser = argparse.ArgumentParser(
+        prog="emergence-lightning",
+        description="Measure emergence while networks train.",
+        formatter_class=_HelpFormatter,
+        epilog="Run `emergence-lightning <command> --help` for a command's options and examples.",
     )
-    demo.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
 
-    reproduce = commands.add_parser("reproduce", help="one of the paper's experiments on real data")
-    reproduce.add_argument("experiment", choices=EXPERIMENT_NAMES)
-    reproduce.add_argument("--dataset", default=None, help="mnist5k, mnist, fashion-mnist or cifar10")
-    reproduce.add_argument("--data-dir", default="data", help="datasets in torchvision's layout (default: data)")
-    reproduce.add_argument("--log-dir", default="runs")
+    def command(name: str, help_text: str, epilog: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name, help=help_text, description=help_text, epilog=epilog, formatter_class=_HelpFormatter
+        )
+
+    no_progress = "hide Lightning's progress bar (hidden anyway off a terminal)"
+    threads = "torch CPU threads"
+    demo = command("demo", "a ~25 s offline demo: MLP on 5,000 MNIST digits, pruned branches", DEMO_EXAMPLES)
+    demo.add_argument("--log-dir", default="runs", help="where runs, figures and the summary go")
+    demo.add_argument("--epochs-before", type=int, default=5, help="epochs before the fork, as in the paper")
+    demo.add_argument("--epochs-after", type=int, default=10, help="epochs of every branch")
+    demo.add_argument("--no-progress", action="store_true", help=no_progress)
+    demo.add_argument("--threads", type=int, default=1, help=threads)
+
+    reproduce = command("reproduce", "one of the paper's experiments on real data", REPRODUCE_EXAMPLES)
+    reproduce.add_argument("experiment", choices=EXPERIMENT_NAMES, help="the experiment: %(choices)s")
+    reproduce.add_argument(
+        "--dataset",
+        default=None,
+        help="mnist5k, mnist, fashion-mnist or cifar10 (default: fashion-mnist; transfer: mnist; cnn: cifar10)",
+    )
+    reproduce.add_argument("--data-dir", default="data", help="datasets in torchvision's layout")
+    reproduce.add_argument("--log-dir", default="runs", help="where runs, figures and the summary go")
     reproduce.add_argument(
         "--epochs-before", type=int, default=None, help="epochs before the fork (default, the paper's: 5; transfer 20)"
     )
@@ -75,35 +122,50 @@ def _parser() -> argparse.ArgumentParser:
         "--epochs-after", type=int, default=None, help="epochs after the fork (default: 15; transfer 20)"
     )
     reproduce.add_argument("--max-epochs", type=int, default=30, help="cnn: upper bound; it stops at E = 0")
-    reproduce.add_argument("--hidden", type=_widths, default=(128, 64), help="MLP widths, e.g. 128,64")
-    reproduce.add_argument("--channels", type=_widths, default=(16, 32), help="CNN channels, e.g. 16,32")
-    reproduce.add_argument("--amounts", type=_amounts, default=(0.3, 0.5, 0.7), help="pruning amounts")
-    reproduce.add_argument("--lr", type=float, default=0.005, help="SGD learning rate (paper: 0.005)")
-    reproduce.add_argument("--batch-size", type=int, default=32)
-    reproduce.add_argument("--threshold", type=float, default=0.05, help="activity threshold (paper: 0.05)")
-    reproduce.add_argument("--seeds", type=int, default=1, help="repeat with seeds 0..N-1; figures show mean ± std")
-    reproduce.add_argument("--accelerator", default="auto")
+    reproduce.add_argument("--hidden", type=_widths, default=(128, 64), help="MLP widths, comma-separated")
+    reproduce.add_argument("--channels", type=_widths, default=(16, 32), help="CNN channels, comma-separated")
     reproduce.add_argument(
-        "--no-progress", action="store_true", help="hide Lightning's progress bar (hidden anyway off a terminal)"
+        "--amounts", type=_amounts, default=(0.3, 0.5, 0.7), help="pruning amounts, fractions in [0, 1)"
     )
-    reproduce.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    reproduce.add_argument("--lr", type=float, default=0.005, help="SGD learning rate, as in the paper")
+    reproduce.add_argument("--batch-size", type=int, default=32, help="training and validation batch size")
+    reproduce.add_argument("--threshold", type=float, default=0.05, help="activity threshold θ, as in the paper")
+    reproduce.add_argument("--seeds", type=int, default=1, help="repeat with seeds 0..N-1; figures show mean ± std")
+    reproduce.add_argument("--accelerator", default="auto", help="Lightning's accelerator: auto, cpu, gpu...")
+    reproduce.add_argument("--no-progress", action="store_true", help=no_progress)
+    reproduce.add_argument("--threads", type=int, default=1, help=threads)
 
-    prepare = commands.add_parser(
-        "prepare-fashion-mnist", help="lay out Debian's dataset-fashion-mnist files for torchvision"
+    prepare = command(
+        "prepare-fashion-mnist", "lay out Debian's dataset-fashion-mnist files for torchvision", PREPARE_EXAMPLES
     )
-    prepare.add_argument("--data-dir", default="data")
-    prepare.add_argument("--source", default="/usr/share/datasets/fashion-mnist")
+    prepare.add_argument("--data-dir", default="data", help="where torchvision's FashionMNIST layout is written")
+    prepare.add_argument(
+        "--source", default="/usr/share/datasets/fashion-mnist", help="the Debian package's gzipped IDX files"
+    )
 
-    report = commands.add_parser("report", help="figures and a table from any run's TensorBoard logs")
-    report.add_argument("log_dir")
+    report = command("report", "figures and a table from any run's TensorBoard logs", REPORT_EXAMPLES)
+    report.add_argument("log_dir", help="a folder of TensorBoard event files, e.g. lightning_logs/version_0")
     report.add_argument("--out", default=None, help="output folder (default: <log_dir>/report)")
+    report.add_argument(
+        "--metric",
+        action="append",
+        default=None,
+        metavar="TAG",
+        help="accuracy or loss tag to plot instead of the detected one; repeat or comma-separate "
+        "(a tag with val in it is validation, with loss a loss) (default: detected)",
+    )
+    report.add_argument("--prefix", default="emergence", help="EmergenceCallback's key prefix")
     return parser
 
 
-def _print_report(log_dir: Path, out: str | None = None) -> None:
+def _print_report(
+    log_dir: Path, out: str | None = None, metrics: Sequence[str] | None = None, prefix: str = "emergence"
+) -> None:
     from emergence_lightning.report import make_report
 
-    result = make_report(log_dir, out)
+    result = make_report(log_dir, out, prefix=prefix, metrics=metrics)
+    for name, reason in result.skipped.items():
+        print(f"report: skipped {name}: {reason}", file=sys.stderr)
     print(f"\nFigures and summary in {result.out_dir}:")
     for path in sorted(result.figures.values()):
         print(f"  {path}")
@@ -125,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "report":
         try:
-            _print_report(Path(args.log_dir), args.out)
+            _print_report(Path(args.log_dir), args.out, args.metric, args.prefix)
         except (FileNotFoundError, ValueError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2

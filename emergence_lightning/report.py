@@ -25,6 +25,7 @@ import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,8 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from tensorboard.backend.event_processing import event_accumulator
+
+from emergence_lightning.report_tags import choose_tags, missing_reason, parse_metrics, used_tags
 
 EVENT_GLOB = "events.out.tfevents*"
 SEED_COMPONENT = re.compile(r"seed-\d+")
@@ -64,6 +67,8 @@ class ReportResult:
     table_markdown: Path
     runs: list[str]
     groups: dict[str, list[str]] = field(default_factory=dict)  # group -> its runs (seeds merged)
+    skipped: dict[str, str] = field(default_factory=dict)  # figure name -> why it was not drawn
+    metric_tags: dict[str, dict[str, str | None]] = field(default_factory=dict)  # run -> role -> tag
 
 
 def find_runs(log_dir: str | os.PathLike) -> dict[str, Path]:
@@ -150,8 +155,19 @@ def _fork_parent(run: str, root_name: str) -> str | None:
     return "/".join(parts[1:-2]) or root_name
 
 
-def _run_curves(rows: list[Scalar], prefix: str, root_name: str) -> Curves:
-    """Per run: every tag as a curve, plus the change in training accuracy and per-layer active shares."""
+def _run_curves(
+    rows: list[Scalar],
+    prefix: str,
+    root_name: str,
+    metrics: tuple[str, ...] = (),
+    chosen: dict[str, dict[str, str | None]] | None = None,
+) -> Curves:
+    """Per run: every tag as a curve, plus the change in training accuracy and per-layer active shares.
+
+    The run's accuracy and loss tags (``train_acc_epoch``, ``val/acc``...; see
+    :mod:`emergence_lightning.report_tags`) are also stored under their role's name (``train_acc``,
+    ``val_acc``, ``train_loss``, ``val_loss``); ``chosen``, when given, receives run -> role -> tag.
+    """
     by_run_tag: dict[str, dict[str, list[Scalar]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
         by_run_tag[row.run][row.tag].append(row)
@@ -159,6 +175,12 @@ def _run_curves(rows: list[Scalar], prefix: str, root_name: str) -> Curves:
     for run, tags in by_run_tag.items():
         has_epochs = "epoch" in tags
         run_curves = {tag: _epoch_axis(points, has_epochs) for tag, points in tags.items() if tag != "epoch"}
+        roles = choose_tags(run_curves, metrics, exclude_prefix=prefix)
+        for role, tag in roles.items():
+            if tag is not None:
+                run_curves[role] = run_curves[tag]
+        if chosen is not None:
+            chosen[run] = roles
         layers = [
             tag.removeprefix(f"{prefix}/active/") for tag in tags if tag.startswith(f"{prefix}/active/")
         ]
@@ -345,6 +367,24 @@ class _Plotter:
             fig, "emergence_and_accuracy_change", [ax, right], "Emergence and change in training accuracy"
         )
 
+    def losses(self, used: dict[str, str]) -> Path:
+        fig = Figure(figsize=(8, 4.5))
+        ax = fig.add_subplot()
+        self.draw(ax, "train_loss")
+        # A group with only a validation loss still needs its colour in the legend.
+        only_val = {g: s for g, s in self.aggregated.items() if "train_loss" not in s}
+        for group, by_series in self.aggregated.items():
+            if "val_loss" in by_series:
+                label = self.labels[group] if group in only_val else None
+                _plot_mean_std(ax, by_series["val_loss"], self.colors[group], label, "--", "x", band=False)
+        self.mark_fork(ax)
+        for role, style, marker in (("train_loss", "-", "o"), ("val_loss", "--", "x")):
+            if used[role]:  # the line styles explained, naming the tags drawn
+                ax.plot([], [], color="0.3", linestyle=style, marker=marker, markersize=3, label=used[role])
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+        return self.save(fig, "loss", [ax], "Loss")
+
     def active_shares(self, prefix: str) -> Path:
         share_prefix = f"{prefix}/active_share/"
         panels = {
@@ -420,13 +460,20 @@ def _write_tables(table: list[dict[str, object]], out_dir: Path) -> tuple[Path, 
 
 
 def make_report(
-    log_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, prefix: str = "emergence"
+    log_dir: str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    prefix: str = "emergence",
+    metrics: Sequence[str] | str | None = None,
 ) -> ReportResult:
     """Read every run under ``log_dir`` and write the paper's figures and a summary table.
 
     Figures (PNG; one is left out when no run logged its data): ``emergence_and_accuracy_change``
     (E and the epoch-to-epoch change in ``train_acc``), ``relative_emergence``, ``emergence_log``
-    (E on a log axis), ``train_accuracy`` and ``active_fraction_per_layer`` (one panel per run).
+    (E on a log axis), ``train_accuracy``, ``loss`` (training solid, validation dashed) and
+    ``active_fraction_per_layer`` (one panel per run). A figure without data is not drawn; the
+    reason is in ``ReportResult.skipped``. Accuracy and loss are found under the names Lightning
+    writes (``train_acc``, ``train_acc_epoch``, ``train/acc``, ``val_MulticlassAccuracy``...) or
+    taken from ``metrics``; ``ReportResult.metric_tags`` tells which tag each run used.
     Runs are overlaid; when run names contain a ``branches`` folder, a dotted line marks the fork
     epoch (the first epoch of the branch runs). The table ``summary.csv`` / ``summary.md`` gives,
     per run: epochs reached, final and best ``val_acc``, final E and final relative E (TensorBoard
@@ -436,25 +483,37 @@ def make_report(
         log_dir: a directory of TensorBoard runs, e.g. ``lightning_logs/version_0``.
         out_dir: where to write; defaults to ``<log_dir>/report``.
         prefix: the prefix of EmergenceCallback's keys.
+        metrics: accuracy or loss tags to use instead of the detected ones, e.g.
+            ``["train/top1", "val/top1"]`` or ``"train/top1,val/top1"``; a tag naming a validation
+            stage (``val``...) is the validation metric, a tag with ``loss`` in it a loss.
 
     Returns:
         The paths written, the runs read and the seed groups.
 
     Raises:
         FileNotFoundError: ``log_dir`` does not exist or holds no event files.
-        ValueError: the event files hold no scalars.
+        ValueError: the event files hold no scalars, or a tag of ``metrics`` is in no run.
     """
     if not isinstance(prefix, str) or not prefix or prefix.endswith("/"):
         raise ValueError(f"`prefix` must be a non-empty string not ending in '/', got {prefix!r}.")
+    metrics = parse_metrics(metrics)
     log_dir = Path(log_dir)
     rows = load_scalars(log_dir)
     if not rows:
         raise ValueError(f"The event files under {str(log_dir)!r} hold no scalars: nothing to plot.")
+    all_tags = {row.tag for row in rows}
+    missing = [tag for tag in metrics if tag not in all_tags]
+    if missing:
+        raise ValueError(
+            f"`metrics` (--metric) tag(s) {missing} are in no run under {str(log_dir)!r}; "
+            f"its scalar tags are {sorted(tag for tag in all_tags if not tag.startswith(prefix + '/'))}."
+        )
     out = Path(out_dir) if out_dir is not None else log_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
 
     root_name = log_dir.resolve().name
-    curves = _run_curves(rows, prefix, root_name)
+    chosen: dict[str, dict[str, str | None]] = {}
+    curves = _run_curves(rows, prefix, root_name, metrics, chosen)
     runs = sorted(curves)
     groups: dict[str, list[str]] = defaultdict(list)
     for run in runs:
@@ -462,9 +521,20 @@ def make_report(
     groups = dict(groups)
     plotter = _Plotter(_aggregate(curves, groups), _labels(groups), _fork_epoch(rows, root_name), out)
 
-    figures = {}
+    figures, skipped = {}, {}
     e_series = f"{prefix}/E"
-    if plotter.has(e_series):
+    no_e = (
+        f"no run logged `{e_series}`: is EmergenceCallback in the Trainer's callbacks, "
+        f"with prefix {prefix!r}?"
+    )
+    used = used_tags(chosen)
+    no_train_acc = missing_reason("training accuracy", all_tags, prefix)
+    if not plotter.has(e_series):
+        skipped["emergence_and_accuracy_change"] = no_e
+    elif not plotter.has(ACC_CHANGE):
+        # E alone with an empty accuracy axis and its legend entry would mislead: leave it out.
+        skipped["emergence_and_accuracy_change"] = no_train_acc
+    else:
         figures["emergence_and_accuracy_change"] = plotter.emergence_and_accuracy_change(e_series)
     if plotter.has(f"{prefix}/relative"):
         figures["relative_emergence"] = plotter.single(
@@ -473,16 +543,32 @@ def make_report(
             "relative emergence E / free parameters",
             "Relative emergence",
         )
+    else:
+        skipped["relative_emergence"] = no_e.replace(e_series, f"{prefix}/relative")
     if plotter.has(e_series):
         figures["emergence_log"] = plotter.single(
             "emergence_log", e_series, "emergence E (log scale)", "Emergence", yscale="log"
         )
+    else:
+        skipped["emergence_log"] = no_e
     if plotter.has("train_acc"):
         figures["train_accuracy"] = plotter.single(
-            "train_accuracy", "train_acc", "training accuracy", "Training accuracy"
+            "train_accuracy", "train_acc", f"training accuracy ({used['train_acc']})", "Training accuracy"
         )
+    else:
+        skipped["train_accuracy"] = no_train_acc
+    if plotter.has("train_loss") or plotter.has("val_loss"):
+        figures["loss"] = plotter.losses(used)
+    else:
+        skipped["loss"] = missing_reason("loss", all_tags, prefix)
     if any(name.startswith(f"{prefix}/active_share/") for by_series in curves.values() for name in by_series):
         figures["active_fraction_per_layer"] = plotter.active_shares(prefix)
+    else:
+        skipped["active_fraction_per_layer"] = (
+            f"no run logged both `{prefix}/active/<layer>` and `{prefix}/dead/<layer>` (EmergenceCallback's "
+            f"per-layer counts, prefix {prefix!r})"
+        )
 
     table_csv, table_markdown = _write_tables(_summary(curves, prefix), out)
-    return ReportResult(out, figures, table_csv, table_markdown, runs, groups)
+    return ReportResult(out, figures, table_csv, table_markdown, runs, groups, skipped, chosen)
+

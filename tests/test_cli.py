@@ -92,3 +92,46 @@ def test_reproduce_uses_the_papers_epochs_unless_given(tmp_path, monkeypatch, ar
     monkeypatch.setattr(experiments, "run_experiment", fake_run)
     assert cli.main([*argv, "--log-dir", str(tmp_path)]) == 2
     assert seen["epochs"] == expected
+
+
+def _subcommands():
+    import argparse
+
+    from emergence_lightning.cli import _parser
+
+    parser = _parser()
+    (subparsers,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return parser, subparsers.choices
+
+
+def _shown_default(default):
+    return ",".join(map(str, default)) if isinstance(default, tuple) else str(default)
+
+
+def test_every_option_has_help_with_its_default():
+    import argparse
+
+    parser, commands = _subcommands()
+    assert set(commands) == {"demo", "reproduce", "prepare-fashion-mnist", "report"}
+    for name, sub in commands.items():
+        formatter = sub._get_formatter()
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            text = formatter._expand_help(action) if action.help else ""
+            assert text.strip(), f"{name} {action.dest}: no help text"
+            if action.option_strings and action.default not in (None, False):
+                # A default of None or False is explained in words ("default: detected") or is a flag.
+                assert f"default: {_shown_default(action.default)}" in text, (name, action.dest, text)
+            elif action.option_strings and action.default is None:
+                assert "default" in text, (name, action.dest, text)
+    assert "default: 128,64" in commands["reproduce"].format_help()
+
+
+@pytest.mark.parametrize("command", ["demo", "reproduce", "prepare-fashion-mnist", "report"])
+def test_help_shows_examples(command, capsys):
+    with pytest.raises(SystemExit, match="^0$"):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert "examples:" in out and f"emergence-lightning {command}" in out
+    assert "default: " in out

@@ -174,7 +174,8 @@ def test_report_from_a_real_lightning_fit(tmp_path):
     )  # fmt: skip
     trainer.fit(PaperMLP(hidden=(16, 8)), DataLoader(data, batch_size=16), DataLoader(data, batch_size=16))
     result = make_report(tmp_path)
-    assert result.runs == ["fit/version_0"] and set(result.figures) == FIGURES
+    # PaperMLP logs train_loss and val_loss, so the loss figure is drawn too.
+    assert result.runs == ["fit/version_0"] and set(result.figures) == FIGURES | {"loss"}
     row = _read_csv(result.table_csv)["fit/version_0"]
     assert row["epochs"] == "2"
     assert float(row["final_val_acc"]) == pytest.approx(trainer.callback_metrics["val_acc"].item())
