@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -12,11 +12,13 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch import Tensor
-from torch.utils.data import DistributedSampler
 from typing_extensions import override
 
 from emergence_lightning.activity import ActivityTracker, Measurement, check_flags, check_tracking_arguments
+from emergence_lightning.callbacks import lightning_state as state
+from emergence_lightning.callbacks.emergence_checks import duplicate_prefix_error, layer_coverage_warnings
 from emergence_lightning.callbacks.emergence_record import EmergenceRecord
+from emergence_lightning.callbacks.probe import ProbeStep, batch_input, default_probe_step, run_step
 from emergence_lightning.connectivity import ConnectivityError, build_edges, path_emergence
 from emergence_lightning.functional import (
     VARIANTS,
@@ -27,29 +29,8 @@ from emergence_lightning.functional import (
 )
 from emergence_lightning.pruning import count_parameters
 
-# probe_step(pl_module, batch) runs one forward pass for the measurements the callback drives itself.
-ProbeStep = Callable[["pl.LightningModule", Any], Any]
 CONNECTIVITIES = ("dense", "weights")
-
-
-def batch_input(batch: Any) -> Tensor | None:
-    """The model input of a batch: the batch itself if a tensor, else ``batch[0]``; None if neither."""
-    if isinstance(batch, Tensor):
-        return batch
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
-        return batch[0]
-    return None
-
-
-def default_probe_step(pl_module: pl.LightningModule, batch: Any) -> Any:
-    """Calls the model on the batch's input: ``batch[0]`` of a tuple/list, the batch itself if a tensor."""
-    inputs = batch_input(batch)
-    if inputs is None:
-        raise TypeError(
-            f"EmergenceCallback cannot find the input in a batch of type {type(batch).__name__}; pass "
-            "`probe_step=lambda module, batch: module(batch['x'])` (or whatever feeds your model)."
-        )
-    return pl_module(inputs)
+__all__ = ["EmergenceCallback", "batch_input", "default_probe_step", "zero_streak"]
 
 
 def zero_streak(history: Sequence[dict[str, Any]]) -> int:
@@ -143,7 +124,7 @@ class EmergenceCallback(Callback):
                     "`probe_dataloader` must be a DataLoader (or any iterable of batches), got "
                     f"{type(probe_dataloader).__name__}."
                 )
-            if _length(probe_dataloader) == 0:
+            if state.length(probe_dataloader) == 0:
                 raise ValueError(f"`probe_dataloader` has no batch to measure, got {probe_dataloader!r}.")
         self.threshold = float(threshold)
         self.statistic = statistic
@@ -154,7 +135,7 @@ class EmergenceCallback(Callback):
         self.include_output = include_output
         self.min_firing_rate = float(min_firing_rate)
         self.probe_dataloader = probe_dataloader
-        self.probe_step = probe_step or default_probe_step
+        self.probe_step = probe_step  # None: the module's own validation_step (see callbacks/probe.py)
         self.measure_at_start = measure_at_start
         self.stop_at_zero = stop_at_zero
         self.patience = patience
@@ -172,6 +153,10 @@ class EmergenceCallback(Callback):
         self._window_batches = 0  # batches fed to the model while the window is open
         self._unmeasured_batches = 0  # batches of validation dataloaders after the first
         self._warned_empty_first_loader = False
+        self._paused = False  # a training-data window, closed to the validation batches running inside it
+        self._measured_at_setup, self._failed = 0, False
+        self._said_not_measured: set[str] = set()
+        self._warned: set[str] = set()
         self._example_input: Tensor | None = None  # two rows of a batch, to trace the weight graph
         self._untraceable = False
 
@@ -201,6 +186,9 @@ class EmergenceCallback(Callback):
     # ---- set-up and clean-up -------------------------------------------------------------
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        error = duplicate_prefix_error(trainer.callbacks, EmergenceCallback)
+        if error:
+            raise ValueError(error)
         if self.tracker is None or self.tracker.model is not pl_module:
             self.tracker = ActivityTracker(
                 pl_module,
@@ -216,6 +204,7 @@ class EmergenceCallback(Callback):
             rank_zero_warn(
                 f"{type(pl_module).__name__} has no trainable parameter: relative emergence is logged as NaN."
             )
+        self._measured_at_setup, self._failed = len(self.history), False
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 if isinstance(logger, TensorBoardLogger):
@@ -225,10 +214,36 @@ class EmergenceCallback(Callback):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._close_window()
+        if stage in ("fit", "validate") and not self._failed and len(self.history) == self._measured_at_setup:
+            rank_zero_warn(
+                f"EmergenceCallback measured nothing in this `trainer.{stage}` run: no batch reached a measurement "
+                "(no validation or training batch, `limit_*_batches=0`, or `max_epochs=0`). Nothing was logged "
+                f"under {self.prefix!r}/."
+            )
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._failed = True
         self._close_window()
+
+    @override
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._say_not_measured("test")
+
+    @override
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._say_not_measured("predict")
+
+    def _say_not_measured(self, stage: str) -> None:
+        if stage in self._said_not_measured:
+            return
+        self._said_not_measured.add(stage)
+        message = (
+            f"EmergenceCallback does not measure `trainer.{stage}` runs (emergence is a property of training; "
+            "test data must not steer it). Call `trainer.validate(model, dataloaders)` to measure on given data."
+        )
+        # Said as a warning when nothing was ever measured: the user then likely expected a measurement.
+        (rank_zero_info if self.history else rank_zero_warn)(message)
 
     # ---- when to measure -----------------------------------------------------------------
     @override
@@ -242,18 +257,28 @@ class EmergenceCallback(Callback):
                 self._record(trainer, pl_module, measurement, epoch=0, through_loggers=True, before_training=True)
 
     @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The last steps went unmeasured (max_steps mid-epoch, check_val_every_n_epoch > 1): measure the
+        # final weights once, on the same samples, so the history always ends at the trained model.
+        if self._source is None or not self.history or self.history[-1]["step"] == trainer.global_step:
+            return
+        self.measure_now(trainer, pl_module, epoch=state.epochs_completed(trainer, ended=True))
+
+    @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or self._source not in (None, "validation"):
+        if trainer.sanity_checking or trainer.state.fn not in ("fit", "validate"):
             return
-        if trainer.state.fn not in ("fit", "validate"):
-            return
-        self._open_window(trainer, _sampler(_first(trainer.val_dataloaders)))
+        if self._source in (None, "validation"):
+            self._open_window(trainer, state.sampler_of(state.first(trainer.val_dataloaders)))
+        elif self._window_open and self.tracker is not None:
+            self._paused = True  # a training-data window: validation batches must not enter it
+            self.tracker.enabled = False
 
     @override
     def on_validation_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        if self._window_open and self.tracker is not None:
+        if self._window_open and self.tracker is not None and not self._paused:
             self.tracker.start_pass()
             self._remember_input(batch)
             # Only the first validation dataloader is measured, so every epoch sees the same data.
@@ -269,17 +294,20 @@ class EmergenceCallback(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if self._window_open and self.tracker is not None:
+        if self._window_open and self.tracker is not None and not self._paused:
             self._window_batches += self.tracker.enabled  # counted once the batch really ran
             self._unmeasured_batches += not self.tracker.enabled
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._window_open:
+        if self._paused and self.tracker is not None:
+            self._paused, self.tracker.enabled = False, True
+            return
+        if not self._window_open or self._source not in (None, "validation"):
             return
         measurement = self._close_window(trainer)
         if measurement is not None:
-            self._record(trainer, pl_module, measurement, epoch=_epochs_completed(trainer))
+            self._record(trainer, pl_module, measurement, epoch=state.epochs_completed(trainer))
         elif self._unmeasured_batches and not self._warned_empty_first_loader:
             self._warned_empty_first_loader = True
             rank_zero_warn(
@@ -311,16 +339,17 @@ class EmergenceCallback(Callback):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        epoch = trainer.current_epoch + 1
         if self._source == "train" and self._window_open:
             measurement = self._close_window(trainer)
         elif self._source == "probe":
             assert self.probe_dataloader is not None
-            measurement = self._run_probe(trainer, pl_module, self.probe_dataloader, _sampler(self.probe_dataloader))
+            measurement = self._run_probe(
+                trainer, pl_module, self.probe_dataloader, state.sampler_of(self.probe_dataloader)
+            )
         else:
             return
         if measurement is not None:
-            self._record(trainer, pl_module, measurement, epoch=epoch)
+            self._record(trainer, pl_module, measurement, epoch=state.epochs_completed(trainer, epoch_over=True))
 
     # ---- public: a measurement on demand, the history as records ----------------------------
     def measure_now(
@@ -375,11 +404,11 @@ class EmergenceCallback(Callback):
     # ---- measurement windows -------------------------------------------------------------
     def _open_window(self, trainer: pl.Trainer, sampler: Any) -> None:
         assert self.tracker is not None
-        self.tracker.limit_samples(_real_samples_on_this_rank(sampler))
+        self.tracker.limit_samples(state.real_samples_on_this_rank(sampler))
         self.tracker.reset()
         self.tracker.enabled = True
         self.tracker.attach()
-        self._window_open = True
+        self._window_open, self._paused = True, False
         self._window_batches = self._unmeasured_batches = 0
 
     def _close_window(self, trainer: pl.Trainer | None = None) -> Measurement | None:
@@ -387,12 +416,12 @@ class EmergenceCallback(Callback):
         if self.tracker is None:
             return None
         self.tracker.detach()
-        was_open, self._window_open = self._window_open, False
+        was_open, self._window_open, self._paused = self._window_open, False, False
         if trainer is None or not was_open:
             return None
         measurement = self.tracker.compute(reduce=lambda tensor, op: trainer.strategy.reduce(tensor, reduce_op=op))
         # `measurement` is None on every process or on none; all take the same collective.
-        batches = _total(trainer, self._window_batches) if measurement is None else 0
+        batches = state.total_over_processes(trainer, self._window_batches) if measurement is None else 0
         if batches:
             # Never a silent gap in the history: batches went through, yet no hook was called.
             raise RuntimeError(
@@ -407,37 +436,41 @@ class EmergenceCallback(Callback):
     def _choose_source(self, trainer: pl.Trainer) -> str:
         if self.probe_dataloader is not None:
             return "probe"
-        return "validation" if _has_validation(trainer) else "train"
+        if not state.validation_enabled(trainer):
+            return "train"  # no validation loop at all (none given, or `limit_val_batches=0`)
+        state.load_validation_data(trainer)
+        return "validation" if state.has_validation_batches(trainer) else "train"
 
     def _start_batches(self, trainer: pl.Trainer) -> tuple[Iterable[Any], Any]:
         """The data of the epoch-0 pass (the same data later epochs measure) and its sampler."""
         if self._source == "probe":
             assert self.probe_dataloader is not None
-            return self.probe_dataloader, _sampler(self.probe_dataloader)
+            return self.probe_dataloader, state.sampler_of(self.probe_dataloader)
         if self._source == "validation":
-            loader = _first(trainer.val_dataloaders)
+            loader = state.first(trainer.val_dataloaders)
             limit = trainer.num_val_batches[0]
         else:
-            loader = _first(trainer.train_dataloader)
+            loader = state.first(trainer.train_dataloader)
             limit = trainer.num_training_batches
-        return _take(loader, limit), _sampler(loader)
+        return state.take(loader, limit), state.sampler_of(loader)
 
     def _run_probe(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batches: Iterable[Any], sampler: Any
     ) -> Measurement | None:
-        """A forward-only pass over ``batches`` in eval mode; every module's mode is restored."""
+        """A forward-only pass over ``batches`` in eval mode through the module's own step (see
+        :mod:`~emergence_lightning.callbacks.probe`); every module's mode is restored."""
         assert self.tracker is not None
         modes = {module: module.training for module in pl_module.modules()}
         self._open_window(trainer, sampler)
         try:
             pl_module.eval()
             with torch.no_grad(), trainer.precision_plugin.val_step_context():
-                for batch in batches:
+                for batch_idx, batch in enumerate(batches):
                     batch = trainer.strategy.batch_to_device(batch)
                     self.tracker.start_pass()
                     self._remember_input(batch)
                     self._window_batches += 1
-                    self.probe_step(pl_module, batch)
+                    run_step(pl_module, batch, batch_idx, self.probe_step)
         except BaseException:
             self._close_window()
             raise
@@ -456,6 +489,10 @@ class EmergenceCallback(Callback):
         before_training: bool,
     ) -> dict[str, Any]:
         E = emergence(measurement.n, measurement.a, variant=self.variant)
+        for key, message in layer_coverage_warnings(pl_module, measurement.names, E):
+            if key not in self._warned:
+                self._warned.add(key)
+                rank_zero_warn(message)
         parameters = count_parameters(pl_module)
         record = {
             "epoch": epoch,
@@ -482,8 +519,7 @@ class EmergenceCallback(Callback):
         """Writes a record straight to the loggers at ``global_step`` (where ``self.log`` can't: before the
         first step, in ``on_train_end``, or for a measurement the caller asked for)."""
         metrics = {**self._metrics(record), "epoch": record["epoch"]}
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
+        _write(trainer, metrics, trainer.global_step)
 
     def _record(
         self,
@@ -500,9 +536,15 @@ class EmergenceCallback(Callback):
         if through_loggers:
             self._log_to_loggers(trainer, record)
         else:
-            for key, value in self._metrics(record).items():
+            # `self.log` (which EarlyStopping and ModelCheckpoint read) only for the monitorable scalars;
+            # per-layer counts go to the loggers in one call (two `self.log` calls a layer cost ~0.6 ms).
+            for key, value in self._scalar_metrics(record).items():
+                if key.endswith(("/E", "/E_path")) and pl_module.device.type != "mps":
+                    # float64: E passes float32's range (inf) on real CNNs; Lightning keeps the dtype.
+                    value = torch.tensor(value, dtype=torch.float64, device=pl_module.device)
                 # Values are equal on every process; syncing keeps them so and silences the DDP warning.
                 pl_module.log(key, value, on_step=False, on_epoch=True, batch_size=1, sync_dist=True)
+            _write(trainer, self._layer_metrics(record), state.logging_step(trainer))
         if self.log_histograms:
             self._log_histograms(trainer, measurement)
         if self.stop_at_zero and before_training and E == 0:
@@ -536,6 +578,10 @@ class EmergenceCallback(Callback):
         return path_emergence(edges, [layer.active for layer in measurement.layers], self.variant)
 
     def _metrics(self, record: dict[str, Any]) -> dict[str, float]:
+        """Every logged value of a record: the monitorable scalars and the per-layer counts."""
+        return {**self._scalar_metrics(record), **self._layer_metrics(record)}
+
+    def _scalar_metrics(self, record: dict[str, Any]) -> dict[str, float]:
         p = self.prefix
         metrics = {
             f"{p}/E": emergence_as_float(record["E"]),
@@ -548,6 +594,11 @@ class EmergenceCallback(Callback):
             metrics[f"{p}/E_path"] = emergence_as_float(record["E_path"])
             metrics[f"{p}/log10_E_path"] = log10_emergence(record["E_path"])
             metrics[f"{p}/relative_path"] = record["relative_path"]
+        return metrics
+
+    def _layer_metrics(self, record: dict[str, Any]) -> dict[str, float]:
+        p = self.prefix
+        metrics = {}
         for name, n, a in zip(record["layers"], record["n"], record["a"]):
             metrics[f"{p}/active/{name}"] = float(a)
             metrics[f"{p}/dead/{name}"] = float(n - a)
@@ -609,61 +660,11 @@ class EmergenceCallback(Callback):
         self.history = [dict(record) for record in state_dict.get("history", [])]
 
 
-def _total(trainer: pl.Trainer, count: int) -> int:
-    """``count`` summed over the processes."""
-    if trainer.world_size == 1:
-        return count
-    return int(trainer.strategy.reduce(torch.tensor(float(count), device=trainer.strategy.root_device), reduce_op="sum"))
 
 
-def _length(loader: Any) -> int | None:
-    """``len(loader)``, or None when it has none (an iterable dataset)."""
-    try:
-        return len(loader)
-    except (TypeError, NotImplementedError):
-        return None
-
-
-def _first(loaders: Any) -> Any:
-    if isinstance(loaders, (list, tuple)):
-        return loaders[0] if loaders else None
-    if isinstance(loaders, dict):
-        return next(iter(loaders.values()), None)
-    return loaders
-
-
-def _take(loader: Iterable[Any] | None, limit: float) -> Iterable[Any]:
-    if loader is None:
-        return
-    for index, batch in enumerate(loader):
-        if index >= limit:
-            break
-        yield batch
-
-
-def _has_validation(trainer: pl.Trainer) -> bool:
-    return trainer.val_dataloaders is not None and sum(trainer.num_val_batches or [0]) > 0
-
-
-def _sampler(loader: Any) -> Any:
-    return getattr(loader, "sampler", None)
-
-
-def _real_samples_on_this_rank(sampler: Any) -> int | None:
-    """Samples of this rank that are not padding added by a DistributedSampler, or None for no limit."""
-    if not isinstance(sampler, DistributedSampler) or sampler.drop_last:
-        return None
-    size = len(sampler.dataset)  # type: ignore[arg-type]
-    # The sampler hands out positions rank, rank + R, ...; positions >= size repeat earlier samples.
-    return max(0, math.ceil((size - sampler.rank) / sampler.num_replicas))
-
-
-def _epochs_completed(trainer: pl.Trainer) -> float:
-    """Training epochs completed at this point, fractional for a validation run mid-epoch."""
-    if trainer.state.fn != "fit":
-        return trainer.current_epoch
-    total = trainer.num_training_batches
-    done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
-    if not total or math.isinf(total) or done >= total:
-        return trainer.current_epoch + 1
-    return round(trainer.current_epoch + done / total, 4)
+@rank_zero_only
+def _write(trainer: pl.Trainer, metrics: dict[str, float], step: int) -> None:
+    """One ``log_metrics`` call per logger (rank zero writes, as Lightning's loggers do)."""
+    if metrics:
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)

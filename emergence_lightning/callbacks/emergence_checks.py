@@ -1,0 +1,69 @@
+"""Checks that make a silently wrong EmergenceCallback measurement loud: pure decisions, no hooks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+from emergence_lightning.measure import parametrised_leaves
+
+# A model with at least this many parametrised leaf modules should show at least two layers.
+MANY_PARAMETRISED_MODULES = 3
+
+
+def duplicate_prefix_error(callbacks: Sequence[Any], kind: type) -> str | None:
+    """The error message when two callbacks of ``kind`` share a ``prefix`` (their values would be averaged)."""
+    seen: dict[str, tuple[int, Any]] = {}
+    for index, callback in enumerate(callbacks):
+        if not isinstance(callback, kind):
+            continue
+        prefix = callback.prefix
+        if prefix in seen:
+            first_index, first_callback = seen[prefix]
+            return (
+                f"Two EmergenceCallbacks log under the same `prefix` {prefix!r}: callbacks[{first_index}] "
+                f"({_describe(first_callback)}) and callbacks[{index}] ({_describe(callback)}). Lightning would "
+                "log the mean of their values under one key. Give each its own `prefix=`, e.g. "
+                f"`prefix='{prefix}_2'`."
+            )
+        seen[prefix] = (index, callback)
+    return None
+
+
+def _describe(callback: Any) -> str:
+    return (
+        f"EmergenceCallback(prefix={callback.prefix!r}, threshold={callback.threshold}, "
+        f"statistic={callback.statistic!r}, layers={callback.layers!r})"
+    )
+
+
+def layer_coverage_warnings(model: nn.Module, names: Sequence[str], E: int) -> list[tuple[str, str]]:
+    """``(key, message)`` for each reason to distrust a measurement with fewer than two layers."""
+    if len(names) >= 2:
+        return []
+    leaves = parametrised_leaves(model)
+    found = f"only {len(names)} tracked layer{'' if len(names) == 1 else 's'} ({list(names)})"
+    warnings = []
+    if len(leaves) >= MANY_PARAMETRISED_MODULES:
+        shown = [name for name, _ in leaves[:6]] + (["..."] if len(leaves) > 6 else [])
+        warnings.append(
+            (
+                "few-layers",
+                f"EmergenceCallback found {found} in {type(model).__name__}, which has {len(leaves)} modules "
+                f"with parameters ({shown}): the layers between them apply no activation the tracker sees. "
+                "Name the layers to measure with `layers=[...]` (module names or call sites), or check that "
+                "the forward pass runs through this module.",
+            )
+        )
+    if E == 0 and len(names) == 1:
+        warnings.append(
+            (
+                "one-layer-zero",
+                f"EmergenceCallback: E is 0 because {found}: E counts paths from a dead node to an active node "
+                "in a later layer, so one layer gives 0 whatever the weights. Track at least two layers "
+                "(`layers=[...]`, or `include_input=True` / `include_output=True`).",
+            )
+        )
+    return warnings

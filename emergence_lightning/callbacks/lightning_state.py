@@ -1,0 +1,111 @@
+"""What EmergenceCallback reads from a running Trainer: data loaders, epochs, steps, samplers.
+
+The few reads of Lightning internals (loop state with no public accessor) live here, each with a
+fallback, so a Lightning version that moves them breaks one file (tests/test_callback_schedules.py
+exercises every one of them).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DistributedSampler
+
+
+def validation_enabled(trainer: pl.Trainer) -> bool:
+    """Whether this fit will run validation at all (a loader, a ``validation_step``, ``limit_val_batches > 0``)."""
+    return bool(trainer.enable_validation)
+
+
+def load_validation_data(trainer: pl.Trainer) -> None:
+    """Loads the validation dataloaders now, as the sanity check would (no-op once loaded).
+
+    Without a sanity check (``num_sanity_val_steps=0``, ``check_val_every_n_epoch > 1``) they are
+    loaded only at the first validation run, after ``on_train_start``; the epoch-0 pass needs them.
+    """
+    if trainer.val_dataloaders is None:
+        trainer.fit_loop.epoch_loop.val_loop.setup_data()
+
+
+def has_validation_batches(trainer: pl.Trainer) -> bool:
+    return trainer.val_dataloaders is not None and sum(trainer.num_val_batches or [0]) > 0
+
+
+def logging_step(trainer: pl.Trainer) -> int:
+    """The step Lightning writes epoch-end ``self.log`` values at (batches that stepped; = global_step
+    with one optimizer), so values written straight to the loggers sit beside them."""
+    return int(getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step))
+
+
+def epochs_completed(trainer: pl.Trainer, *, ended: bool = False, epoch_over: bool = False) -> float:
+    """Training epochs completed, fractional mid-epoch (a validation run inside it, a fit cut by ``max_steps``).
+
+    Args:
+        trainer: the running Trainer.
+        ended: called after the fit loop ended (``on_train_end``), where ``current_epoch`` already
+            counts the last, possibly partial, epoch.
+        epoch_over: the epoch has ended (``on_train_epoch_end``): it counts whole unless ``max_steps``
+            cut it (an epoch ended early by ``on_train_batch_start`` returning -1 counts whole).
+    """
+    if trainer.state.fn != "fit":
+        return trainer.current_epoch
+    total = trainer.num_training_batches
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+    base = trainer.current_epoch - 1 if ended else trainer.current_epoch
+    cut = 0 < trainer.max_steps <= trainer.global_step
+    if (ended or epoch_over) and not cut:
+        return base + 1
+    if not total or math.isinf(total) or done >= total or done == 0:
+        return base + 1
+    return round(base + done / total, 4)
+
+
+def total_over_processes(trainer: pl.Trainer, count: int) -> int:
+    """``count`` summed over the processes."""
+    if trainer.world_size == 1:
+        return count
+    return int(trainer.strategy.reduce(torch.tensor(float(count), device=trainer.strategy.root_device), reduce_op="sum"))
+
+
+def length(loader: Any) -> int | None:
+    """``len(loader)``, or None when it has none (an iterable dataset)."""
+    try:
+        return len(loader)
+    except (TypeError, NotImplementedError):
+        return None
+
+
+def first(loaders: Any) -> Any:
+    """The first of several dataloaders (list, tuple or dict), or the one given."""
+    if isinstance(loaders, (list, tuple)):
+        return loaders[0] if loaders else None
+    if isinstance(loaders, dict):
+        return next(iter(loaders.values()), None)
+    return loaders
+
+
+def take(loader: Iterable[Any] | None, limit: float) -> Iterator[Any]:
+    """The first ``limit`` batches of ``loader``."""
+    if loader is None:
+        return
+    for index, batch in enumerate(loader):
+        if index >= limit:
+            break
+        yield batch
+
+
+def sampler_of(loader: Any) -> Any:
+    return getattr(loader, "sampler", None)
+
+
+def real_samples_on_this_rank(sampler: Any) -> int | None:
+    """Samples of this rank that are not padding added by a DistributedSampler, or None for no limit."""
+    if not isinstance(sampler, DistributedSampler) or sampler.drop_last:
+        return None
+    size = len(sampler.dataset)  # type: ignore[arg-type]
+    # The sampler hands out positions rank, rank + R, ...; positions >= size repeat earlier samples.
+    return max(0, math.ceil((size - sampler.rank) / sampler.num_replicas))

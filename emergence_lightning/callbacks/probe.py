@@ -1,0 +1,131 @@
+"""Forward passes the EmergenceCallback drives itself (epoch 0, probe data), run through the module's own step.
+
+The module's ``validation_step`` (else ``training_step`` under automatic optimization, else
+``forward`` on the batch's input) runs in eval mode with no gradient, its ``self.log`` muted, and
+whatever it changes on the module put back: torchmetrics states and plain attributes (lists of
+outputs, counters). No trainer hook runs, so other callbacks see nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from torch import Tensor
+
+# probe_step(pl_module, batch) runs one forward pass for the measurements the callback drives itself.
+ProbeStep = Callable[["pl.LightningModule", Any], Any]
+
+
+def batch_input(batch: Any) -> Tensor | None:
+    """The model input of a batch: the batch itself if a tensor, else ``batch[0]``; None if neither."""
+    if isinstance(batch, Tensor):
+        return batch
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+        return batch[0]
+    return None
+
+
+def default_probe_step(pl_module: pl.LightningModule, batch: Any) -> Any:
+    """Calls the model on the batch's input: ``batch[0]`` of a tuple/list, the batch itself if a tensor."""
+    inputs = batch_input(batch)
+    if inputs is None:
+        raise TypeError(
+            f"EmergenceCallback cannot find the input in a batch of type {type(batch).__name__}, and "
+            f"{type(pl_module).__name__} has no `validation_step` (nor a `training_step` under automatic "
+            "optimization) to run on it; pass `probe_step=lambda module, batch: module(batch['x'])` (or whatever "
+            "feeds your model)."
+        )
+    return pl_module(inputs)
+
+
+def module_step(pl_module: pl.LightningModule) -> Callable[[Any, int], Any] | None:
+    """The module's own step that runs a batch forward: ``validation_step``, else ``training_step``.
+
+    ``training_step`` only under automatic optimization: a manual one steps its optimizers.
+    """
+    if is_overridden("validation_step", pl_module):
+        step = pl_module.validation_step
+    elif is_overridden("training_step", pl_module) and pl_module.automatic_optimization:
+        step = pl_module.training_step
+    else:
+        return None
+    takes_loader_index = "dataloader_idx" in inspect.signature(step).parameters
+    return (lambda batch, index: step(batch, index, dataloader_idx=0)) if takes_loader_index else step
+
+
+def run_step(pl_module: pl.LightningModule, batch: Any, batch_idx: int, probe_step: ProbeStep | None) -> None:
+    """One forward pass on ``batch``: ``probe_step`` if given, else the module's own step (muted)."""
+    if probe_step is not None:
+        probe_step(pl_module, batch)
+        return
+    step = module_step(pl_module)
+    if step is None:
+        default_probe_step(pl_module, batch)
+        return
+    with side_effects_undone(pl_module):
+        step(batch, batch_idx)
+
+
+@contextlib.contextmanager
+def side_effects_undone(pl_module: pl.LightningModule) -> Iterator[None]:
+    """Mutes ``self.log``/``self.log_dict`` and puts back torchmetrics states and plain attributes."""
+    attributes = {
+        name: (value, _shallow_copy(value)) for name, value in vars(pl_module).items() if not name.startswith("_")
+    }
+    metrics = [(metric, _metric_state(metric)) for metric in pl_module.modules() if _is_metric(metric)]
+    muted = {name: vars(pl_module)[name] for name in ("log", "log_dict") if name in vars(pl_module)}
+    pl_module.log = _no_op  # type: ignore[method-assign]
+    pl_module.log_dict = _no_op  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        for name in ("log", "log_dict"):
+            if name in muted:
+                setattr(pl_module, name, muted[name])
+            else:
+                vars(pl_module).pop(name, None)
+        for name in [name for name in vars(pl_module) if not name.startswith("_") and name not in attributes]:
+            delattr(pl_module, name)  # added by the step
+        for name, (value, saved) in attributes.items():
+            _restore_contents(value, saved)
+            vars(pl_module)[name] = value
+        for metric, state in metrics:
+            for name, value in state.items():
+                setattr(metric, name, value)
+
+
+def _no_op(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+def _shallow_copy(value: Any) -> Any:
+    return copy.copy(value) if isinstance(value, (list, dict, set)) else None
+
+
+def _restore_contents(value: Any, saved: Any) -> None:
+    """Puts a container's items back in place (others may hold a reference to it)."""
+    if isinstance(value, list):
+        value[:] = saved
+    elif isinstance(value, (dict, set)):
+        value.clear()
+        value.update(saved)
+
+
+def _is_metric(module: Any) -> bool:
+    try:
+        from torchmetrics import Metric
+    except ImportError:  # pragma: no cover - Lightning depends on torchmetrics
+        return False
+    return isinstance(module, Metric)
+
+
+def _metric_state(metric: Any) -> dict[str, Any]:
+    """A torchmetrics Metric's accumulated state (copied: updates work in place)."""
+    names = [*getattr(metric, "_defaults", {}), "_update_count", "_computed"]
+    return {name: copy.deepcopy(getattr(metric, name)) for name in names if hasattr(metric, name)}
