@@ -351,8 +351,6 @@ SETUP_CASES = [
               ValueError, r"`layers` names modules that don't exist: \[''\]", {}),
     SetupCase("node-dim-out-of-range", _mlp, lambda: [EmergenceCallback(node_dim=2)],
               ValueError, r"`node_dim`=2 does not fit layer 'net.1', whose output has shape \(16, 16\)", {}),
-    SetupCase("dict-batch-without-probe-step", lambda: DictBatches(mlp()), lambda: [EmergenceCallback()],
-              TypeError, r"cannot find the input in a batch of type dict; pass `probe_step=lambda module, batch:", {}),
     SetupCase("branch-epoch-equals-max-epochs", _mlp, lambda: [PruneAndBranchCallback(branch_epoch=2)],
               ValueError, r"`branch_epoch`=2 must be below the Trainer's `max_epochs`, got 2", {"max_epochs": 2}),
     SetupCase("branch-epoch-infinite-training", _mlp, lambda: [PruneAndBranchCallback(branch_epoch=1)],
