@@ -422,7 +422,7 @@ def build_edges(
     if not names:
         return {}
 
-    # The pseudo layers resolve as in activity.py: the first and last parametrised leaf modules.
+    # The pseudo layers resolve as in measure/layers.py: the first and last parametrised leaf modules.
     leaves = [name for name, _ in parametrised_leaves(model)]
     pseudo = {INPUT_LAYER: leaves[0] if leaves else None, OUTPUT_LAYER: leaves[-1] if leaves else None}
     for name in (INPUT_LAYER, OUTPUT_LAYER):

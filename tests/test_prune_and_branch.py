@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.utils import prune
 from torch.utils.data import DataLoader
 
-from emergence_lightning.activity import measure
+from emergence_lightning.measure import measure
 from emergence_lightning.branching import (
     MaskedTraining,
     apply_masks,

@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from torch import Tensor
 from typing_extensions import override
 
-from emergence_lightning.activity import ActivityTracker, Measurement, check_flags, check_tracking_arguments
+from emergence_lightning.measure import ActivityTracker, Measurement, check_flags, check_tracking_arguments
 from emergence_lightning.callbacks import lightning_state as state
 from emergence_lightning.callbacks.emergence_checks import duplicate_prefix_error, layer_coverage_warnings
 from emergence_lightning.callbacks.emergence_record import EmergenceRecord
@@ -28,6 +28,7 @@ from emergence_lightning.functional import (
     relative_emergence,
 )
 from emergence_lightning.pruning import count_parameters
+from emergence_lightning.tensorboard_views import emergence_layout
 
 CONNECTIVITIES = ("dense", "weights")
 __all__ = ["EmergenceCallback", "batch_input", "default_probe_step", "zero_streak"]
@@ -61,7 +62,7 @@ class EmergenceCallback(Callback):
     Args:
         threshold: a node is active when its activity exceeds this (the paper's 0.05).
         statistic: ``"mean"``, ``"fraction"`` (firing rate) or ``"max"``; see
-            :class:`~emergence_lightning.activity.ActivityTracker`.
+            :class:`~emergence_lightning.measure.ActivityTracker`.
         variant: ``"paper"`` or ``"induced"``; see :func:`~emergence_lightning.emergence`.
         layers: module names whose outputs are the layers; ``None`` finds activation modules.
         node_dim: dimension that indexes nodes (default: last for 2-D, 1 otherwise).
@@ -633,17 +634,7 @@ class EmergenceCallback(Callback):
 
     @rank_zero_only
     def _log_tensorboard_extras(self, trainer: pl.Trainer) -> None:
-        p = self.prefix
-        layout = {
-            p: {
-                "E and accuracy": ["Multiline", [f"{p}/E", r".*acc.*"]],
-                "relative E and accuracy": ["Multiline", [f"{p}/relative", r".*acc.*"]],
-                "log10 E": ["Multiline", [f"{p}/log10_E"]],
-                "active nodes per layer": ["Multiline", [f"{p}/active/.*"]],
-            }
-        }
-        if self.connectivity == "weights":
-            layout[p]["log10 E: dense and path-exact"] = ["Multiline", [f"{p}/log10_E", f"{p}/log10_E_path"]]
+        layout = emergence_layout(self.prefix, path_exact=self.connectivity == "weights")
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_custom_scalars(layout)

@@ -50,7 +50,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
-from emergence_lightning.activity import check_flags
+from emergence_lightning.measure import check_flags
 from emergence_lightning.branching import (
     PRUNING_FUNCTIONS,
     STRUCTURED_PRUNING_FUNCTIONS,
@@ -89,6 +89,12 @@ from emergence_lightning.branching.store import (
 from emergence_lightning.callbacks.emergence import EmergenceCallback
 from emergence_lightning.functional import emergence_as_float
 from emergence_lightning.pruning import count_parameters
+from emergence_lightning.tensorboard_views import (
+    branch_overlay_layout,
+    flat_hparams,
+    write_custom_scalars,
+    write_hparams_entry,
+)
 
 #: Columns of ``summary.csv`` (``summary.json`` holds these and each branch's metric history).
 SUMMARY_COLUMNS = (
@@ -576,7 +582,7 @@ class PruneAndBranchCallback(Callback):
                 )
             _continue_from(branch_trainer, self.fork)
             if trainer.is_global_zero:
-                _write_overlay_layout(loggers, monitor)
+                write_custom_scalars(loggers, branch_overlay_layout(monitor))
             recorder.set_up_in = time.perf_counter() - started  # until fit; fit adds its own set-up below
             recorder.fit_started = time.perf_counter()
             branch_trainer.fit(model, **data)
@@ -1061,7 +1067,7 @@ class _BranchRecorder(Callback):
             try:
                 logger.log_metrics(metrics, step=trainer.global_step)
                 if isinstance(logger, TensorBoardLogger):
-                    _write_tensorboard_hparams(logger, {**_flat_hparams(logger.hparams), **params}, metrics)
+                    write_hparams_entry(logger, {**flat_hparams(logger.hparams), **params}, metrics)
                 else:
                     logger.log_hyperparams(params)
             except Exception as error:  # noqa: BLE001 - the summary must not hide the branch's own error
@@ -1358,46 +1364,6 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-
-
-def _write_overlay_layout(loggers: list[Any], monitor: str | None) -> None:
-    """A custom-scalars layout whose charts overlay every branch and the parent (written first in each branch run)."""
-    charts = {
-        "validation metric": ["Multiline", [monitor or r"val.*"]],
-        "emergence E": ["Multiline", [r"emergence/E$"]],
-        "relative emergence": ["Multiline", [r"emergence/relative$"]],
-        "log10 E": ["Multiline", [r"emergence/log10_E$"]],
-        "active fraction": ["Multiline", [r"emergence/active_fraction$"]],
-        "training loss": ["Multiline", [r"train.*loss.*"]],
-    }
-    for logger in loggers:
-        if isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_custom_scalars({"prune and branch": charts})
-
-
-def _write_tensorboard_hparams(
-    logger: TensorBoardLogger, params: dict[str, Any], metrics: dict[str, float]
-) -> None:
-    """One hparams entry for the run, with ``metrics`` as its metric columns (values: the logged scalars)."""
-    from torch.utils.tensorboard.summary import hparams
-
-    experiment, start, end = hparams(params, metrics)
-    writer = logger.experiment._get_file_writer()
-    for summary in (experiment, start, end):
-        writer.add_summary(summary)
-
-
-def _flat_hparams(hparams: Any, prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in dict(hparams).items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flat_hparams(value, name + "/"))
-        elif isinstance(value, (bool, int, float, str)) or value is None:
-            flat[name] = "None" if value is None else value
-        else:
-            flat[name] = str(value)
-    return flat
 
 
 def _jsonable(value: Any) -> Any:
