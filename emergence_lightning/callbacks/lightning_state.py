@@ -1,7 +1,7 @@
 """What EmergenceCallback reads from a running Trainer: data loaders, epochs, steps, samplers.
 
 The few reads of Lightning internals (loop state with no public accessor) live here, each with a
-fallback, so a Lightning version that moves them breaks one file (tests/test_callback_schedules.py
+fallback, so a Lightning version that moves them breaks one file (tests/test_schedules.py
 exercises every one of them).
 """
 
