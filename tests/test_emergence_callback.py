@@ -366,7 +366,7 @@ def test_weights_connectivity_logs_path_count_beside_dense(tmp_path):
     # the dense formula counts edges that pruning removed; the path count does not
     assert results["pruned"]["E_path"] < results["pruned"]["E"]
     charts = custom_scalar_charts(trainer.logger.log_dir)
-    assert charts["log10 E: dense and path-exact"] == ["emergence/log10_E", "emergence/log10_E_path"]
+    assert charts["log10 E: dense and path-exact"] == ["^emergence/log10_E$", "^emergence/log10_E_path$"]
 
 
 def custom_scalar_charts(log_dir: str) -> dict[str, list[str]]:
@@ -471,3 +471,109 @@ def test_measure_now_outside_a_fit_is_refused():
     callback = EmergenceCallback()
     with pytest.raises(RuntimeError, match="measure_now needs the callback set up on this module"):
         callback.measure_now(pl.Trainer(logger=False), Classifier(mlp()), epoch=1)
+
+
+# ---- loud instead of silently wrong: few layers, E = 0 from one layer, nothing measured, test runs ----
+
+
+class OneActivationDeepModel(nn.Module):
+    """Four Linear layers but a single activation between them: only one layer to track."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3, self.out = nn.Linear(8, 10), nn.Linear(10, 10), nn.Linear(10, 10), nn.Linear(10, 3)
+
+    def forward(self, x):
+        return self.out(self.fc3(self.fc2(torch.relu(self.fc1(x)))))
+
+
+def test_few_tracked_layers_in_a_deep_model_warn_naming_them(tmp_path):
+    train, val = loaders()
+    callback = EmergenceCallback()
+    with pytest.warns(UserWarning, match=r"found only 1 tracked layer \(\['net.relu\(\)'\]\) in Classifier, which has "
+                      r"4 modules with parameters \(\['net.fc1', 'net.fc2', 'net.fc3', 'net.out'\]\)") as seen:
+        make_trainer(tmp_path, [callback], max_epochs=2).fit(Classifier(OneActivationDeepModel()), train, val)
+    assert len([w for w in seen if "modules with parameters" in str(w.message)]) == 1  # once, not every epoch
+    assert len(callback.history) == 3
+
+
+def test_E_zero_because_one_layer_is_tracked_warns(tmp_path):
+    # The LSTM classifier of issue 9: embedding -> LSTM -> Linear. The LSTM output is the only layer.
+    class LSTMClassifier(Classifier):
+        def __init__(self):
+            super().__init__(nn.Identity())
+            self.embed, self.lstm, self.head = nn.Embedding(10, 4), nn.LSTM(4, 6, batch_first=True), nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.head(self.lstm(self.embed(x))[0][:, -1])
+
+    tokens = torch.randint(0, 10, (32, 5), generator=torch.Generator().manual_seed(0))
+    data = DataLoader(torch.utils.data.TensorDataset(tokens, tokens[:, 0] % 3), batch_size=16)
+    callback = EmergenceCallback()
+    with pytest.warns(UserWarning, match=r"E is 0 because only 1 tracked layer \(\['lstm'\]\).*Track at least two"):
+        make_trainer(tmp_path, [callback], max_epochs=1).fit(LSTMClassifier(), data, data)
+    assert [r["E"] for r in callback.history] == [0, 0] and callback.history[0]["n"] == [6]
+
+
+def test_two_tracked_layers_give_no_coverage_warning(tmp_path, recwarn):
+    train, val = loaders()
+    make_trainer(tmp_path, [EmergenceCallback()], max_epochs=1).fit(Classifier(mlp()), train, val)
+    assert not [w for w in recwarn if "tracked layer" in str(w.message)]
+
+
+def test_fit_that_measures_nothing_warns(tmp_path):
+    train, val = loaders()
+    callback = EmergenceCallback()
+    with pytest.warns(UserWarning, match=r"EmergenceCallback measured nothing in this `trainer.fit` run"):
+        make_trainer(tmp_path, [callback], max_epochs=0).fit(Classifier(mlp()), train, val)
+    assert callback.history == []
+
+
+def test_validate_measures_and_one_that_measures_nothing_warns(tmp_path):
+    train, val = loaders()
+    callback = EmergenceCallback()
+    trainer = make_trainer(tmp_path, [callback], max_epochs=1)
+    trainer.validate(Classifier(mlp()), val)
+    assert len(callback.history) == 1 and callback.history[0]["samples"] == 40  # validate is measured
+    empty = make_trainer(tmp_path / "empty", [EmergenceCallback()], limit_val_batches=0)
+    with pytest.warns(UserWarning, match=r"measured nothing in this `trainer.validate` run"):
+        empty.validate(Classifier(mlp()), val)
+
+
+def test_test_runs_are_not_measured_and_say_so(tmp_path, caplog):
+    train, val = loaders()
+    model = Classifier(mlp())
+    model.test_step = model.validation_step
+    callback = EmergenceCallback()
+    trainer = make_trainer(tmp_path, [callback], max_epochs=1)
+    with pytest.warns(UserWarning, match=r"does not measure `trainer.test` runs .*trainer.validate\(model, "):
+        trainer.test(model, val)  # nothing measured before: a warning, the user likely expected a measurement
+    assert callback.history == []
+    fitted = EmergenceCallback()
+    trainer = make_trainer(tmp_path / "fitted", [fitted], max_epochs=1)
+    trainer.fit(model, train, val)
+    measured = list(fitted.history)
+    with caplog.at_level(logging.INFO):
+        trainer.test(model, val)  # after a fit: said as information
+    assert "does not measure `trainer.test` runs" in caplog.text
+    assert fitted.history == measured
+
+
+def test_two_callbacks_with_one_prefix_are_refused_naming_both(tmp_path):
+    train, val = loaders()
+    first, second = EmergenceCallback(), EmergenceCallback(statistic="fraction")
+    with pytest.raises(ValueError, match=r"Two EmergenceCallbacks log under the same `prefix` 'emergence': "
+                       r"callbacks\[0\] .*statistic='mean'.* and callbacks\[1\] .*statistic='fraction'.*prefix='emergence_2'"):
+        make_trainer(tmp_path, [first, second], max_epochs=1).fit(Classifier(mlp()), train, val)
+
+
+def test_two_callbacks_with_their_own_prefixes_log_apart(tmp_path):
+    train, val = loaders()
+    mean, fraction = EmergenceCallback(), EmergenceCallback(statistic="fraction", prefix="firing")
+    trainer = make_trainer(tmp_path, [mean, fraction], max_epochs=1)
+    trainer.fit(Classifier(mlp()), train, val)
+    scalars = read_scalars(trainer.logger.log_dir)
+    for callback, prefix in [(mean, "emergence"), (fraction, "firing")]:
+        assert [v for _, v in sorted(scalars[f"{prefix}/log10_E"])] == pytest.approx(
+            [r["log10_E"] for r in callback.history]
+        )

@@ -215,11 +215,12 @@ class EmergenceCallback(Callback):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._close_window()
+        stage = getattr(stage, "value", stage)  # Lightning passes a TrainerFn (a str enum)
         if stage in ("fit", "validate") and not self._failed and len(self.history) == self._measured_at_setup:
             rank_zero_warn(
                 f"EmergenceCallback measured nothing in this `trainer.{stage}` run: no batch reached a measurement "
                 "(no validation or training batch, `limit_*_batches=0`, or `max_epochs=0`). Nothing was logged "
-                f"under {self.prefix!r}/."
+                f"under `{self.prefix}/`."
             )
 
     @override
