@@ -2,43 +2,124 @@
 
 Both callbacks hand their charts and hyperparameter rows to these functions, so every
 dashboard decision (which tags share a chart, what the HParams columns are) lives here.
+
+Layout rules (issue 11): one chart per quantity, so nothing of another scale flattens it (E runs
+to the hundreds, accuracy to 1); charts grouped by concern; every tag matched by an anchored regex,
+so a chart holds exactly its quantity, once per run. Each branch is its own run (its own folder),
+so every chart overlays the parent and all branches, one line each.
+
+TensorBoard merges the layouts of all runs (categories with one title are merged, identical charts
+kept once), and of one run it keeps the layout written last.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import Any
 
 from lightning.pytorch.loggers import TensorBoardLogger
 
+# Lightning's and torchmetrics' accuracy and loss names: `train_acc`, `train_acc_epoch` (logged with
+# on_epoch=True), `train/acc`, `val_accuracy`, `val_MulticlassAccuracy`. `*_step` values are left out:
+# per-step points would crowd an epoch-level chart.
+_ACCURACY = r"(acc|acc1|accuracy|top1|[A-Za-z]*Accuracy)"
+_TRAIN = r"(train|training)"
+_VAL = r"(val|valid|validation)"
+TRAIN_ACCURACY = rf"^{_TRAIN}[_/]{_ACCURACY}(_epoch)?$"
+VAL_ACCURACY = rf"^{_VAL}[_/]{_ACCURACY}(_epoch)?$"
+TRAIN_LOSS = rf"^{_TRAIN}[_/]loss(_epoch)?$"
+VAL_LOSS = rf"^{_VAL}[_/]loss(_epoch)?$"
 
-def emergence_layout(prefix: str, path_exact: bool) -> dict[str, dict[str, list[Any]]]:
-    """The custom-scalars charts of one ``EmergenceCallback`` (tags under ``prefix``)."""
-    p = prefix
-    layout = {
-        p: {
-            "E and accuracy": ["Multiline", [f"{p}/E", r".*acc.*"]],
-            "relative E and accuracy": ["Multiline", [f"{p}/relative", r".*acc.*"]],
-            "log10 E": ["Multiline", [f"{p}/log10_E"]],
-            "active nodes per layer": ["Multiline", [f"{p}/active/.*"]],
-        }
+ACCURACY_CATEGORY = "accuracy"
+LOSS_CATEGORY = "loss"
+
+
+def _exact(tag: str) -> str:
+    """A regex matching ``tag`` and nothing else."""
+    return f"^{re.escape(tag)}$"
+
+
+def _chart(*regexes: str) -> list[Any]:
+    return ["Multiline", list(regexes)]
+
+
+def _title(concern: str, prefix: str) -> str:
+    # A second EmergenceCallback (another prefix) gets its own categories instead of merged ones.
+    return concern if prefix == "emergence" else f"{concern} ({prefix})"
+
+
+def metric_layout() -> dict[str, dict[str, list[Any]]]:
+    """Accuracy and loss charts, one per quantity, matching the names Lightning users log."""
+    return {
+        ACCURACY_CATEGORY: {
+            "training accuracy": _chart(TRAIN_ACCURACY),
+            "validation accuracy": _chart(VAL_ACCURACY),
+        },
+        LOSS_CATEGORY: {
+            "training loss": _chart(TRAIN_LOSS),
+            "validation loss": _chart(VAL_LOSS),
+        },
     }
+
+
+def emergence_layout(
+    prefix: str, path_exact: bool, layers: Mapping[str, int] | None = None
+) -> dict[str, dict[str, list[Any]]]:
+    """The custom-scalars charts of one ``EmergenceCallback`` (its tags start with ``prefix/``).
+
+    Categories, in this order: emergence (E, log10 E), relative emergence (Ẽ), accuracy, loss,
+    dead nodes per layer, active nodes per layer. With ``path_exact`` the path-exact E, log10 E and
+    Ẽ get charts of their own beside the dense ones.
+
+    Args:
+        prefix: the callback's key prefix (``emergence``).
+        path_exact: whether ``emergence/E_path`` and its companions are logged.
+        layers: layer name -> node count, when known: one dead-nodes and one active-nodes chart
+            per layer, titled ``net.1 (128 nodes)``. Unknown (None): one chart per concern holding
+            every layer's line.
+    """
+    p = prefix
+    emergence = {
+        "E: paths from dead to active nodes": _chart(_exact(f"{p}/E")),
+        "log10 E": _chart(_exact(f"{p}/log10_E")),
+    }
+    relative = {"Ẽ = E / free parameters": _chart(_exact(f"{p}/relative"))}
     if path_exact:
-        layout[p]["log10 E: dense and path-exact"] = ["Multiline", [f"{p}/log10_E", f"{p}/log10_E_path"]]
-    return layout
+        emergence["E, path-exact (pruned weights are no path)"] = _chart(_exact(f"{p}/E_path"))
+        # Both log10 E on one axis (one quantity, one scale): how far pruning cut the dense count.
+        emergence["log10 E: dense and path-exact"] = _chart(_exact(f"{p}/log10_E"), _exact(f"{p}/log10_E_path"))
+        relative["Ẽ, path-exact"] = _chart(_exact(f"{p}/relative_path"))
+    if layers:
+        dead = {f"dead nodes: {name} ({n} nodes)": _chart(_exact(f"{p}/dead/{name}")) for name, n in layers.items()}
+        active = {
+            f"active nodes: {name} ({n} nodes)": _chart(_exact(f"{p}/active/{name}")) for name, n in layers.items()
+        }
+    else:
+        dead = {"dead nodes, one line per layer": _chart(rf"^{re.escape(p)}/dead/.+$")}
+        active = {"active nodes, one line per layer": _chart(rf"^{re.escape(p)}/active/.+$")}
+    active["share of active nodes, all layers"] = _chart(_exact(f"{p}/active_fraction"))
+    return {
+        _title("emergence", p): emergence,
+        _title("relative emergence", p): relative,
+        **metric_layout(),
+        _title("dead nodes per layer", p): dead,
+        _title("active nodes per layer", p): active,
+    }
 
 
 def branch_overlay_layout(monitor: str | None) -> dict[str, dict[str, list[Any]]]:
-    """Charts that overlay every branch and the parent (written first in each branch run)."""
-    return {
-        "prune and branch": {
-            "validation metric": ["Multiline", [monitor or r"val.*"]],
-            "emergence E": ["Multiline", [r"emergence/E$"]],
-            "relative emergence": ["Multiline", [r"emergence/relative$"]],
-            "log10 E": ["Multiline", [r"emergence/log10_E$"]],
-            "active fraction": ["Multiline", [r"emergence/active_fraction$"]],
-            "training loss": ["Multiline", [r"train.*loss.*"]],
-        }
-    }
+    """Charts a branch run adds: accuracy and loss, and the branches' monitored metric if it is neither.
+
+    A branch with an ``EmergenceCallback`` writes that callback's layout after this one, which then
+    wins for the run; both hold the same accuracy and loss charts, so TensorBoard's merge keeps one.
+    """
+    layout = metric_layout()
+    if monitor is not None and not any(
+        re.match(regex, monitor) for regex in (TRAIN_ACCURACY, VAL_ACCURACY, TRAIN_LOSS, VAL_LOSS)
+    ):
+        layout[ACCURACY_CATEGORY][f"monitored metric: {monitor}"] = _chart(_exact(monitor))
+    return layout
 
 
 def write_custom_scalars(loggers: list[Any], layout: dict[str, dict[str, list[Any]]]) -> None:
