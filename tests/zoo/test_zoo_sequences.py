@@ -149,3 +149,16 @@ def test_functional_measurement_is_not_the_pre_activation():
     result = measure(model, [x])
     assert torch.allclose(result.layers[0].activity, post)
     assert int((post > 0.05).sum()) == result.a[0]
+
+
+class Swish(nn.Module):
+    """A user's activation: no torch.nn activation class, built from torch.sigmoid."""
+
+    def forward(self, x):
+        return x * torch.sigmoid(x)
+
+
+def test_a_users_activation_module_is_one_layer_of_channels():
+    model = nn.Sequential(nn.Conv2d(3, 5, 3), Swish(), nn.Conv2d(5, 7, 3), nn.Mish(), nn.Conv2d(7, 9, 1), Swish())
+    result = measure_quietly(model, torch.randn(2, 3, 8, 8))
+    assert_layers(result, [("1", 5), ("3", 7), ("5", 9)])
