@@ -239,3 +239,32 @@ def test_node_dim_per_layer_mapping():
     model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 3), nn.Tanh())
     result = measure(model, [torch.randn(2, 5, 4)], node_dim={"1": 1})
     assert result.names == ["1", "3"] and result.n == [5, 3]  # time steps on request, features by rule
+
+
+def test_undecidable_node_dim_warns_naming_the_layer_and_the_fix():
+    # An activation on the raw (batch, 4, 5) input: no producing layer says which dim holds nodes.
+    model = nn.Sequential(nn.ReLU(), nn.Flatten(), nn.Linear(20, 3), nn.Tanh())
+    x = torch.randn(6, 4, 5)
+    with pytest.warns(RuntimeWarning, match=r"Layer '0' has shape \(6, 4, 5\) and was produced by no layer with "
+                      r"parameters.*counting dim 1. Pass `node_dim=\{'0': d\}` to choose"):  # fmt: skip
+        result = measure(model, [x])
+    assert result.names == ["0", "3"] and result.n == [4, 3]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        chosen = measure(model, [x], node_dim={"0": 2})  # the named fix silences it
+    assert chosen.n == [5, 3]
+    assert torch.allclose(chosen.layers[0].activity, torch.relu(x).double().mean(dim=(0, 1)))
+
+
+def test_producer_with_a_feature_count_matching_neither_dim_warns():
+    class Odd(nn.Module):  # parameters of its own, but no size that matches the output's dims
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(7))
+
+        def forward(self, x):
+            return x * self.scale.mean()
+
+    model = nn.Sequential(Odd(), nn.GELU())
+    with pytest.warns(RuntimeWarning, match=r"Layer '1' has shape \(2, 3, 5\) and was produced by Odd"):
+        assert measure(model, [torch.randn(2, 3, 5)]).n == [3]
