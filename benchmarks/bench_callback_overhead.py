@@ -1,87 +1,149 @@
-"""Overhead of EmergenceCallback on fit time, measured side by side in one process.
+"""Overhead of EmergenceCallback on a whole Trainer fit, measured side by side in one process.
 
-Fits the same MLP on Fashion-MNIST-sized data (60,000 training and 10,000 validation samples of
-784 features) with and without the callback, alternating, and prints the median ratio.
+Per model (the 6-block conv net, torchvision ResNet-18 at 32x32, a small nn.TransformerEncoder;
+see bench_models.py), rounds of three fits with a validation loop: without the callback, with it
+at defaults (one validation-sized epoch-0 pass before training), and with
+``measure_at_start=False``. The order rotates each round; one torch thread. Timing marks placed
+first and last among the callbacks split each fit into:
 
-    .venv/bin/python benchmarks/bench_callback_overhead.py --pairs 7 --epochs 5 [--threads 1]
+- the whole fit (the overhead ratio; the target is <= 1.02 besides the epoch-0 pass),
+- the training steps (on_train_batch_start .. on_train_batch_end, the callback attached but no
+  window open: the ratio must be 1.00 +- noise),
+- the validation runs (the measurement window is open: the cost of measuring),
+- the epoch-0 pass (the callback's on_train_start), reported apart.
+
+Ratios are medians over the rounds of (with / without) in the same round, by wall clock and by
+process CPU time (which resists other processes on a shared machine).
+
+    .venv/bin/python benchmarks/bench_callback_overhead.py [--rounds 5] [--models convnet resnet18 transformer]
+    .venv/bin/python benchmarks/bench_callback_overhead.py --full   # the issue's sizes (slow on a CPU)
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import time
+import warnings
+from dataclasses import dataclass
 
 import lightning.pytorch as pl
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
+from bench_models import FIT_SIZES, MODELS, TINY, WINDOW_SIZES, Classifier, FirstMarks, LastMarks, build, load
+from bench_models import loaders, span
 from emergence_lightning import EmergenceCallback
 
-
-class MLP(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(),
-                                 nn.Linear(128, 10))  # fmt: skip
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return nn.functional.cross_entropy(self(x), y)
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        self.log("val_loss", nn.functional.cross_entropy(self(x), y))
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.005)
+# (training samples, validation samples): 4:1 as the issue's 20k / 5k, sized for about 8 s a fit here.
+FIT_DATA = {"convnet": (2560, 640), "resnet18": (1024, 256), "transformer": (4096, 1024)}
+FULL_DATA = (20_000, 5_000)
+CASES = ("without", "default", "no_epoch0")
 
 
-def fit_seconds(with_callback: bool, train: DataLoader, val: DataLoader, epochs: int, **callback_kwargs) -> float:
-    torch.manual_seed(0)
-    model = MLP()
-    callbacks = [EmergenceCallback(**callback_kwargs)] if with_callback else []
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         callbacks=callbacks)  # fmt: skip
-    start = time.perf_counter()
+@dataclass
+class Fit:
+    """One fit's (wall, cpu) seconds: whole fit, training steps, validation runs, epoch-0 pass."""
+
+    fit: tuple[float, float]
+    steps: tuple[float, float]
+    validation: tuple[float, float]
+    start: tuple[float, float]
+    records: int
+
+
+def fit_once(name: str, size, data: tuple[int, int], epochs: int, case: str) -> Fit:  # type: ignore[no-untyped-def]
+    train, val = loaders(name, size, *data)
+    first, last = FirstMarks(), LastMarks()
+    emergence = [] if case == "without" else [EmergenceCallback(measure_at_start=case == "default")]
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[first, *emergence, last],
+    )
+    model = Classifier(build(name, size))
+    wall, cpu = time.perf_counter(), time.process_time()
     trainer.fit(model, train, val)
-    return time.perf_counter() - start
+    whole = (time.perf_counter() - wall, time.process_time() - cpu)
+    return Fit(
+        fit=whole,
+        steps=span(first, last, "train_batch_start", "train_batch_end"),
+        validation=span(first, last, "validation_start", "validation_end"),
+        start=span(first, last, "train_start", "train_start"),
+        records=len(emergence[0].history) if emergence else 0,
+    )
+
+
+def ratio(rounds: list[dict[str, Fit]], case: str, part: str, clock: int) -> tuple[float, float, float]:
+    """Median, min and max over the rounds of case / without, for one part of the fit."""
+    values = [getattr(r[case], part)[clock] / getattr(r["without"], part)[clock] for r in rounds]
+    return statistics.median(values), min(values), max(values)
+
+
+def report(name: str, rounds: list[dict[str, Fit]], epochs: int, data: tuple[int, int]) -> None:
+    base = statistics.median(r["without"].fit[0] for r in rounds)
+    print(
+        f"{name}: {epochs} epochs, {data[0]} train / {data[1]} val samples, {len(rounds)} rounds; median fit "
+        f"without the callback {base:.2f} s; measurements per fit: default "
+        f"{rounds[0]['default'].records}, measure_at_start=False {rounds[0]['no_epoch0'].records}; {load()}"
+    )
+    rows = [
+        ("whole fit, defaults (with the epoch-0 pass)", "default", "fit"),
+        ("whole fit, measure_at_start=False [target <= 1.02]", "no_epoch0", "fit"),
+        ("training steps, no window open [target 1.00 +- noise]", "no_epoch0", "steps"),
+        ("validation runs, window open", "no_epoch0", "validation"),
+    ]
+    for label, case, part in rows:
+        cells = []
+        for clock, clock_name in ((0, "wall"), (1, "cpu")):
+            median, low, high = ratio(rounds, case, part, clock)
+            cells.append(f"{clock_name} {median:.4f} ({low:.3f}-{high:.3f})")
+        print(f"  {label}: median ratio {'; '.join(cells)}")
+    start = statistics.median(r["default"].start[0] for r in rounds)
+    share = statistics.median(r["default"].start[0] / r["without"].fit[0] for r in rounds)
+    validation = statistics.median(r["without"].validation[0] for r in rounds)
+    print(
+        f"  epoch-0 pass (reported apart): median {start:.3f} s = {100 * share:.2f} % of the fit without the "
+        f"callback (one validation run without the callback takes {validation / epochs:.3f} s)",
+        flush=True,
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pairs", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's); 1 resists a busy machine")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of the three fits (>= 5)")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: resists a busy machine)")
+    sizes = parser.add_mutually_exclusive_group()
+    sizes.add_argument("--full", action="store_true", help="the issue's sizes: 20k/5k samples, widths 64-256")
+    sizes.add_argument("--tiny", action="store_true", help="tiny models and data (a smoke test, no figure)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    generator = torch.Generator().manual_seed(0)
-    train = TensorDataset(torch.rand(60_000, 784, generator=generator), torch.randint(0, 10, (60_000,), generator=generator))
-    val = TensorDataset(torch.rand(10_000, 784, generator=generator), torch.randint(0, 10, (10_000,), generator=generator))
-    train_loader = DataLoader(train, batch_size=args.batch_size, shuffle=True)
-    val_loader = DataLoader(val, batch_size=256)
-    fit_seconds(False, train_loader, val_loader, 1)  # warm-up
-
-    for label, kwargs in [("with the epoch-0 measurement", {}), ("without it", {"measure_at_start": False})]:
-        ratios, base_times, callback_times = [], [], []
-        for _ in range(args.pairs):
-            base = fit_seconds(False, train_loader, val_loader, args.epochs)
-            with_cb = fit_seconds(True, train_loader, val_loader, args.epochs, **kwargs)
-            base_times.append(base)
-            callback_times.append(with_cb)
-            ratios.append(with_cb / base)
-        print(
-            f"EmergenceCallback ({label}), {args.epochs} epochs, {args.pairs} pairs: "
-            f"median fit {statistics.median(base_times):.2f} s without, {statistics.median(callback_times):.2f} s with; "
-            f"median ratio {statistics.median(ratios):.4f} (overhead {100 * (statistics.median(ratios) - 1):+.2f}%)"
-        )
+    if args.rounds < 5:
+        parser.error(f"`--rounds` must be >= 5 for a median, got {args.rounds}.")
+    torch.set_num_threads(args.threads)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)  # no "GPU available" lines per fit
+    warnings.filterwarnings("ignore", message=".*(does not have many workers|LeafSpec).*")
+    print(f"torch {torch.__version__}, lightning {pl.__version__}, {args.threads} thread(s); {load()}", flush=True)
+    for name in args.models:
+        if args.tiny:
+            size, data = TINY, (16, 8)
+        elif args.full:
+            size, data = WINDOW_SIZES[name], FULL_DATA
+        else:
+            size, data = FIT_SIZES[name], FIT_DATA[name]
+        for case in CASES:  # warm-up: allocator, kernels, imports
+            fit_once(name, size, (2 * size.batch, size.batch), 1, case)
+        rounds = []
+        for index in range(args.rounds):
+            order = CASES[index % 3 :] + CASES[: index % 3]
+            rounds.append({case: fit_once(name, size, data, args.epochs, case) for case in order})
+        report(name, rounds, args.epochs, data)
 
 
 if __name__ == "__main__":

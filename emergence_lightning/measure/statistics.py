@@ -2,19 +2,27 @@
 
 Plain PyTorch, no Lightning. Each output is first reduced over its positions (pixels, tokens,
 time steps) per sample in float32, which reads the activation once at full speed, and those
-``(samples, nodes)`` partial sums are added up in float64 across samples and batches. A float32
+``(samples, nodes)`` partial results are combined in float64 across samples and batches. A float32
 sum over the ``P`` positions of one sample has a relative error of at most about ``P * 2**-24`` of
 the sum of absolute values (PyTorch sums pairwise, so in practice ``log2(P) * 2**-24``): below
 1e-5 even for 512 x 512 positions, far under any sensible distance of an activity to ``theta``.
+Firing counts per sample are exact in float32 (below ``2**24`` positions), and a max is exact.
 Everything stays on the layer's device: no step waits for the host.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
 STATISTICS = ("mean", "fraction", "max")
+# On CPU the firing mask is built a few samples at a time in a buffer of about this many
+# elements (2 MB of float32), so it is still in cache when it is summed: 25 % less time than
+# one activation-sized mask, and no page faults for a fresh buffer in every window.
+CPU_MASK_ELEMENTS = 1 << 19
 
 
 def accumulation_dtype(device: torch.device) -> torch.dtype:
@@ -22,33 +30,72 @@ def accumulation_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def per_sample_sums(values: Tensor, batch_dim: int, node_dim: int) -> Tensor:
-    """``(samples, nodes)`` sums over every other dimension, in float32 (float64 input stays float64)."""
-    dtype = torch.float64 if values.dtype == torch.float64 else torch.float32
-    other = [d for d in range(values.dim()) if d not in (batch_dim, node_dim)]
-    sums = values.sum(other, dtype=dtype) if other else values.to(dtype)
-    return sums if batch_dim < node_dim else sums.t()
+def _position_dims(values: Tensor, batch_dim: int, node_dim: int) -> list[int]:
+    return [d for d in range(values.dim()) if d not in (batch_dim, node_dim)]
+
+
+def _float_dtype(values: Tensor) -> torch.dtype:
+    return torch.float64 if values.dtype == torch.float64 else torch.float32
+
+
+def _per_sample_shape(values: Tensor, batch_dim: int, node_dim: int) -> tuple[int, int]:
+    """Shape of a per-sample result, its dimensions in the output's order (nodes first when ``node_dim`` is)."""
+    low, high = sorted((batch_dim, node_dim))
+    return values.shape[low], values.shape[high]
+
+
+def per_sample_sums(values: Tensor, batch_dim: int, node_dim: int, out: Tensor | None = None) -> Tensor:
+    """Sums over every dimension but batch and nodes (in float32; float64 input stays float64),
+    in the output's order of those two: ``(samples, nodes)`` unless ``node_dim < batch_dim``."""
+    other = _position_dims(values, batch_dim, node_dim)
+    if not other:
+        return values if out is None else out.copy_(values)
+    return torch.sum(values, other, dtype=_float_dtype(values), out=out)
 
 
 class Scratch:
-    """One reusable buffer for the firing masks of every layer, freed when the window closes.
+    """Reusable buffers for the intermediate results of every layer, freed when the window closes.
 
-    A fresh activation-sized tensor per call costs more in page faults than the comparison
-    itself (on CPU 6x the time of the read), so the mask is written into this buffer instead.
+    The firing masks, per-sample results and per-node partial results are written into these
+    buffers instead of fresh tensors. A fresh activation-sized tensor per call costs more in page
+    faults than the comparison itself (on CPU 6x the time of the read), and even small fresh
+    tensors carved out of the allocator's free space between the model's activations make it map
+    fresh pages for them: on a narrow conv net that made the measured validation pass 1.2x slower.
     """
 
     def __init__(self) -> None:
-        self.buffer: Tensor | None = None
+        self.buffers: dict[str, Tensor] = {}
+
+    def take(self, slot: str, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """A tensor of ``shape`` in ``slot``'s buffer (its contents are whatever was there)."""
+        numel = math.prod(shape)
+        buffer = self.buffers.get(slot)
+        if buffer is None or buffer.numel() < numel or buffer.dtype != dtype or buffer.device != device:
+            buffer = self.buffers[slot] = torch.empty(numel, dtype=dtype, device=device)
+        return buffer[:numel].view(tuple(shape))
 
     def like(self, values: Tensor) -> Tensor:
-        dtype = torch.float64 if values.dtype == torch.float64 else torch.float32
-        buffer = self.buffer
-        if buffer is None or buffer.numel() < values.numel() or buffer.dtype != dtype or buffer.device != values.device:
-            buffer = self.buffer = torch.empty(values.numel(), dtype=dtype, device=values.device)
-        return buffer[: values.numel()].view(values.shape)
+        """A float mask buffer shaped as ``values`` (float64 for float64 values, else float32)."""
+        return self.take("mask", values.shape, _float_dtype(values), values.device)
 
     def free(self) -> None:
-        self.buffer = None
+        self.buffers.clear()
+
+
+def firing_counts(
+    values: Tensor, threshold: float, batch_dim: int, node_dim: int, scratch: Scratch, out: Tensor
+) -> Tensor:
+    """Per-sample counts of the positions whose value exceeds ``threshold`` (NaN never does), in
+    float32 (exact below ``2**24`` positions), written into ``out`` (shaped as :func:`per_sample_sums`)."""
+    samples = values.shape[batch_dim]
+    step = max(1, samples)
+    if values.device.type == "cpu" and samples:
+        step = max(1, min(samples, CPU_MASK_ELEMENTS // max(1, values.numel() // samples)))
+    sample_axis = 0 if batch_dim < node_dim else 1
+    for index, chunk in enumerate(values.split(step, dim=batch_dim)):
+        fired = torch.gt(chunk, threshold, out=scratch.like(chunk))  # 1.0 where it fires
+        per_sample_sums(fired, batch_dim, node_dim, out=out.narrow(sample_axis, index * step, chunk.shape[batch_dim]))
+    return out
 
 
 class NodeStatistic:
@@ -72,24 +119,50 @@ class NodeStatistic:
         return None if self.total is None else self.total.numel()
 
     def add(self, output: Tensor, batch_dim: int, node_dim: int, scratch: Scratch) -> None:
-        """Adds one output; raises ValueError when its node count differs from earlier outputs'."""
+        """Adds one output; raises ValueError when its node count differs from earlier outputs'.
+
+        Every intermediate result goes into ``scratch``; only the running totals are allocated,
+        once per window."""
         dtype = accumulation_dtype(output.device)
-        sums = per_sample_sums(output, batch_dim, node_dim)
-        probe = sums.sum(0, dtype=dtype)
-        if self.statistic == "mean":
+        device = output.device
+        shape = _per_sample_shape(output, batch_dim, node_dim)
+        nodes = output.shape[node_dim]
+        if self.total is not None and self.total.numel() != nodes:
+            raise ValueError(f"node count changed from {self.total.numel()} to {nodes}")
+        if self.statistic == "max" and output.shape[batch_dim] == 0:
+            return  # no sample, no maximum
+        sample_axis = 0 if batch_dim < node_dim else 1
+        # (samples, nodes) sums: the probe that NaN/inf propagate into, and the mean's numerator.
+        float_dtype = _float_dtype(output)
+        positions = bool(_position_dims(output, batch_dim, node_dim))
+        sums = per_sample_sums(  # a 2-D output is its own per-sample result: no copy
+            output, batch_dim, node_dim, out=scratch.take("samples", shape, float_dtype, device) if positions else None
+        )
+        probe = torch.sum(sums, sample_axis, dtype=dtype, out=scratch.take("nodes", (nodes,), dtype, device))
+        if self.statistic == "fraction":
+            counts = firing_counts(
+                output, self.threshold, batch_dim, node_dim, scratch, scratch.take("samples", shape, float_dtype, device)
+            )
+            part = torch.sum(counts, sample_axis, dtype=dtype, out=scratch.take("part", (nodes,), dtype, device))
+        elif self.statistic == "max":
+            # Positions first, then the (small) sample dimension: one contiguous read, 3x faster
+            # on CPU than one amax over batch and positions together.
+            maxima = output
+            if positions:
+                other = _position_dims(output, batch_dim, node_dim)
+                maxima = torch.amax(output, other, out=scratch.take("maxima", shape, output.dtype, device))
+            part = torch.amax(maxima, sample_axis, out=scratch.take("part", (nodes,), output.dtype, device))
+        else:
             part = probe
-        elif self.statistic == "fraction":
-            fired = torch.gt(output, self.threshold, out=scratch.like(output))  # 1.0 where it fires
-            part = per_sample_sums(fired, batch_dim, node_dim).sum(0, dtype=dtype)
-        else:
-            other = [d for d in range(output.dim()) if d != node_dim]
-            part = output.amax(other).to(dtype)
-        if self.total is not None and self.total.shape != part.shape:
-            raise ValueError(f"node count changed from {self.total.numel()} to {part.numel()}")
         if self.total is None or self.probe is None:
-            self.total, self.probe = part, probe
+            self.total = torch.zeros(nodes, dtype=dtype, device=device)
+            self.probe = self.total if self.statistic == "mean" else torch.zeros(nodes, dtype=dtype, device=device)
+            if self.statistic == "max":
+                self.total.fill_(-math.inf)
+        if self.statistic == "max":
+            torch.maximum(self.total, part, out=self.total)
         else:
-            self.total = torch.maximum(self.total, part) if self.statistic == "max" else self.total + part
-            if self.statistic != "mean":
-                self.probe = self.probe + probe
-        self.rows += output.numel() // part.numel()
+            self.total.add_(part)
+        if self.statistic != "mean":
+            self.probe.add_(probe)
+        self.rows += output.numel() // max(1, nodes)
