@@ -30,12 +30,19 @@ from pathlib import Path
 import numpy as np
 from tensorboard.backend.event_processing import event_accumulator
 
-from emergence_lightning.report_plot import ACC_CHANGE, Plotter
+from matplotlib.figure import Figure
+
+from emergence_lightning.report_plot import ACC_CHANGE, PARENT, Plotter
 from emergence_lightning.report_tags import choose_tags, missing_reason, parse_metrics, used_tags
 
 EVENT_GLOB = "events.out.tfevents*"
 SEED_COMPONENT = re.compile(r"seed-\d+")
-TABLE_COLUMNS = ("run", "epochs", "final_val_acc", "best_val_acc", "final_E", "final_relative_E")
+# `epochs` counts the epochs trained in the run itself (a branch's from its fork), as the branches'
+# own summary.csv does; `last_epoch` is where the run ended on the shared epoch axis.
+TABLE_COLUMNS = (
+    "run", "name", "epochs", "last_epoch", "final_train_acc", "final_val_acc", "best_val_acc", "final_E",
+    "final_relative_E",
+)  # fmt: skip
 
 # Curves: run (or group) -> series name -> (epochs, values); series names are tags plus derived ones.
 Curve = tuple[np.ndarray, np.ndarray]
@@ -65,6 +72,7 @@ class ReportResult:
     groups: dict[str, list[str]] = field(default_factory=dict)  # group -> its runs (seeds merged)
     skipped: dict[str, str] = field(default_factory=dict)  # figure name -> why it was not drawn
     metric_tags: dict[str, dict[str, str | None]] = field(default_factory=dict)  # run -> role -> tag
+    drawings: dict[str, Figure] = field(default_factory=dict)  # figure name -> the matplotlib figure saved
 
 
 def find_runs(log_dir: str | os.PathLike) -> dict[str, Path]:
@@ -241,18 +249,89 @@ def _aggregate(curves: Curves, groups: dict[str, list[str]]) -> dict[str, dict[s
     return result
 
 
-def _labels(groups: dict[str, list[str]]) -> dict[str, str]:
-    """Legend labels: group names without the path components they all share (at least one kept)."""
+def _names(groups: dict[str, list[str]], root_name: str) -> dict[str, str]:
+    """Group -> the name legends and tables use: ``parent`` and the branch names (``pruned-30``).
+
+    Group names lose the path components they all share (at least one kept). With one parent,
+    the run the branches forked from is ``parent`` and a branch is its folder name; with several
+    (several experiments in one log directory) each keeps its path, less the ``branches`` folder.
+    """
     parts = {group: group.split("/") for group in groups}
     shared = 0
     shortest = min(len(p) for p in parts.values())
     while shared < shortest - 1 and len({tuple(p[: shared + 1]) for p in parts.values()}) == 1:
         shared += 1
-    labels = {}
-    for group, runs in groups.items():
-        label = "/".join(parts[group][shared:])
-        labels[group] = f"{label} (mean ± std, {len(runs)} seeds)" if len(runs) > 1 else label
-    return labels
+    parents = {
+        _group_name(parent)
+        for runs in groups.values()
+        for run in runs
+        if (parent := _fork_parent(run, root_name)) is not None
+    }
+    names = {}
+    for group in groups:
+        kept = parts[group][shared:]
+        if len(parents) == 1 and group in parents:
+            names[group] = PARENT
+        elif len(parents) == 1 and "branches" in kept:
+            names[group] = "/".join(kept[len(kept) - kept[::-1].index("branches") :])
+        else:
+            names[group] = "/".join(part for part in kept if part != "branches")
+    return names
+
+
+def _labels(groups: dict[str, list[str]], root_name: str = "") -> dict[str, str]:
+    """Legend labels: the group's name (see :func:`_names`), and the seed count when it averages seeds."""
+    names = _names(groups, root_name)
+    return {
+        group: f"{names[group]} (mean ± std, {len(runs)} seeds)" if len(runs) > 1 else names[group]
+        for group, runs in groups.items()
+    }
+
+
+def _join_to_fork(curves: Curves, root_name: str, first_epoch: dict[str, int | None]) -> Curves:
+    """Curves for drawing: each branch series that starts after the fork begins at its parent's value there.
+
+    A branch's accuracy and loss are first logged one epoch after the fork; its line then starts at
+    the fork point it shares with the parent, as its E line (measured at the fork) already does.
+    """
+    joined: Curves = {run: dict(series) for run, series in curves.items()}
+    for run, by_series in joined.items():
+        parent = curves.get(_fork_parent(run, root_name) or "", {})
+        fork = first_epoch.get(run)
+        if not parent or fork is None:
+            continue
+        for name, (x, y) in by_series.items():
+            if name not in parent or not len(x) or x[0] <= fork:
+                continue
+            parent_x, parent_y = parent[name]
+            at_fork = np.flatnonzero(parent_x == fork)
+            if at_fork.size:
+                by_series[name] = (np.r_[float(fork), x], np.r_[parent_y[at_fork[-1]], y])
+    return joined
+
+
+def _layer_sizes(curves: Curves, prefix: str) -> dict[str, int]:
+    """Layer -> node count (active + dead at a measurement), from the first run that logged both."""
+    sizes: dict[str, int] = {}
+    for by_series in curves.values():
+        for name, (_, active) in by_series.items():
+            if name.startswith(f"{prefix}/active/"):
+                layer = name.removeprefix(f"{prefix}/active/")
+                dead = by_series.get(f"{prefix}/dead/{layer}")
+                if layer not in sizes and dead is not None and len(active) and len(dead[1]):
+                    sizes[layer] = int(round(active[0] + dead[1][0]))
+    return sizes
+
+
+def _first_epochs(rows: list[Scalar]) -> dict[str, int | None]:
+    """Run -> the epoch in progress at its first value: 0 for a parent, the fork epoch for a branch."""
+    first: dict[str, int | None] = {}
+    for row in rows:
+        if row.epoch is not None:
+            first[row.run] = min(first.get(row.run, row.epoch) or 0, row.epoch)
+        else:
+            first.setdefault(row.run, None)
+    return first
 
 
 def _fork_epoch(rows: list[Scalar], root_name: str) -> int | None:
@@ -267,15 +346,27 @@ def _final(curve: Curve | None) -> float | None:
     return float(curve[1][-1]) if curve is not None and len(curve[0]) else None
 
 
-def _summary(curves: Curves, prefix: str) -> list[dict[str, object]]:
+def _as_int(value: float | None) -> float | int | None:
+    return int(value) if value is not None and float(value).is_integer() else value
+
+
+def _summary(
+    curves: Curves, prefix: str, names: dict[str, str], first_epoch: dict[str, int | None]
+) -> list[dict[str, object]]:
     table = []
     for run, by_series in sorted(curves.items()):
         val_acc = by_series.get("val_acc")
         last_epochs = [x[-1] for x, _ in by_series.values() if len(x)]
-        epochs = max(last_epochs) if last_epochs else None
+        last = max(last_epochs) if last_epochs else None
+        first_xs = [x[0] for x, _ in by_series.values() if len(x)]
+        # Without Lightning's epoch scalar the run's first step is its start.
+        start = first_epoch.get(run) if first_epoch.get(run) is not None else (min(first_xs) if first_xs else None)
         table.append({
             "run": run,
-            "epochs": int(epochs) if epochs is not None and float(epochs).is_integer() else epochs,
+            "name": names[run],
+            "epochs": _as_int(last - start) if last is not None and start is not None else None,
+            "last_epoch": _as_int(last),
+            "final_train_acc": _final(by_series.get("train_acc")),
             "final_val_acc": _final(val_acc),
             "best_val_acc": float(val_acc[1].max()) if val_acc is not None and len(val_acc[1]) else None,
             "final_E": _final(by_series.get(f"{prefix}/E")),
@@ -291,6 +382,7 @@ def _write_tables(table: list[dict[str, object]], out_dir: Path) -> tuple[Path, 
         writer.writeheader()
         writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in table)
     formats = {
+        "final_train_acc": "{:.4f}",
         "final_val_acc": "{:.4f}",
         "best_val_acc": "{:.4f}",
         "final_E": "{:.6g}",
@@ -314,15 +406,20 @@ def make_report(
 
     Figures (PNG; one is left out when no run logged its data): ``emergence_and_accuracy_change``
     (E and the epoch-to-epoch change in ``train_acc``), ``relative_emergence``, ``emergence_log``
-    (E on a log axis), ``train_accuracy``, ``loss`` (training solid, validation dashed) and
+    (E; a log axis when it spans over 20x), ``train_accuracy``, ``loss`` (training solid, validation dashed) and
     ``active_fraction_per_layer`` (one panel per run). A figure without data is not drawn; the
     reason is in ``ReportResult.skipped``. Accuracy and loss are found under the names Lightning
     writes (``train_acc``, ``train_acc_epoch``, ``train/acc``, ``val_MulticlassAccuracy``...) or
     taken from ``metrics``; ``ReportResult.metric_tags`` tells which tag each run used.
     Runs are overlaid; when run names contain a ``branches`` folder, a dotted line marks the fork
-    epoch (the first epoch of the branch runs). The table ``summary.csv`` / ``summary.md`` gives,
-    per run: epochs reached, final and best ``val_acc``, final E and final relative E (TensorBoard
-    stores values as float32, so a large E is rounded).
+    epoch (the first epoch of the branch runs), every branch line starts at the fork point, and
+    each figure gets a second panel zoomed to the epochs after the fork. The run the branches
+    forked from is named ``parent``, a branch by its folder (``pruned-30``), each with a fixed
+    colour. The table ``summary.csv`` / ``summary.md`` (same columns, see ``TABLE_COLUMNS``) gives,
+    per run: its name, the epochs it trained (a branch's from the fork, as the branches' own
+    ``summary.csv``), the last epoch, final training and validation accuracy, best validation
+    accuracy, final E and final relative E (TensorBoard stores values as float32, so a large E is
+    rounded). ``ReportResult.drawings`` holds the matplotlib figures saved.
 
     Args:
         log_dir: a directory of TensorBoard runs, e.g. ``lightning_logs/version_0``.
@@ -364,7 +461,10 @@ def make_report(
     for run in runs:
         groups[_group_name(run)].append(run)
     groups = dict(groups)
-    plotter = Plotter(_aggregate(curves, groups), _labels(groups), _fork_epoch(rows, root_name), out)
+    first_epoch = _first_epochs(rows)
+    labels = _labels(groups, root_name)
+    drawn_curves = _join_to_fork(curves, root_name, first_epoch)
+    plotter = Plotter(_aggregate(drawn_curves, groups), labels, _fork_epoch(rows, root_name), out)
 
     figures, skipped = {}, {}
     e_series = f"{prefix}/E"
@@ -392,7 +492,7 @@ def make_report(
         skipped["relative_emergence"] = no_e.replace(e_series, f"{prefix}/relative")
     if plotter.has(e_series):
         figures["emergence_log"] = plotter.single(
-            "emergence_log", e_series, "emergence E (log scale)", "Emergence", yscale="log"
+            "emergence_log", e_series, "emergence E", "Emergence (log axis when it spans over 20x)", yscale="log"
         )
     else:
         skipped["emergence_log"] = no_e
@@ -407,13 +507,15 @@ def make_report(
     else:
         skipped["loss"] = missing_reason("loss", all_tags, prefix)
     if any(name.startswith(f"{prefix}/active_share/") for by_series in curves.values() for name in by_series):
-        figures["active_fraction_per_layer"] = plotter.active_shares(prefix)
+        figures["active_fraction_per_layer"] = plotter.active_shares(prefix, _layer_sizes(curves, prefix))
     else:
         skipped["active_fraction_per_layer"] = (
             f"no run logged both `{prefix}/active/<layer>` and `{prefix}/dead/<layer>` (EmergenceCallback's "
             f"per-layer counts, prefix {prefix!r})"
         )
 
-    table_csv, table_markdown = _write_tables(_summary(curves, prefix), out)
-    return ReportResult(out, figures, table_csv, table_markdown, runs, groups, skipped, chosen)
+    group_names = _names(groups, root_name)
+    run_names = {run: group_names[group] for group, members in groups.items() for run in members}
+    table_csv, table_markdown = _write_tables(_summary(curves, prefix, run_names, first_epoch), out)
+    return ReportResult(out, figures, table_csv, table_markdown, runs, groups, skipped, chosen, plotter.drawn)
 

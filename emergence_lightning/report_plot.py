@@ -1,19 +1,72 @@
-"""Drawing for :mod:`emergence_lightning.report`: one colour per run group across every figure.
+"""Drawing for :mod:`emergence_lightning.report`: the paper's figures, readable at print size.
 
 Series come aggregated per group as ``(epochs, mean, std, count)``; see ``report._aggregate``.
+
+What a reader must be able to do (issue 11): tell the branches apart. So each quantity has its own
+axis (no twin axes), a run with a fork gets a second panel zoomed to the epochs after the fork
+(the parent's early jumps set the scale of the whole-run panel, not of the branches'), a log axis is
+used only where the values span more than a decade, and a branch keeps one colour in every figure
+and every report: the colour comes from its name (``control``, ``pruned-30``...), not from the order.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
-from matplotlib import colormaps
+import numpy as np
+from matplotlib import colormaps, rc_context
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 ACC_CHANGE = "train_acc_change"  # the derived series: epoch-to-epoch change in training accuracy
+PARENT = "parent"  # the name of the run the branches forked from, in legends and tables
+LOG_SPAN = 20.0  # a log axis only when the largest value is more than this many times the smallest
+
+# Sized for a two-column paper: 7 in wide at 200 dpi, text 9-10 pt as printed.
+WIDTH_IN = 7.0
+DPI = 200
+STYLE = {
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "legend.fontsize": 8,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "lines.linewidth": 1.6,
+    "lines.markersize": 3.5,
+}
+
+_FIXED = {PARENT: "#222222", "control": "#1f77b4", "random": "#8c564b", "random-dense": "#8c564b"}
+_PRUNED = re.compile(r"(random-)?pruned-(\d+)")
+
+
+def branch_name(label: str) -> str:
+    """The branch (or ``parent``) a legend label names: its last path component, before any ``(...)``."""
+    return label.split(" (")[0].rsplit("/", 1)[-1]
+
+
+def branch_color(label: str) -> tuple[float, float, float, float] | str:
+    """A fixed colour per branch name, the same in every figure and report.
+
+    ``parent`` is near-black, ``control`` blue; ``pruned-<p>`` takes a shade of ``plasma`` set by
+    ``p`` (more pruning, lighter), ``random-pruned-<p>`` a shade of green; any other name a tab10
+    colour chosen by a hash of the name.
+    """
+    name = branch_name(label)
+    if name in _FIXED:
+        return _FIXED[name]
+    match = _PRUNED.fullmatch(name)
+    if match:
+        amount = min(int(match.group(2)), 100) / 100
+        if match.group(1):
+            return colormaps["Greens"](0.45 + 0.5 * amount)
+        return colormaps["plasma"](0.05 + 0.85 * amount)
+    palette = [colormaps["tab10"](i) for i in (1, 2, 3, 4, 6, 8, 9)]  # no blue/brown: control, random
+    return palette[zlib.crc32(name.encode()) % len(palette)]
 
 
 def _natural_key(name: str) -> list:
@@ -24,29 +77,61 @@ def _natural_key(name: str) -> list:
 def _plot_mean_std(ax, stats, color, label, linestyle="-", marker="o", band=True) -> None:
     """A group's mean line, and a ±1 std band when it averages several runs."""
     x, mean, std, count = stats
-    ax.plot(x, mean, linestyle=linestyle, marker=marker, markersize=3, color=color, label=label)
+    ax.plot(x, mean, linestyle=linestyle, marker=marker, color=color, label=label)
     if band and count.max() > 1:
         ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
 
 
+def _padded(low: float, high: float, log: bool) -> tuple[float, float]:
+    if log:
+        return low / 1.15, high * 1.15
+    pad = (high - low) * 0.08 or max(abs(high) * 0.05, 1e-3)
+    return low - pad, high + pad
+
+
+@contextmanager
+def _style():
+    with rc_context(STYLE):
+        yield
+
+
 class Plotter:
-    """Draws the groups' curves with one colour per group across every figure."""
+    """Draws the groups' curves with one colour per branch across every figure.
+
+    ``drawn`` keeps each figure by name after it is saved, so what was drawn (axis limits, line
+    starts, labels) can be read back.
+    """
 
     def __init__(self, aggregated, labels: dict[str, str], fork: int | None, out_dir: Path) -> None:
         self.aggregated = aggregated
         self.labels = labels
         self.fork = fork
         self.out_dir = out_dir
-        palette = colormaps["tab10" if len(labels) <= 10 else "tab20"]
-        self.colors = {group: palette(index % palette.N) for index, group in enumerate(labels)}
+        self.colors = {group: branch_color(label) for group, label in labels.items()}
+        self.drawn: dict[str, Figure] = {}
 
     def has(self, series: str) -> bool:
         return any(series in by_series for by_series in self.aggregated.values())
 
+    def _points(self, series: str, after_fork: bool = False) -> np.ndarray:
+        """Every group's mean values of ``series`` (only at epochs >= the fork with ``after_fork``)."""
+        values = []
+        for by_series in self.aggregated.values():
+            if series in by_series:
+                x, mean = by_series[series][:2]
+                # A change *into* the fork epoch is the parent's last step, not the branches': left out.
+                if after_fork:
+                    mean = mean[x > self.fork if series == ACC_CHANGE else x >= self.fork]
+                values.append(mean)
+        values = np.concatenate(values) if values else np.array([])
+        return values[np.isfinite(values)]
+
     def minimum(self, series: str) -> float:
-        return min(
-            by_series[series][1].min() for by_series in self.aggregated.values() if series in by_series
-        )
+        return float(self._points(series).min())
+
+    def _zoomed(self, series: str) -> bool:
+        """A second panel after the fork, when there is a fork and values after it."""
+        return self.fork is not None and self._points(series, after_fork=True).size > 0
 
     def draw(
         self, ax, series: str, linestyle: str = "-", marker: str = "o", label: bool = True, band: bool = True
@@ -59,109 +144,131 @@ class Plotter:
 
     def mark_fork(self, ax) -> None:
         if self.fork is not None:
-            ax.axvline(
-                self.fork, color="0.4", linestyle=":", linewidth=1.2, label=f"fork (epoch {self.fork})"
-            )
+            ax.axvline(self.fork, color="0.4", linestyle=":", linewidth=1.2, label=f"fork (epoch {self.fork})")
+
+    def _scale(self, ax, series: str, log: bool, after_fork: bool) -> None:
+        """y limits from the values shown (after the fork for a zoomed panel); log only over a wide span."""
+        values = self._points(series, after_fork)
+        if not values.size:
+            return
+        low, high = float(values.min()), float(values.max())
+        use_log = log and low > 0 and high / low > LOG_SPAN
+        if use_log:
+            ax.set_yscale("log")
+        ax.set_ylim(*_padded(low, high, use_log))
+        if after_fork:
+            xs = [
+                by_series[series][0].max() for by_series in self.aggregated.values() if series in by_series
+            ]
+            ax.set_xlim(self.fork - 0.3, max(xs) + 0.3)
+
+    def _row(self, axes, series: str, ylabel: str, log: bool = False, **draw) -> None:
+        """One quantity: the whole run, and the epochs after the fork when there is one."""
+        for index, ax in enumerate(axes):
+            self.draw(ax, series, **draw)
+            self.mark_fork(ax)
+            self._scale(ax, series, log, after_fork=index == 1)
+            ax.grid(True, alpha=0.3)
+            ax.set_ylabel(ylabel)
+        if len(axes) > 1:
+            axes[1].set_title("after the fork", fontsize="small")
+
+    def _figure(self, rows: int, zoom: bool) -> tuple[Figure, np.ndarray]:
+        fig = Figure(figsize=(WIDTH_IN, 2.6 * rows + 0.5), layout="constrained")
+        axes = fig.subplots(rows, 2 if zoom else 1, squeeze=False)
+        return fig, axes
 
     def save(self, fig: Figure, name: str, axes, title: str) -> Path:
-        axes[0].set_title(title)
         handles, labels = [], []
-        for ax in axes:
+        for ax in np.ravel(axes):
             for handle, label in zip(*ax.get_legend_handles_labels()):
                 if label not in labels:
                     handles.append(handle)
                     labels.append(label)
-        # Outside the axes, so no curve hides behind it; bbox_inches="tight" keeps it in the image.
-        anchor = (1.12 if len(axes) > 1 else 1.02, 1)  # clear of a twin axis's tick labels
-        axes[-1].legend(
-            handles, labels, loc="upper left", bbox_to_anchor=anchor, fontsize="small", frameon=False
-        )
-        axes[0].grid(True, alpha=0.3)  # one grid: a twin axis's own grid would not line up
+        fig.suptitle(title)
+        # One legend for the figure, below the panels: no curve hides behind it.
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(labels)), frameon=False)
+        for ax in np.ravel(axes)[-2:]:
+            ax.set_xlabel("epoch")
         path = self.out_dir / f"{name}.png"
-        fig.savefig(path, dpi=120, bbox_inches="tight")
+        fig.savefig(path, dpi=DPI)
+        self.drawn[name] = fig
         return path
 
     def single(self, name: str, series: str, ylabel: str, title: str, yscale: str | None = None) -> Path:
-        fig = Figure(figsize=(8, 4.5))
-        ax = fig.add_subplot()
-        self.draw(ax, series)
-        self.mark_fork(ax)
-        if yscale == "log":
-            if self.minimum(series) > 0:
-                ax.set_yscale("log")
-            else:
-                # Linear below 1, logarithmic above: E is an integer, so E = 0 stays on the plot.
-                ax.set_yscale("symlog", linthresh=1, linscale=0.5)
-                ax.set_ylim(bottom=0)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
-        return self.save(fig, name, [ax], title)
+        with _style():
+            fig, axes = self._figure(1, self._zoomed(series))
+            self._row(axes[0], series, ylabel, log=yscale == "log")
+            return self.save(fig, name, axes, title)
 
     def emergence_and_accuracy_change(self, e_series: str) -> Path:
-        fig = Figure(figsize=(8, 4.5))
-        ax = fig.add_subplot()
-        right = ax.twinx()
-        self.draw(ax, e_series)
-        # Bands only for E: two sets of bands on two axes would hide each other.
-        self.draw(right, ACC_CHANGE, linestyle="--", marker="x", label=False, band=False)
-        self.mark_fork(ax)
-        right.axhline(0, color="0.7", linewidth=0.8)
-        # Two legend entries explain the line styles; colours name the runs.
-        ax.plot([], [], color="0.3", linestyle="-", marker="o", markersize=3, label="E (left axis)")
-        ax.plot([], [], color="0.3", linestyle="--", marker="x", label="Δ training accuracy (right axis)")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("emergence E")
-        right.set_ylabel("change in training accuracy")
-        return self.save(
-            fig, "emergence_and_accuracy_change", [ax, right], "Emergence and change in training accuracy"
-        )
+        """E, and below it the epoch-to-epoch change in training accuracy: two axes, two scales."""
+        with _style():
+            fig, axes = self._figure(2, self._zoomed(e_series) or self._zoomed(ACC_CHANGE))
+            self._row(axes[0], e_series, "emergence E")
+            self._row(axes[1], ACC_CHANGE, "Δ training accuracy", band=False, marker="x")
+            for ax in axes[1]:
+                ax.axhline(0, color="0.6", linewidth=0.8)
+            return self.save(fig, "emergence_and_accuracy_change", axes, "Emergence and change in training accuracy")
 
     def losses(self, used: dict[str, str]) -> Path:
-        fig = Figure(figsize=(8, 4.5))
-        ax = fig.add_subplot()
-        self.draw(ax, "train_loss")
-        # A group with only a validation loss still needs its colour in the legend.
-        only_val = {g: s for g, s in self.aggregated.items() if "train_loss" not in s}
-        for group, by_series in self.aggregated.items():
-            if "val_loss" in by_series:
-                label = self.labels[group] if group in only_val else None
-                _plot_mean_std(ax, by_series["val_loss"], self.colors[group], label, "--", "x", band=False)
-        self.mark_fork(ax)
-        for role, style, marker in (("train_loss", "-", "o"), ("val_loss", "--", "x")):
-            if used[role]:  # the line styles explained, naming the tags drawn
-                ax.plot([], [], color="0.3", linestyle=style, marker=marker, markersize=3, label=used[role])
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("loss")
-        return self.save(fig, "loss", [ax], "Loss")
+        """Training loss (solid) and validation loss (dashed): one quantity, one scale."""
+        series = [role for role in ("train_loss", "val_loss") if used[role] and self.has(role)]
+        with _style():
+            fig, axes = self._figure(1, any(self._zoomed(s) for s in series))
+            for index, ax in enumerate(axes[0]):
+                for role, style, marker in (("train_loss", "-", "o"), ("val_loss", "--", "x")):
+                    if role in series:
+                        # Each colour once in the legend; the line styles get their own entries below.
+                        self.draw(ax, role, linestyle=style, marker=marker, label=role == series[0], band=role == "train_loss")
+                self.mark_fork(ax)
+                values = np.concatenate([self._points(s, after_fork=index == 1) for s in series])
+                if values.size:
+                    ax.set_ylim(*_padded(float(values.min()), float(values.max()), log=False))
+                if index == 1:
+                    xs = [b[s][0].max() for b in self.aggregated.values() for s in series if s in b]
+                    ax.set_xlim(self.fork - 0.3, max(xs) + 0.3)
+                    ax.set_title("after the fork", fontsize="small")
+                ax.grid(True, alpha=0.3)
+                ax.set_ylabel("loss")
+            for role, style, marker in (("train_loss", "-", "o"), ("val_loss", "--", "x")):
+                if role in series:  # the line styles explained, naming the tags drawn
+                    axes[0][0].plot([], [], color="0.3", linestyle=style, marker=marker, label=used[role])
+            return self.save(fig, "loss", axes, "Loss")
 
-    def active_shares(self, prefix: str) -> Path:
+    def active_shares(self, prefix: str, sizes: dict[str, int] | None = None) -> Path:
+        """One panel per run: each layer's share of active nodes, labelled with the layer's size."""
         share_prefix = f"{prefix}/active_share/"
+        sizes = sizes or {}
         panels = {
             group: sorted((name for name in by_series if name.startswith(share_prefix)), key=_natural_key)
             for group, by_series in self.aggregated.items()
         }
         panels = {group: layers for group, layers in panels.items() if layers}
-        columns = min(3, len(panels))
+        columns = min(2, len(panels))
         rows = math.ceil(len(panels) / columns)
-        fig = Figure(figsize=(max(6.0, 4.2 * columns), 3.4 * rows + 0.4), layout="constrained")
-        # Shared axes put every run on the same epoch scale, so branches line up with their parent.
-        axes = fig.subplots(rows, columns, sharex=True, sharey=True, squeeze=False).flatten()
-        for ax, (group, layers) in zip(axes, panels.items()):
-            for index, series in enumerate(layers):
-                color = colormaps["tab10"](index % 10)
-                _plot_mean_std(ax, self.aggregated[group][series], color, series.removeprefix(share_prefix))
-            self.mark_fork(ax)
-            ax.set_ylim(-0.02, 1.02)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.tick_params(labelbottom=True)  # sharex hides them above a row that may be missing
-            ax.set_title(self.labels[group], fontsize="medium")
-            ax.set_xlabel("epoch")
-            ax.set_ylabel("active / (active + dead)")
-            ax.grid(True, alpha=0.3)
-            ax.legend(fontsize="x-small", title="layer", title_fontsize="x-small")
-        for ax in axes[len(panels) :]:
-            ax.set_visible(False)
-        fig.suptitle("Share of active nodes per layer")
-        path = self.out_dir / "active_fraction_per_layer.png"
-        fig.savefig(path, dpi=120, bbox_inches="tight")
-        return path
+        with _style():
+            fig = Figure(figsize=(WIDTH_IN, 2.4 * rows + 0.6), layout="constrained")
+            # Shared axes put every run on the same epoch scale, so branches line up with their parent.
+            axes = fig.subplots(rows, columns, sharex=True, sharey=True, squeeze=False).flatten()
+            for ax, (group, layers) in zip(axes, panels.items()):
+                for index, series in enumerate(layers):
+                    layer = series.removeprefix(share_prefix)
+                    label = f"{layer} ({sizes[layer]} nodes)" if layer in sizes else layer
+                    _plot_mean_std(ax, self.aggregated[group][series], colormaps["tab10"](index % 10), label)
+                self.mark_fork(ax)
+                ax.set_ylim(-0.02, 1.02)
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                ax.tick_params(labelbottom=True)  # sharex hides them above a row that may be missing
+                ax.set_title(self.labels[group], color=self.colors[group])
+                ax.set_xlabel("epoch")
+                ax.set_ylabel("active share")
+                ax.grid(True, alpha=0.3)
+                ax.legend(fontsize="x-small", title="layer", title_fontsize="x-small")
+            for ax in axes[len(panels) :]:
+                ax.set_visible(False)
+            fig.suptitle("Share of active nodes per layer: active / (active + dead)")
+            path = self.out_dir / "active_fraction_per_layer.png"
+            fig.savefig(path, dpi=DPI)
+            self.drawn["active_fraction_per_layer"] = fig
+            return path

@@ -97,15 +97,22 @@ def test_make_report_on_branches(branch_logs, tmp_path):
         table[f"version_0{name}"] for name in ("", "/branches/control", "/branches/pruned-50")
     )
     # The parent's before-training value sits at epoch 0, epoch e's end at e + 1.
-    assert (parent["epochs"], control["epochs"], pruned["epochs"]) == ("3", "5", "5")
+    assert (parent["last_epoch"], control["last_epoch"], pruned["last_epoch"]) == ("3", "5", "5")
+    # Epochs trained in the run: the parent 0 -> 3, a branch from the fork at 3 to 5.
+    assert (parent["epochs"], control["epochs"], pruned["epochs"]) == ("3", "2", "2")
+    assert (parent["name"], control["name"], pruned["name"]) == ("parent", "control", "pruned-50")
+    assert float(control["final_train_acc"]) == pytest.approx(0.6)
     assert float(parent["final_val_acc"]) == pytest.approx(0.65) and float(
         parent["best_val_acc"]
     ) == pytest.approx(0.65)
     assert float(control["final_E"]) == 250.0 and float(pruned["final_E"]) == 100.0
     assert float(pruned["final_relative_E"]) == pytest.approx(0.1)
     markdown = result.table_markdown.read_text()
-    assert "| run | epochs | final_val_acc | best_val_acc | final_E | final_relative_E |" in markdown
-    assert "| version_0/branches/pruned-50 | 5 | 0.5500 | 0.5500 | 100 | 0.1 |" in markdown
+    assert (
+        "| run | name | epochs | last_epoch | final_train_acc | final_val_acc | best_val_acc | final_E "
+        "| final_relative_E |" in markdown
+    )
+    assert "| version_0/branches/pruned-50 | pruned-50 | 2 | 5 | 0.6000 | 0.5500 | 0.5500 | 100 | 0.1 |" in markdown
 
 
 def test_epoch_axis_and_accuracy_change_across_the_fork(branch_logs):
@@ -219,3 +226,156 @@ def test_parent_runs_of_several_seeds_form_one_group():
     assert _group_name("seed-0") == _group_name("seed-2") == "parent"
     assert _group_name("seed-1/branches/pruned-30") == "branches/pruned-30"
     assert _group_name("version_0") == "version_0"
+
+
+# ---- figures, read back from the drawing code -----------------------------------------------
+def _write_values(path, first_epoch, E, acc, steps_per_epoch=10):
+    """A run as Lightning + EmergenceCallback log it: E before training, then E and train_acc per epoch."""
+    writer = SummaryWriter(str(path))
+    writer.add_scalar("emergence/E", E[0], first_epoch * steps_per_epoch)
+    writer.add_scalar("epoch", first_epoch, first_epoch * steps_per_epoch)
+    for index, (e, a) in enumerate(zip(E[1:], acc)):
+        epoch = first_epoch + index
+        step = (epoch + 1) * steps_per_epoch - 1
+        writer.add_scalar("emergence/E", e, step)
+        writer.add_scalar("train_acc", a, step)
+        writer.add_scalar("epoch", epoch, step)
+    writer.close()
+
+
+PARENT_ACC = [0.2, 0.6, 0.8, 0.9]  # epochs 1..4; the fork is after epoch 4
+BRANCH_ACC = {"control": [0.91, 0.93, 0.95], "pruned-50": [0.90, 0.915, 0.94]}
+
+
+@pytest.fixture
+def forked_logs(tmp_path):
+    """A parent whose accuracy jumps early (0.2 -> 0.9) and branches that differ by hundredths after it."""
+    root = tmp_path / "logs" / "seed-0"
+    _write_values(root, 0, [1000, 800, 600, 500, 450], PARENT_ACC)
+    _write_values(root / "branches" / "control", 4, [450, 420, 400, 390], BRANCH_ACC["control"])
+    _write_values(root / "branches" / "pruned-50", 4, [300, 320, 310, 305], BRANCH_ACC["pruned-50"])
+    return tmp_path / "logs"
+
+
+def _lines(ax):
+    return {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")}
+
+
+def test_zoomed_panel_is_scaled_to_the_branches_after_the_fork(forked_logs, tmp_path):
+    result = make_report(forked_logs, out_dir=tmp_path / "out")
+    whole, zoom = result.drawings["train_accuracy"].axes
+    assert whole.get_ylim()[0] < 0.2 < 0.95 < whole.get_ylim()[1]
+    low, high = zoom.get_ylim()
+    # Every value from the fork on (0.90 ... 0.95) is inside, the parent's early ones (<= 0.8) are not.
+    assert 0.8 < low < 0.90 and 0.95 < high < 0.97
+    assert zoom.get_xlim()[0] == pytest.approx(4 - 0.3) and zoom.get_xlim()[1] == pytest.approx(7 + 0.3)
+    # Change in accuracy: the parent's 0.4 jump sets the whole-run panel only.
+    whole_change, zoom_change = result.drawings["emergence_and_accuracy_change"].axes[2:]
+    assert whole_change.get_ylim()[1] > 0.4
+    branch_changes = [0.01, 0.02, 0.02, 0.0, 0.015, 0.025]  # differences of BRANCH_ACC, first from 0.9
+    assert zoom_change.get_ylim()[0] < min(branch_changes) and max(branch_changes) < zoom_change.get_ylim()[1] < 0.05
+
+
+def test_every_branch_line_starts_at_the_fork_point(forked_logs, tmp_path):
+    result = make_report(forked_logs, out_dir=tmp_path / "out")
+    for name in ("train_accuracy", "emergence_log", "emergence_and_accuracy_change"):
+        for ax in result.drawings[name].axes:
+            lines = _lines(ax)
+            for branch in ("control", "pruned-50"):
+                assert lines[branch].get_xdata()[0] == 4, (name, branch)
+    accuracy = _lines(result.drawings["train_accuracy"].axes[0])
+    for branch, values in BRANCH_ACC.items():  # from the parent's value at the fork, then its own
+        assert list(accuracy[branch].get_ydata()) == pytest.approx([0.9, *values])
+        assert list(accuracy[branch].get_xdata()) == [4, 5, 6, 7]
+    e_lines = _lines(result.drawings["emergence_log"].axes[0])
+    assert e_lines["pruned-50"].get_ydata()[0] == 300  # a branch's own E at the fork (after pruning) is kept
+
+
+def test_one_name_for_the_parent_and_a_fixed_colour_per_branch(forked_logs, tmp_path):
+    from matplotlib.colors import to_rgba
+
+    from emergence_lightning.report_plot import branch_color
+
+    result = make_report(forked_logs, out_dir=tmp_path / "out")
+    for figure in result.drawings.values():
+        labels = [text.get_text() for legend in figure.legends for text in legend.get_texts()]
+        if labels:
+            assert labels[:3] == ["parent", "control", "pruned-50"]
+    assert "seed-0" not in {r["name"] for r in _read_csv(result.table_csv).values()}
+    # The colour of pruned-50 is its own, whatever other branches a report holds.
+    only_pruned = tmp_path / "only" / "seed-0"
+    _write_values(only_pruned, 0, [1000, 800, 600, 500, 450], PARENT_ACC)
+    _write_values(only_pruned / "branches" / "pruned-50", 4, [300, 320, 310, 305], BRANCH_ACC["pruned-50"])
+    other = make_report(tmp_path / "only", out_dir=tmp_path / "out2")
+    for report_result in (result, other):
+        for name in ("train_accuracy", "emergence_log"):
+            lines = _lines(report_result.drawings[name].axes[0])
+            assert to_rgba(lines["pruned-50"].get_color()) == to_rgba(branch_color("pruned-50"))
+            assert to_rgba(lines["parent"].get_color()) == to_rgba(branch_color("parent"))
+    colors = {to_rgba(branch_color(n)) for n in ("parent", "control", "pruned-30", "pruned-50", "pruned-70")}
+    assert len(colors) == 5
+
+
+def test_log_axis_only_over_a_wide_range(forked_logs, branch_logs, tmp_path):
+    narrow = make_report(forked_logs, out_dir=tmp_path / "narrow").drawings["emergence_log"].axes[0]
+    assert narrow.get_yscale() == "linear"  # E from 300 to 1000: a log axis would show three ticks
+    wide = make_report(branch_logs, out_dir=tmp_path / "wide").drawings["emergence_log"].axes[0]
+    assert wide.get_yscale() == "log"  # E from 8000 down to 100
+
+
+def test_layer_labels_give_sizes_and_text_is_readable_at_print_size(branch_logs, tmp_path):
+    result = make_report(branch_logs, out_dir=tmp_path / "out")
+    figure = result.drawings["active_fraction_per_layer"]
+    for ax in figure.axes:
+        if ax.get_visible():
+            # _write_run logs 10 + k active and 10 - k dead nodes of net.2: 20 nodes.
+            assert [t.get_text() for t in ax.get_legend().get_texts()][0] == "net.2 (20 nodes)"
+    for name, figure in result.drawings.items():
+        assert figure.get_size_inches()[0] == pytest.approx(7.0)  # a two-column page's text width
+        texts = [t for ax in figure.axes for t in (ax.xaxis.label, ax.yaxis.label, *ax.get_xticklabels())]
+        assert min(t.get_fontsize() for t in texts) >= 8, name
+
+
+def test_markdown_and_csv_tables_agree(branch_logs, tmp_path):
+    result = make_report(branch_logs, out_dir=tmp_path / "out")
+    lines = result.table_markdown.read_text().splitlines()
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    with open(result.table_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert header == list(rows[0]) == list(report.TABLE_COLUMNS)
+    for line, row in zip(lines[2:], rows, strict=True):
+        cells = dict(zip(header, (cell.strip() for cell in line.strip("|").split("|"))))
+        for column in header:
+            if column in ("run", "name", "epochs", "last_epoch"):
+                assert cells[column] == row[column]
+            else:
+                assert float(cells[column]) == pytest.approx(float(row[column]), rel=1e-3)
+
+
+def test_report_agrees_with_the_branches_summary_csv(tmp_path):
+    """A real fit with branches: the report's table and PruneAndBranchCallback's own summary.csv agree."""
+    from emergence_lightning import PruneAndBranchCallback
+
+    generator = torch.Generator().manual_seed(0)
+    data = TensorDataset(
+        torch.rand(64, 1, 28, 28, generator=generator), torch.randint(0, 10, (64,), generator=generator)
+    )
+    trainer = pl.Trainer(
+        max_epochs=3, limit_train_batches=2, limit_val_batches=1,
+        logger=TensorBoardLogger(tmp_path, name="fit", version="seed-0"),
+        callbacks=[EmergenceCallback(), PruneAndBranchCallback(branch_epoch=1, amounts=(0.5,), verbose=False)],
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(PaperMLP(hidden=(16, 8)), DataLoader(data, batch_size=16), DataLoader(data, batch_size=16))
+    result = make_report(tmp_path / "fit")
+    table = _read_csv(result.table_csv)
+    with open(tmp_path / "fit" / "seed-0" / "branches" / "summary.csv", newline="") as handle:
+        branches = list(csv.DictReader(handle))
+    assert {b["name"] for b in branches} == {"control", "pruned-50"}
+    for branch in branches:
+        row = table[f"seed-0/branches/{branch['name']}"]
+        assert row["name"] == branch["name"]
+        assert row["epochs"] == branch["epochs"] == "2"  # 3 epochs in all, forked after 1
+        assert float(row["final_val_acc"]) == pytest.approx(float(branch["final"]), abs=1e-3)
+        assert float(row["final_E"]) == float(branch["E_end"])
+    assert table["seed-0"]["name"] == "parent" and table["seed-0"]["epochs"] == "1"

@@ -123,7 +123,8 @@ def test_report_on_a_users_run_with_lightnings_epoch_tags(tmp_path):
     assert x.tolist() == [1, 2, 3] and y.tolist() == [value for _, value in epoch_values]
     assert result.skipped == {"loss": result.skipped["loss"]}  # the module logs no loss
     assert "no loss tag in any run" in result.skipped["loss"]
-    final_val = float(result.table_csv.read_text().splitlines()[1].split(",")[2])
+    header, row = (line.split(",") for line in result.table_csv.read_text().splitlines()[:2])
+    final_val = float(row[header.index("final_val_acc")])
     assert final_val == pytest.approx(trainer.callback_metrics["val_acc"].item())
 
 
@@ -160,7 +161,8 @@ def test_metric_option_picks_the_series(tmp_path, capsys):
     assert result.metric_tags["run"]["val_acc"] == "val/score"
     assert "train_accuracy" in result.figures
     assert main(["report", str(tmp_path), "--metric", "score", "--metric", "val/score"]) == 0
-    assert "| run | 2 | 0.5000 | 0.5000 |" in capsys.readouterr().out
+    # run, name, epochs, last epoch, final `score` (training), final and best `val/score`
+    assert "| run | run | 2 | 2 | 0.6000 | 0.5000 | 0.5000 |" in capsys.readouterr().out
     with pytest.raises(
         ValueError, match=r"`metrics` \(--metric\) tag\(s\) \['nope'\] are in no run .*'score'",
     ):
