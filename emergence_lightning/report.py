@@ -19,7 +19,6 @@ Example::
 from __future__ import annotations
 
 import bisect
-import csv
 import os
 import re
 from collections import defaultdict
@@ -33,16 +32,11 @@ from tensorboard.backend.event_processing import event_accumulator
 from matplotlib.figure import Figure
 
 from emergence_lightning.report_plot import ACC_CHANGE, PARENT, Plotter
+from emergence_lightning.report_table import TABLE_COLUMNS, summary_table, write_tables  # noqa: F401 (re-exported)
 from emergence_lightning.report_tags import choose_tags, missing_reason, parse_metrics, used_tags
 
 EVENT_GLOB = "events.out.tfevents*"
 SEED_COMPONENT = re.compile(r"seed-\d+")
-# `epochs` counts the epochs trained in the run itself (a branch's from its fork), as the branches'
-# own summary.csv does; `last_epoch` is where the run ended on the shared epoch axis.
-TABLE_COLUMNS = (
-    "run", "name", "epochs", "last_epoch", "final_train_acc", "final_val_acc", "best_val_acc", "final_E",
-    "final_relative_E",
-)  # fmt: skip
 
 # Curves: run (or group) -> series name -> (epochs, values); series names are tags plus derived ones.
 Curve = tuple[np.ndarray, np.ndarray]
@@ -342,59 +336,6 @@ def _fork_epoch(rows: list[Scalar], root_name: str) -> int | None:
     return min(epochs) if epochs else None
 
 
-def _final(curve: Curve | None) -> float | None:
-    return float(curve[1][-1]) if curve is not None and len(curve[0]) else None
-
-
-def _as_int(value: float | None) -> float | int | None:
-    return int(value) if value is not None and float(value).is_integer() else value
-
-
-def _summary(
-    curves: Curves, prefix: str, names: dict[str, str], first_epoch: dict[str, int | None]
-) -> list[dict[str, object]]:
-    table = []
-    for run, by_series in sorted(curves.items()):
-        val_acc = by_series.get("val_acc")
-        last_epochs = [x[-1] for x, _ in by_series.values() if len(x)]
-        last = max(last_epochs) if last_epochs else None
-        first_xs = [x[0] for x, _ in by_series.values() if len(x)]
-        # Without Lightning's epoch scalar the run's first step is its start.
-        start = first_epoch.get(run) if first_epoch.get(run) is not None else (min(first_xs) if first_xs else None)
-        table.append({
-            "run": run,
-            "name": names[run],
-            "epochs": _as_int(last - start) if last is not None and start is not None else None,
-            "last_epoch": _as_int(last),
-            "final_train_acc": _final(by_series.get("train_acc")),
-            "final_val_acc": _final(val_acc),
-            "best_val_acc": float(val_acc[1].max()) if val_acc is not None and len(val_acc[1]) else None,
-            "final_E": _final(by_series.get(f"{prefix}/E")),
-            "final_relative_E": _final(by_series.get(f"{prefix}/relative")),
-        })  # fmt: skip
-    return table
-
-
-def _write_tables(table: list[dict[str, object]], out_dir: Path) -> tuple[Path, Path]:
-    csv_path, md_path = out_dir / "summary.csv", out_dir / "summary.md"
-    with open(csv_path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=TABLE_COLUMNS)
-        writer.writeheader()
-        writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in table)
-    formats = {
-        "final_train_acc": "{:.4f}",
-        "final_val_acc": "{:.4f}",
-        "best_val_acc": "{:.4f}",
-        "final_E": "{:.6g}",
-        "final_relative_E": "{:.4g}",
-    }
-    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
-    for row in table:
-        cells = ["–" if row[c] is None else formats.get(c, "{}").format(row[c]) for c in TABLE_COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
-    md_path.write_text("\n".join(lines) + "\n")
-    return csv_path, md_path
-
 
 def make_report(
     log_dir: str | os.PathLike,
@@ -516,6 +457,6 @@ def make_report(
 
     group_names = _names(groups, root_name)
     run_names = {run: group_names[group] for group, members in groups.items() for run in members}
-    table_csv, table_markdown = _write_tables(_summary(curves, prefix, run_names, first_epoch), out)
+    table_csv, table_markdown = write_tables(summary_table(curves, prefix, run_names, first_epoch), out)
     return ReportResult(out, figures, table_csv, table_markdown, runs, groups, skipped, chosen, plotter.drawn)
 
