@@ -1,0 +1,67 @@
+"""LightningCLI: both callbacks configured from the example YAML file, a real fit on a tiny schedule."""
+
+import csv
+import runpy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from emergence_lightning import EmergenceCallback, PruneAndBranchCallback
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tb import read_scalars
+
+pytest.importorskip("jsonargparse", reason="LightningCLI needs jsonargparse (the `test` extra installs it)")
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "lightning_cli"
+
+
+def _cli(args):
+    main = runpy.run_path(str(EXAMPLE / "main.py"))["main"]
+    return main(args)
+
+
+def test_fit_from_the_example_yaml_configures_both_callbacks(tmp_path):
+    config = yaml.safe_load((EXAMPLE / "config.yaml").read_text())
+    config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path)
+    # A tiny schedule of the same run: fork after epoch 1 of 3, a few batches of MNIST 5k.
+    config["trainer"].update(max_epochs=3, limit_train_batches=3, limit_val_batches=2, enable_progress_bar=False)
+    config["trainer"]["callbacks"][0]["init_args"]["threshold"] = 0.1
+    config["trainer"]["callbacks"][1]["init_args"].update(branch_epoch=1, amounts=[0.5], verbose=False)
+    config["model"]["init_args"]["hidden"] = [16, 8]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    cli = _cli(["fit", "--config", str(path)])
+
+    emergence = [cb for cb in cli.trainer.callbacks if isinstance(cb, EmergenceCallback)]
+    branches = [cb for cb in cli.trainer.callbacks if isinstance(cb, PruneAndBranchCallback)]
+    assert len(emergence) == len(branches) == 1
+    assert emergence[0].threshold == 0.1 and emergence[0].statistic == "mean"
+    assert branches[0].amounts == (0.5,) and branches[0].branch_epoch == 1
+    log_dir = Path(cli.trainer.logger.log_dir)
+    # Measured before training and after each of the parent's epochs: E logged at 0 and 1.
+    parent = EventAccumulator(str(log_dir))  # this folder's event file only, not the branches'
+    parent.Reload()
+    assert len(parent.Scalars("emergence/E")) == 2
+    with open(log_dir / "branches" / "summary.csv", newline="") as handle:
+        rows = {row["name"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == {"control", "pruned-50"} and {r["status"] for r in rows.values()} == {"finished"}
+    assert rows["pruned-50"]["epochs"] == "2"
+    for name in rows:
+        assert "emergence/E" in read_scalars(log_dir / "branches" / name)
+    # LightningCLI saved the configuration it ran, callbacks included, beside the logs.
+    saved = yaml.safe_load((log_dir / "config.yaml").read_text())
+    assert [cb["class_path"] for cb in saved["trainer"]["callbacks"]] == [
+        "emergence_lightning.EmergenceCallback", "emergence_lightning.PruneAndBranchCallback",
+    ]  # fmt: skip
+
+
+def test_a_bad_callback_argument_in_yaml_names_the_argument(tmp_path):
+    config = yaml.safe_load((EXAMPLE / "config.yaml").read_text())
+    config["trainer"]["callbacks"][0]["init_args"]["statistic"] = "median"
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ValueError, match="`statistic` must be one of .*got 'median'"):
+        _cli(["fit", "--config", str(path)])
