@@ -42,13 +42,10 @@ from emergence_lightning.branching import (
     reinitialize,
 )
 from emergence_lightning.callbacks.emergence import EmergenceCallback
-from emergence_lightning.callbacks.prune_and_branch import (
-    PATH_COLUMNS,
-    RESULT_FILE,
-    SUMMARY_COLUMNS,
-    PruneAndBranchCallback,
-    _check_strategy,
-)
+from emergence_lightning.branching.store import RESULT_FILE
+from emergence_lightning.branching.table import PATH_COLUMNS, SUMMARY_COLUMNS
+from emergence_lightning.branching.trainer_factory import check_strategy
+from emergence_lightning.callbacks.prune_and_branch import PruneAndBranchCallback
 from emergence_lightning.connectivity import build_edges, path_emergence
 from emergence_lightning.pruning import count_parameters
 
@@ -805,7 +802,7 @@ def test_spawned_processes_are_refused():
         ValueError,
         match=r"must be single-device or `strategy='ddp'`.*got DDPStrategy\(start_method='spawn'\)",
     ):
-        _check_strategy(DDPStrategy(start_method="spawn"))
+        check_strategy(DDPStrategy(start_method="spawn"))
 
 
 def test_resumed_past_the_fork(tmp_path):

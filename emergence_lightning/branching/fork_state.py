@@ -1,4 +1,4 @@
-"""The parent's training state at the fork, handed to every branch: optimizer, LR scheduler and RNG state.
+"""The parent's state at the fork, handed to every branch: where it stopped, optimizer, LR scheduler and RNG state.
 
 No Lightning import. A branch builds its optimizer afresh (``configure_optimizers`` on the copied
 model, whose pruned ``weight`` is now ``weight_orig``), so the parent's optimizer state is kept by
@@ -18,12 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-_ORIG = "_orig"
-
-
-def canonical_name(name: str) -> str:
-    """A parameter's name as the unpruned model has it: ``net.0.weight_orig`` -> ``net.0.weight``."""
-    return name.removesuffix(_ORIG)
+from emergence_lightning.pruning.names import canonical_name
 
 
 def parameter_names(module: nn.Module) -> dict[int, str]:
@@ -39,6 +34,25 @@ class OptimizerState:
     groups: list[dict[str, Any]]  # hyperparameters of each param group, without "params"
     names: list[list[str]]  # canonical names of each group's parameters, in order
     state: dict[str, dict[str, Any]]  # per-parameter state (cloned to the CPU) by canonical name
+
+
+@dataclass(frozen=True)
+class ForkPoint:
+    """Where the parent stopped: the branches continue its epoch and step counters from here."""
+
+    epoch: int
+    global_step: int
+    batches_that_stepped: int
+    fingerprint: str  # of the parent's weights at the fork (see :func:`~emergence_lightning.branching.store.fingerprint`)
+
+
+@dataclass(frozen=True)
+class ForkState:
+    """The parent's training state at the fork, loaded into the control and pruned branches (``optimizer_state="continue"``)."""
+
+    optimizers: list[OptimizerState]
+    schedulers: list[tuple[str, dict[str, Any]]]
+    rng: dict[str, Any]
 
 
 def capture_optimizer(optimizer: torch.optim.Optimizer, module: nn.Module) -> OptimizerState:

@@ -15,6 +15,8 @@ from typing import Any
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
+from emergence_lightning.pruning.names import ORIG
+
 #: Modules pruned by default: every Linear and convolution (transposed too) and multi-head attention.
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd, nn.MultiheadAttention)
 # Modules whose forward reads their submodules' weights without calling those submodules (so the
@@ -24,7 +26,6 @@ _BYPASSING_TYPES: tuple[type[nn.Module], ...] = (
     nn.TransformerEncoderLayer,
     nn.TransformerDecoderLayer,
 )
-_ORIG = "_orig"
 
 
 def tensor_names(module: nn.Module, parameter_name: str) -> list[str]:
@@ -41,7 +42,7 @@ def tensor_names(module: nn.Module, parameter_name: str) -> list[str]:
 
 def _parameter(module: nn.Module, name: str) -> Tensor | None:
     # An already pruned parameter lives on as `<name>_orig` (prune stacks masks on it).
-    for candidate in (name, name + _ORIG):
+    for candidate in (name, name + ORIG):
         value = module._parameters.get(candidate)
         if isinstance(value, Tensor):
             return value
@@ -95,7 +96,7 @@ def find_prunable(
                 raise ValueError(
                     f"`parameter_names` includes {parameter_name!r}, but module "
                     f"{module_name or type(model).__name__!r} ({type(module).__name__}) has no such parameter; "
-                    f"its parameters are {[n.removesuffix(_ORIG) for n, _ in module.named_parameters(recurse=False)]!r}."
+                    f"its parameters are {[n.removesuffix(ORIG) for n, _ in module.named_parameters(recurse=False)]!r}."
                 )
             for tensor_name in found:
                 if modules is None and not _parameter(module, tensor_name).requires_grad:

@@ -1,11 +1,10 @@
-"""Parameter counting that respects ``torch.nn.utils.prune`` masks, and magnitude pruning helpers."""
+"""Parameter counting that respects ``torch.nn.utils.prune`` masks (no Lightning import)."""
 
 from __future__ import annotations
 
 from torch import nn
 
-_ORIG_SUFFIX = "_orig"
-_MASK_SUFFIX = "_mask"
+from emergence_lightning.pruning.names import MASK, ORIG
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -35,7 +34,7 @@ def count_parameters(module: nn.Module) -> int:
                 continue
             seen.add(id(parameter))
             mask = None
-            if name.endswith(_ORIG_SUFFIX):
-                mask = owner._buffers.get(name[: -len(_ORIG_SUFFIX)] + _MASK_SUFFIX)
+            if name.endswith(ORIG):
+                mask = owner._buffers.get(name[: -len(ORIG)] + MASK)
             total += int(mask.count_nonzero()) if mask is not None else parameter.numel()
     return total

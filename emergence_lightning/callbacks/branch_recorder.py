@@ -1,0 +1,300 @@
+"""BranchRecorder: the callback inside one branch's Trainer.
+
+It loads the parent's training state at the fork, takes the fork measurement through
+:meth:`EmergenceCallback.measure_now` (a typed :class:`EmergenceRecord`), follows the monitored
+metric, keeps pruned entries masked (``fast_masks``), catches a non-finite loss, and logs the
+branch's HParams row. It talks to ``PruneAndBranchCallback`` only through its constructor
+arguments and :meth:`summary`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, ModelPruning
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from torch import Tensor
+from typing_extensions import override
+
+from emergence_lightning.branching.fork_state import ForkPoint, ForkState, load_optimizer, load_schedulers, restore_rng
+from emergence_lightning.branching.monitor import epochs_to_fraction_of_final
+from emergence_lightning.branching.plan import BranchSpec
+from emergence_lightning.callbacks.emergence import EmergenceCallback
+from emergence_lightning.callbacks.emergence_record import EmergenceRecord
+from emergence_lightning.functional import emergence_as_float
+from emergence_lightning.pruning import MaskedTraining, count_parameters, keeps_masked_weights_at_zero, masks
+from emergence_lightning.tensorboard_views import flat_hparams, write_hparams_entry
+
+
+class BranchRecorder(Callback):
+    """Inside one branch: loads the fork state, measures E at the fork, follows ``monitor``.
+
+    Args:
+        spec: the branch.
+        fork: where the parent stopped.
+        fork_state: the parent's optimizer, scheduler and RNG state to continue, or None (fresh).
+        monitor: the metric to follow; ``mode``: ``"max"`` or ``"min"``.
+        pruning_fn: recorded in the HParams row.
+        emergence_callback: the branch's own copy of the parent's EmergenceCallback, if any.
+        fast_masks: keep pruned entries of ``*_orig`` at zero instead of torch.prune's hooks.
+        started: ``time.perf_counter()`` when the branch began (for ``setup_s``).
+    """
+
+    def __init__(
+        self,
+        spec: BranchSpec,
+        fork: ForkPoint,
+        fork_state: ForkState | None,
+        monitor: str | None,
+        mode: str,
+        pruning_fn: str,
+        emergence_callback: EmergenceCallback | None,
+        fast_masks: bool,
+        started: float,
+    ) -> None:
+        self.spec = spec
+        self.fork = fork
+        self.fork_state = fork_state
+        self.monitor = monitor
+        self.mode = mode
+        self.pruning_fn = pruning_fn
+        self.emergence_callback = emergence_callback
+        self.fast_masks = fast_masks
+        self.started = started
+        self.values: dict[int, float] = {}  # epochs completed -> monitored value
+        self.fork_record: EmergenceRecord | None = None
+        self.train_started: float | None = None
+        self.final_epoch: int | None = None
+        self._nonfinite: Tensor | None = None
+        self._summary_logged = False
+        self._masked: MaskedTraining | None = None
+        self._step_hooks: list[Any] = []
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return f"BranchRecorder[{self.spec.name}]"
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.train_started = time.perf_counter()
+        _check_optimized_tensors(trainer, pl_module)
+        if self.fast_masks and not any(isinstance(cb, ModelPruning) for cb in trainer.callbacks):
+            self._open_masks(trainer, pl_module)
+        if self.fork_state is not None:
+            _load_fork_state(trainer, pl_module, self.fork_state)
+        if self.emergence_callback is not None:
+            # In place of the callback's "before training" pass (off in branches): a trained model, at the fork.
+            self.fork_record = self.emergence_callback.measure_now(
+                trainer, pl_module, epoch=trainer.current_epoch, before_training=False, log=True
+            )
+        if self.fork_state is not None:
+            restore_rng(self.fork_state.rng)  # last: the first batch draws exactly as the unforked run's would
+
+    def _open_masks(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        masked = MaskedTraining(pl_module)
+        if not masked.tensors:
+            return
+        self._masked = masked.open()
+        # After every step, whoever calls it (manual optimization, DDP): the masked entries stay
+        # zero. Skipped only where a built-in element-wise optimizer is sure to see the gradients
+        # as `on_before_optimizer_step` left them masked: then it keeps the zeros by itself.
+        masked_until_step = _gradients_stay_masked_until_step(trainer, pl_module, self)
+        self._step_hooks = [
+            optimizer.register_step_post_hook(lambda *_: masked.mask_weights())
+            for optimizer in trainer.optimizers
+            if not (masked_until_step and keeps_masked_weights_at_zero(optimizer))
+        ]
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, Tensor):
+            # Accumulated on the device: no host sync per step; checked once per epoch.
+            bad = ~torch.isfinite(loss.detach()).all()
+            self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if self._masked is not None:
+            self._masked.mask_gradients()  # after DDP's all-reduce, before clipping: torch.prune's gradients
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            self._record(trainer)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not _validates(trainer):
+            self._record(trainer)
+        bad = bool(self._nonfinite) if self._nonfinite is not None else False
+        self._nonfinite = None
+        if trainer.strategy.reduce_boolean_decision(bad, all=False):
+            raise FloatingPointError(
+                f"the training loss was NaN or infinite during epoch {trainer.current_epoch + 1} "
+                f"(step {trainer.global_step})"
+            )
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore_masks()
+        self._log_summary(trainer, "finished")
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._restore_masks()
+        self._log_summary(trainer, "failed")
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._restore_masks()
+
+    def _restore_masks(self) -> None:
+        for handle in self._step_hooks:
+            handle.remove()
+        self._step_hooks = []
+        if self._masked is not None:
+            self._masked.close()
+            self._masked = None
+
+    def _record(self, trainer: pl.Trainer) -> None:
+        value = trainer.callback_metrics.get(self.monitor) if self.monitor else None
+        if value is not None:
+            self.values[trainer.current_epoch + 1] = float(value)
+        self.final_epoch = trainer.current_epoch + 1
+
+    def summary(self) -> dict[str, Any]:
+        """The branch's figures for the results table (see ``SUMMARY_COLUMNS``), plus its ``history``."""
+        epochs = sorted(self.values)
+        values = [self.values[e] for e in epochs]
+        finite = [v for v in values if math.isfinite(v)]
+        best = (max(finite) if self.mode == "max" else min(finite)) if finite else None
+        records = self.emergence_callback.records() if self.emergence_callback is not None else []
+        fork, end = self.fork_record, (records[-1] if records else None)
+        return {
+            "E_fork": fork.E if fork else None,
+            "relative_E_fork": fork.relative if fork else None,
+            "log10_E_fork": fork.log10_E if fork else None,
+            "E_end": end.E if end else None,
+            "relative_E_end": end.relative if end else None,
+            "log10_E_end": end.log10_E if end else None,
+            # Path-exact E on the weights' graph (pruned weights are no edge): connectivity="weights" only.
+            "E_path_fork": fork.E_path if fork else None,
+            "relative_E_path_fork": fork.relative_path if fork else None,
+            "E_path_end": end.E_path if end else None,
+            "relative_E_path_end": end.relative_path if end else None,
+            "final": values[-1] if values else None,
+            "best": best,
+            "best_epoch": epochs[values.index(best)] if best is not None else None,
+            "epochs_to_99": epochs_to_fraction_of_final(values, 0.99, self.mode) if values else None,
+            "epochs": (self.final_epoch - self.fork.epoch) if self.final_epoch is not None else 0,
+            "setup_s": round(self.train_started - self.started, 3) if self.train_started is not None else None,
+            "history": {
+                "epoch": epochs,
+                "value": values,
+                "E": [[r.epoch, r.E] for r in records],
+                "relative_E": [[r.epoch, r.relative] for r in records],
+            },
+        }
+
+    def _log_summary(self, trainer: pl.Trainer, status: str) -> None:
+        """The branch's hyperparameters and final figures, for TensorBoard's hparams table (rank zero)."""
+        if self._summary_logged or not trainer.is_global_zero:
+            return
+        self._summary_logged = True
+        summary = self.summary()
+        metrics = {
+            f"branch/final_{self.monitor or 'metric'}": summary["final"],
+            f"branch/best_{self.monitor or 'metric'}": summary["best"],
+            "branch/epochs_to_99": summary["epochs_to_99"],
+            "branch/parameters": count_parameters(trainer.lightning_module),
+            "branch/E_end": summary["E_end"],
+            "branch/relative_E_end": summary["relative_E_end"],
+        }
+        if self.emergence_callback is not None and self.emergence_callback.connectivity == "weights":
+            # Every branch of the run has these keys (NaN where the model could not be traced).
+            metrics["branch/E_path_end"] = summary["E_path_end"]
+            metrics["branch/relative_E_path_end"] = summary["relative_E_path_end"]
+        metrics = {key: _metric_value(value) for key, value in metrics.items()}
+        params = {
+            "branch/name": self.spec.name,
+            "branch/kind": self.spec.kind,
+            "branch/amount": self.spec.amount,
+            "branch/fork_epoch": self.fork.epoch,
+            "branch/pruning_fn": self.pruning_fn,
+            "branch/status": status,
+        }
+        for logger in trainer.loggers:
+            try:
+                logger.log_metrics(metrics, step=trainer.global_step)
+                if isinstance(logger, TensorBoardLogger):
+                    write_hparams_entry(logger, {**flat_hparams(logger.hparams), **params}, metrics)
+                else:
+                    logger.log_hyperparams(params)
+            except Exception as error:  # noqa: BLE001 - the summary must not hide the branch's own error
+                rank_zero_warn(f"PruneAndBranchCallback: could not log the summary of {self.spec.name!r}: {error}")
+
+
+def _gradients_stay_masked_until_step(trainer: pl.Trainer, pl_module: pl.LightningModule, recorder: Callback) -> bool:
+    """Whether the gradients masked in ``recorder.on_before_optimizer_step`` reach ``optimizer.step`` unchanged.
+
+    Not so with manual optimization (a raw optimizer skips the hook), a module that overrides
+    ``optimizer_step`` or ``on_before_optimizer_step`` (which runs after the callbacks'), or another
+    callback that overrides ``on_before_optimizer_step`` (it may run after ours). Clipping only scales.
+    """
+    if not pl_module.automatic_optimization:
+        return False
+    if is_overridden("on_before_optimizer_step", pl_module) or is_overridden("optimizer_step", pl_module):
+        return False
+    return not any(
+        callback is not recorder and is_overridden("on_before_optimizer_step", callback, parent=Callback)
+        for callback in trainer.callbacks
+    )
+
+
+def _load_fork_state(trainer: pl.Trainer, pl_module: pl.LightningModule, fork_state: ForkState) -> None:
+    """Loads the parent's optimizer and LR scheduler state into the branch's (pruned entries' state zeroed)."""
+    if len(trainer.optimizers) != len(fork_state.optimizers):
+        raise ValueError(
+            f"The branch's `configure_optimizers` returned {len(trainer.optimizers)} optimizer(s), the parent's "
+            f"{len(fork_state.optimizers)}; pass `optimizer_state='fresh'` to start the branches afresh."
+        )
+    mask_by_name = masks(pl_module)
+    for optimizer, saved in zip(trainer.optimizers, fork_state.optimizers):
+        load_optimizer(optimizer, saved, pl_module, mask_by_name)
+    load_schedulers([config.scheduler for config in trainer.lr_scheduler_configs], fork_state.schedulers)
+
+
+def _check_optimized_tensors(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    """A pruned ``weight`` is recomputed from ``weight_orig`` every pass: optimizing it trains nothing."""
+    parameters = {id(parameter) for parameter in pl_module.parameters()}
+    for optimizer in trainer.optimizers:
+        for group in optimizer.param_groups:
+            if any(id(tensor) not in parameters for tensor in group["params"]):
+                raise RuntimeError(
+                    "`configure_optimizers` hands the optimizer tensors that are not parameters of the pruned "
+                    "model: pruning replaces a module's `weight` parameter by `weight_orig` (times `weight_mask`). "
+                    "Build the optimizer from `self.parameters()` (or `named_parameters()`)."
+                )
+
+
+def _validates(trainer: pl.Trainer) -> bool:
+    return bool(trainer.enable_validation and sum(trainer.num_val_batches or [0]) > 0)
+
+
+def _metric_value(value: Any) -> float:
+    """A scalar for the loggers: NaN for None, inf for an exact E beyond float range."""
+    if value is None:
+        return math.nan
+    return emergence_as_float(value) if isinstance(value, int) else float(value)  # E exact, E~ a float
