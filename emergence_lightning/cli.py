@@ -97,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
             name, help=help_text, description=help_text, epilog=epilog, formatter_class=_HelpFormatter
         )
 
-    no_progress = "hide Lightning's progress bar (hidden anyway off a terminal)"
+    no_progress = "print a line per epoch and run (parent, each branch) instead of Lightning's bar (the default off a terminal)"
     threads = "torch CPU threads"
     demo = command("demo", "a ~25 s offline demo: MLP on 5,000 MNIST digits, pruned branches", DEMO_EXAMPLES)
     demo.add_argument("--log-dir", default="runs", help="where runs, figures and the summary go")

@@ -22,6 +22,7 @@ from emergence_lightning.data import (
     MNISTDataModule,
 )
 from emergence_lightning.models import PaperCNN, PaperMLP
+from emergence_lightning.progress import EpochLines
 
 DATASETS: dict[str, Callable[..., pl.LightningDataModule]] = {
     "mnist5k": MNIST5kDataModule,
@@ -95,6 +96,8 @@ class _ReplacePreviousRun(pl.Callback):
 
 def _trainer(settings: Settings, log_dir: Path, max_epochs: int, callbacks: list[pl.Callback]) -> pl.Trainer:
     callbacks = [_ReplacePreviousRun(log_dir), *callbacks]
+    if not settings.progress_bar:  # off a terminal: a line per epoch and run (parent, each branch) instead
+        callbacks.append(EpochLines(f"{log_dir.parent.name}/{log_dir.name}"))
     return pl.Trainer(
         max_epochs=max_epochs,
         accelerator=settings.accelerator,
