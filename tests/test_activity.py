@@ -268,3 +268,39 @@ def test_producer_with_a_feature_count_matching_neither_dim_warns():
     model = nn.Sequential(Odd(), nn.GELU())
     with pytest.warns(RuntimeWarning, match=r"Layer '1' has shape \(2, 3, 5\) and was produced by Odd"):
         assert measure(model, [torch.randn(2, 3, 5)]).n == [3]
+
+
+def test_reshaped_output_keeps_the_side_its_producer_put_features_on():
+    class TokensThroughFlatNorm(nn.Module):
+        """LeViT's pattern: Linear + BatchNorm1d on (batch * tokens, 12), then a head merge to 4."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.norm, self.act = nn.Linear(8, 12), nn.BatchNorm1d(12), nn.Hardswish()
+
+        def forward(self, x):
+            batch, tokens, _ = x.shape
+            h = self.norm(self.fc(x).flatten(0, 1)).view(batch, tokens, 3, 4).sum(2)  # (batch, tokens, 4)
+            return self.act(h)
+
+    class PixelShuffled(nn.Module):
+        """A conv's 8 channels become 2 channels of a 2x larger image: channels stay on dim 1."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.act = nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()
+
+        def forward(self, x):
+            return self.act(nn.functional.pixel_shuffle(self.conv(x), 2))
+
+    x = torch.randn(2, 5, 8)
+    model = TokensThroughFlatNorm()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tokens = measure(model, [x])
+        shuffled = measure(PixelShuffled(), [torch.randn(2, 3, 5, 5)])
+    model.eval()
+    with torch.no_grad():
+        expected = model(x).double().mean(dim=(0, 1))
+    assert tokens.n == [4] and torch.allclose(tokens.layers[0].activity, expected)
+    assert shuffled.n == [2]

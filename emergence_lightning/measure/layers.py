@@ -111,28 +111,43 @@ def produced_features(module: nn.Module) -> set[int]:
     return set()
 
 
-def node_dim_from_producer(shape: tuple[int, ...], producer: nn.Module | None) -> int | None:
+def node_dim_from_producer(
+    shape: tuple[int, ...], producer: nn.Module | None, producer_shape: tuple[int, ...] | None = None
+) -> int | None:
     """The dimension indexing nodes of an activation whose input has ``shape``; None if undecidable.
 
     2-D inputs are ``(batch, features)``. For more dimensions the producing layer decides: the
     dimension (1 or last) whose size is the producer's feature count; when both match, the
-    producer's kind (a convolution or batch norm: channels first; a Linear: last).
+    producer's kind (a convolution or batch norm: channels first; a Linear: last). When neither
+    matches (the output was reshaped on the way: attention heads merged, tokens flattened and
+    restored), the side where the producer's own output, of ``producer_shape``, held its features.
     """
     if len(shape) <= 2:
         return len(shape) - 1
     if producer is None:
         return None
     features = produced_features(producer)
+    side = _matching_side(shape, features, producer)
+    if side is None and producer_shape is not None:
+        # LeViT: a BatchNorm1d on (batch * tokens, 256) features, then attention: (batch, tokens, 128).
+        side = _matching_side(producer_shape, features, producer) if len(producer_shape) > 2 else -1
+    if side is None:
+        return None
+    return 1 if side == 1 else len(shape) - 1
+
+
+def _matching_side(shape: tuple[int, ...], features: set[int], producer: nn.Module) -> int | None:
+    """1 (channels first) or -1 (features last) for an output of ``shape`` of ``producer``; None if unclear."""
     first, last = shape[1] in features, shape[-1] in features
     if first and not last:
         return 1
     if last and not first:
-        return len(shape) - 1
+        return -1
     if first and last:
         if isinstance(producer, _CHANNELS_FIRST):
             return 1
         if type(producer) in _FEATURES_LAST:  # exact types: a LayerNorm2d subclass is channels first
-            return len(shape) - 1
+            return -1
     return None
 
 

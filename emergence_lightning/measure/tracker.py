@@ -166,6 +166,7 @@ class ActivityTracker:
         self._names: dict[int, str] = {}
         self._skipped: set[int] = set()
         self._last_producer: nn.Module | None = None
+        self._producer_shapes: dict[int, torch.Size] = {}  # id(producer) -> its last output's shape
         self._handles: list[RemovableHandle] = []
         self._mode: _ActivationCalls | None = None
         self._holds_eager = False
@@ -210,6 +211,7 @@ class ActivityTracker:
             _leave_mode(self._mode)
             self._mode = None
         self._stack.clear()
+        self._producer_shapes.clear()
         self._scratch.free()
         if self._holds_eager:
             self._holds_eager = False
@@ -274,6 +276,8 @@ class ActivityTracker:
             self._record(frame.name, output, producer=producer)
         if rules.is_producer(module) and not frame.saw_activation:
             self._last_producer = module
+            if isinstance(output, Tensor):
+                self._producer_shapes[id(module)] = output.shape
         if module is self._output_module:
             self._record(OUTPUT_LAYER, output, producer=module, once=True)
 
@@ -363,7 +367,8 @@ class ActivityTracker:
             return override % output.dim()
         if batch_dim != 0:  # a recurrent module's (time, batch, features)
             return output.dim() - 1
-        decided = rules.node_dim_from_producer(shape, producer)
+        produced = self._producer_shapes.get(id(producer)) if producer is not None else None
+        decided = rules.node_dim_from_producer(shape, producer, tuple(produced) if produced is not None else None)
         if decided is None:
             source = f"{type(producer).__name__}" if producer is not None else "no layer with parameters"
             self._warn_once(

@@ -82,3 +82,23 @@ def test_mobilevit_xxs_hybrid_conv_and_transformer_each_decided_per_layer():
     expected.append(("final_conv.bn.act", 320))
     images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     assert_layers(measure_quietly(build("mobilevit_xxs"), images), expected)
+
+
+def test_levit_attention_output_counts_value_features_not_tokens():
+    # Graham et al. 2021, LeViT-128S: widths (128, 256, 384), key dim 16, heads (4, 6, 8), depths
+    # (2, 3, 4); attention values are 2 x key dim per head (4 x in the shrinking attention of each
+    # downsampling, whose heads are in_width / 16); MLP ratio 2. The attention's Hardswish sees
+    # (batch, tokens, heads x value dim) after a BatchNorm1d that ran on flattened (batch * tokens,
+    # qkv width) rows: its width matches neither dim, so the norm's own output decides (last dim).
+    expected = [("stem.act1", 16), ("stem.act2", 32), ("stem.act3", 64)]
+    widths, heads, depths = [128, 256, 384], [4, 6, 8], [2, 3, 4]
+    for stage in range(3):
+        if stage:
+            down = f"stages.{stage}.downsample"
+            expected += [(f"{down}.attn_downsample.proj.act", widths[stage - 1] // 16 * 16 * 4),
+                         (f"{down}.mlp.act", 2 * widths[stage])]  # fmt: skip
+        for block in range(depths[stage]):
+            name = f"stages.{stage}.blocks.{block}"
+            expected += [(f"{name}.attn.proj.act", heads[stage] * 2 * 16), (f"{name}.mlp.act", 2 * widths[stage])]
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert_layers(measure_quietly(build("levit_128s", img_size=64), images), expected)
