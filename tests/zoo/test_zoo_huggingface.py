@@ -43,3 +43,35 @@ def test_bert_intermediate_gelu_and_pooler_tanh():
         model.eval()(input_ids=IDS, attention_mask=MASK)  # eval: no dropout, as measure() runs it
     handle.remove()
     assert torch.allclose(result.layers[0].activity, captured[0].double().mean(dim=(0, 1)), atol=1e-6)
+
+
+def test_llama_gated_mlp_counts_the_gate_activation():
+    # SiLU(gate_proj(x)) * up_proj(x): the layer is the SiLU's output, intermediate_size wide.
+    config = transformers.LlamaConfig(
+        vocab_size=50, hidden_size=16, intermediate_size=40, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=32,
+    )  # fmt: skip
+    result = measure_quietly(transformers.LlamaForCausalLM(config), {"input_ids": IDS, "attention_mask": MASK})
+    assert_layers(result, [(f"model.layers.{i}.mlp.act_fn", 40) for i in range(2)])
+
+
+def test_t5_encoder_then_decoder_feed_forward():
+    config = transformers.T5Config(
+        vocab_size=50, d_model=16, d_ff=40, d_kv=8, num_layers=2, num_heads=2, decoder_start_token_id=0
+    )
+    model = transformers.T5ForConditionalGeneration(config)
+    batch = {"input_ids": IDS, "attention_mask": MASK, "decoder_input_ids": IDS[:, :4]}
+    expected = [(f"encoder.block.{i}.layer.1.DenseReluDense.act", 40) for i in range(2)]
+    expected += [(f"decoder.block.{i}.layer.2.DenseReluDense.act", 40) for i in range(2)]  # after cross-attention
+    assert_layers(measure_quietly(model, batch), expected)
+
+
+def test_distilbert_feed_forward_then_the_heads_functional_relu():
+    config = transformers.DistilBertConfig(
+        vocab_size=50, dim=16, hidden_dim=40, n_layers=2, n_heads=2, max_position_embeddings=32
+    )
+    model = transformers.DistilBertForSequenceClassification(config)
+    expected = [(f"distilbert.transformer.layer.{i}.ffn.activation", 40) for i in range(2)]
+    # `nn.ReLU()(pooled_output)`: a module made in forward, not registered, seen as its F.relu call
+    expected.append(("relu()", 16))
+    assert_layers(measure_quietly(model, {"input_ids": IDS, "attention_mask": MASK}), expected)
