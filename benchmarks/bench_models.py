@@ -80,7 +80,7 @@ FIT_SIZES = {
     "resnet18": Size(batch=64),
     "transformer": Size(d=64, layers=2, tokens=32, batch=64),
 }
-TINY = Size(widths=(4, 4, 8, 8, 8, 8), d=16, layers=1, tokens=8, batch=4)
+TINY = Size(widths=(4, 4, 8, 8, 8, 8), d=16, layers=2, tokens=8, batch=4)
 
 
 def build(name: str, size: Size) -> nn.Module:

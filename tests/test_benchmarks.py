@@ -1,0 +1,55 @@
+"""The benchmark scripts run end to end (tiny sizes, CPU), so they cannot rot between GPU sessions.
+
+Their timing figures are not checked here (speed is judged from the scripts' printed medians,
+never by a timed test); what is checked is what they print about correctness.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def run_script(*args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert result.returncode == 0, f"{args} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def n_of(output: str, model: str) -> list[int]:
+    match = re.search(rf"compare {model}: \d+ layers; n = \[([\d, ]*)\]", output)
+    assert match, output
+    return [int(v) for v in match.group(1).split(",")]
+
+
+def test_gpu_check_dry_run():
+    output = run_script("benchmarks/gpu_check.py", "--dry-run", "--rounds", "1")
+    assert output.startswith("dry run on the CPU"), output
+    # torchvision's ResNet-18: the stem's ReLU, then two ReLU call sites per BasicBlock (after bn1
+    # and after the residual add), two blocks per stage of 64, 128, 256, 512 channels.
+    assert n_of(output, "resnet18") == [64] + [64] * 4 + [128] * 4 + [256] * 4 + [512] * 4
+    # Two nn.TransformerEncoderLayer(d_model=16, dim_feedforward=64): one functional ReLU each.
+    assert n_of(output, "transformer") == [64, 64]
+    assert output.count(": MATCH") == 2, output
+    # 16 training samples at batch 4 for 2 epochs: 8 steps, no window open in any; epoch 0 + 2 epochs measured.
+    assert "sync check (with EmergenceCallback): 8 training steps" in output, output
+    assert "steps with a window open: 0; measurements: 3: OK" in output, output
+    assert re.search(r"overhead convnet: .* median ratio at defaults \d+\.\d{4}, with measure_at_start=False", output)
+    assert output.rstrip().endswith("RESULT: PASS"), output
+
+
+def test_window_benchmark_leaves_no_hook_or_mode_behind():
+    output = run_script(
+        "benchmarks/bench_measure_window.py", "--tiny", "--models", "convnet", "--statistics", "fraction", "--pairs", "5"
+    )
+    assert re.search(r"convnet\s+fraction\s+6 layers, window closed vs open: wall .* median ratio \d", output), output
+    assert "global module hooks left 0, torch function modes left 0" in output, output
