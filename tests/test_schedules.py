@@ -90,8 +90,11 @@ def run(tmp_path, val=True, **trainer_kwargs):
     return trainer, callback, snapshots, train, val_loader, ours
 
 
-def test_check_val_every_n_epoch_measures_validation_epochs_only_on_validation_data(tmp_path):
-    trainer, callback, snapshots, _, val, ours = run(tmp_path, max_epochs=4, check_val_every_n_epoch=2)
+@pytest.mark.parametrize("sanity_steps", [0, 2])  # without a sanity check no validation loader is loaded yet
+def test_check_val_every_n_epoch_measures_validation_epochs_only_on_validation_data(tmp_path, sanity_steps):
+    trainer, callback, snapshots, _, val, ours = run(
+        tmp_path, max_epochs=4, check_val_every_n_epoch=2, num_sanity_val_steps=sanity_steps
+    )
     assert [r["epoch"] for r in callback.history] == [0, 2, 4]
     assert [r["samples"] for r in callback.history] == [VAL_SAMPLES] * 3  # never a training batch
     assert callback.settings["source"] == "validation"
