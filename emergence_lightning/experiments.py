@@ -102,7 +102,8 @@ def _trainer(settings: Settings, log_dir: Path, max_epochs: int, callbacks: list
         max_epochs=max_epochs,
         accelerator=settings.accelerator,
         devices=1,
-        logger=TensorBoardLogger(str(log_dir), name="", version=""),
+        # No `hp_metric = -1` placeholder row: its columns would hide the branches' in HParams.
+        logger=TensorBoardLogger(str(log_dir), name="", version="", default_hp_metric=False),
         callbacks=callbacks,
         enable_checkpointing=False,
         enable_progress_bar=settings.progress_bar,

@@ -1,0 +1,152 @@
+"""What a researcher sees: TensorBoard on a small real run, its dashboards loaded in headless Chromium.
+
+Needs Debian's ``chromium`` and ``chromium-driver`` (``scripts/setup.sh`` installs them where it can)
+and ``selenium`` (the ``test`` extra); skipped with the reason where one is missing.
+
+``EMERGENCE_DOCS_SCREENSHOTS=1`` writes the screenshots to ``docs/figures/dashboard-*.png`` (the
+images the README and docs/dashboards.md show); otherwise they go to the test's temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from dashboard_run import BRANCHES, HIDDEN, make_dashboard_run
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (the `test` extra has it)")
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        CHROMIUM is None or DRIVER is None,
+        reason="Debian's chromium and chromium-driver are not installed (apt-get install -y chromium chromium-driver)",
+    ),
+]
+DOCS_FIGURES = Path(__file__).resolve().parents[1] / "docs" / "figures"
+WAIT_S = 90
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def tensorboard(tmp_path_factory):
+    """TensorBoard serving a parent run and its three branches; yields its address."""
+    root = tmp_path_factory.mktemp("dashboards")
+    make_dashboard_run(root)
+    port = _free_port()
+    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(root / "mlp"), "--port", str(port)]
+    command += ["--host", "127.0.0.1", "--load_fast", "false", "--reload_interval", "0"]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            try:
+                runs = urllib.request.urlopen(f"{url}/data/runs", timeout=5).read().decode()
+                if all(name in runs for name in BRANCHES):
+                    break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"TensorBoard did not serve the runs: {server.stderr.read().decode()[-2000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(argument)
+    options.add_argument("--window-size=1400,1300")
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory) -> Path:
+    if os.environ.get("EMERGENCE_DOCS_SCREENSHOTS") == "1":
+        DOCS_FIGURES.mkdir(parents=True, exist_ok=True)
+        return DOCS_FIGURES
+    return tmp_path_factory.mktemp("screenshots")
+
+
+def _open(browser, url: str, dashboard: str, ready: str) -> str:
+    """Load a dashboard and wait until ``ready`` is on the page; returns the page's text."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(f"{url}/#{dashboard}")
+    WebDriverWait(browser, WAIT_S).until(lambda d: ready in d.find_element(By.TAG_NAME, "body").text)
+    time.sleep(2)  # the charts draw after their titles
+    return browser.find_element(By.TAG_NAME, "body").text
+
+
+def test_custom_scalars_one_chart_per_quantity(tensorboard, browser, screenshots):
+    text = _open(browser, tensorboard, "custom_scalars", "E: paths from dead to active nodes")
+    for title in (
+        "emergence", "relative emergence", "accuracy", "dead nodes per layer", "active nodes per layer",
+        "E: paths from dead to active nodes", "log10 E", "Ẽ = E / free parameters", "training accuracy",
+        "validation accuracy", "training loss", "validation loss", "dead nodes, one line per layer",
+        "share of active nodes, all layers",
+    ):  # fmt: skip
+        assert title in text, title
+    lines = text.splitlines()
+    # Under each chart TensorBoard counts its series: one per run (parent + 3 branches) for one quantity,
+    # one per run and layer for the per-layer charts.
+    for title, series in (
+        ("E: paths from dead to active nodes", 4),
+        ("validation accuracy", 4),
+        ("dead nodes, one line per layer", 4 * len(HIDDEN)),
+    ):
+        after = lines[lines.index(title) :]
+        assert next(line for line in after if line.startswith("Matches")) == f"Matches ({series})", title
+    browser.save_screenshot(str(screenshots / "dashboard-custom-scalars.png"))
+
+
+def test_hparams_has_a_row_per_branch_named_with_its_settings_and_metrics(tensorboard, browser, screenshots):
+    text = _open(browser, tensorboard, "hparams", "Trial ID")
+    lines = text.splitlines()
+    for column in (
+        "branch/name", "branch/amount", "branch/pruning_fn", "emergence/threshold", "emergence/statistic",
+        "branch/final_val_acc", "branch/best_val_acc", "branch/E_end", "branch/relative_E_end",
+    ):  # fmt: skip
+        assert column in lines, column
+    assert "hp_metric" not in text  # Lightning's placeholder (-1) is no column: default_hp_metric=False
+    for name in BRANCHES:
+        assert f"seed-0/branches/{name}" in lines and name in lines, name  # trial id, and the branch/name cell
+    assert "Number of matching session groups: 3" in text
+    browser.save_screenshot(str(screenshots / "dashboard-hparams.png"))
+
+
+def test_scalars_dashboard_shows_every_run_and_the_emergence_tags(tensorboard, browser, screenshots):
+    text = _open(browser, tensorboard, "scalars", "tag: emergence/E")
+    for run in ("seed-0", *(f"seed-0/branches/{name}" for name in BRANCHES)):
+        assert run in text, run
+    for tag in ("emergence/E", "emergence/relative", "emergence/log10_E", "emergence/active_fraction"):
+        assert f"tag: {tag}" in text, tag
+    browser.save_screenshot(str(screenshots / "dashboard-scalars.png"))
