@@ -8,7 +8,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-EXPERIMENT_NAMES = ("mlp-prune", "transfer", "cnn")
+from emergence_lightning.predictor.cli import (
+    add_predictor_arguments,
+    add_rank_command,
+    run_rank,
+    run_reproduce_predictor,
+)
+
+EXPERIMENT_NAMES = ("mlp-prune", "transfer", "cnn", "predictor")
 # Epochs before and after the fork where the paper gives them (section 4.3: 20 on MNIST, 20 more).
 PAPER_EPOCHS = {"mlp-prune": (5, 15), "transfer": (20, 20)}
 
@@ -130,7 +137,9 @@ def _parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--lr", type=float, default=0.005, help="SGD learning rate, as in the paper")
     reproduce.add_argument("--batch-size", type=int, default=32, help="training and validation batch size")
     reproduce.add_argument("--threshold", type=float, default=0.05, help="activity threshold θ, as in the paper")
-    reproduce.add_argument("--seeds", type=int, default=1, help="repeat with seeds 0..N-1; figures show mean ± std")
+    reproduce.add_argument(
+        "--seeds", type=int, default=None, help="repeat with seeds 0..N-1; mean ± std (default: 1; predictor: 2)"
+    )
     reproduce.add_argument("--accelerator", default="auto", help="Lightning's accelerator: auto, cpu, gpu...")
     reproduce.add_argument("--no-progress", action="store_true", help=no_progress)
     reproduce.add_argument("--threads", type=int, default=1, help=threads)
@@ -142,6 +151,9 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument(
         "--source", default="/usr/share/datasets/fashion-mnist", help="the Debian package's gzipped IDX files"
     )
+
+    add_predictor_arguments(reproduce)  # emergence_lightning.predictor.cli
+    add_rank_command(command)
 
     report = command("report", "figures and a table from any run's TensorBoard logs", REPORT_EXAMPLES)
     report.add_argument("log_dir", help="a folder of TensorBoard event files, e.g. lightning_logs/version_0")
@@ -185,6 +197,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         print(f"Fashion-MNIST ready in {folder}")
         return 0
+    if args.command == "rank":
+        return run_rank(args)
+    if args.command == "reproduce" and args.experiment == "predictor":
+        return run_reproduce_predictor(args)
     if args.command == "report":
         try:
             _print_report(Path(args.log_dir), args.out, args.metric, args.prefix)
@@ -230,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 lr=args.lr,
                 batch_size=args.batch_size,
                 threshold=args.threshold,
-                seeds=args.seeds,
+                seeds=args.seeds or 1,
                 accelerator=args.accelerator,
                 progress_bar=_show_progress(args),
             )

@@ -29,7 +29,8 @@ def test_demo_path_runs_end_to_end(tmp_path, capsys):
 def test_unknown_experiment_lists_valid_ones(capsys):
     with pytest.raises(SystemExit, match="^2$"):  # argparse exits with status 2
         main(["reproduce", "resnet"])
-    assert "invalid choice: 'resnet' (choose from 'mlp-prune', 'transfer', 'cnn')" in capsys.readouterr().err
+    expected = "invalid choice: 'resnet' (choose from 'mlp-prune', 'transfer', 'cnn', 'predictor')"
+    assert expected in capsys.readouterr().err
 
 
 def test_missing_data_files_say_which_and_where(tmp_path, capsys):
@@ -112,7 +113,7 @@ def test_every_option_has_help_with_its_default():
     import argparse
 
     parser, commands = _subcommands()
-    assert set(commands) == {"demo", "reproduce", "prepare-fashion-mnist", "report"}
+    assert set(commands) == {"demo", "reproduce", "prepare-fashion-mnist", "report", "rank"}
     for name, sub in commands.items():
         formatter = sub._get_formatter()
         for action in sub._actions:

@@ -105,7 +105,9 @@ def test_naswot_needs_activation_modules():
 def test_synflow_of_a_two_layer_linear_net_by_hand():
     w1 = [[1.0, -2.0], [0.5, 1.0]]
     w2 = [[3.0, -1.0]]
-    model = nn.Sequential(_set(nn.Linear(2, 2, bias=False), w1), nn.ReLU(), _set(nn.Linear(2, 1, bias=False), w2))
+    model = nn.Sequential(
+        _set(nn.Linear(2, 2, bias=False), w1), nn.ReLU(), _set(nn.Linear(2, 1, bias=False), w2)
+    )
     # R = 1^T |W2| |W1| 1 = 3 * (1 + 2) + 1 * (0.5 + 1) = 10.5.
     # Layer 2: |w2_j| * dR/d|w2_j| = |w2_j| * sum_i |w1_ji| -> 9 + 1.5; layer 1: |w1_ji| * |w2_j| -> 9 + 1.5.
     assert synflow(model, (2,)) == pytest.approx(21.0)
@@ -115,7 +117,11 @@ def test_synflow_of_a_two_layer_linear_net_by_hand():
 def test_synflow_of_a_deep_relu_net_is_depth_times_the_path_norm():
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Linear(5, 7, bias=False), nn.ReLU(), nn.Linear(7, 4, bias=False), nn.ReLU(), nn.Linear(4, 3, bias=False)
+        nn.Linear(5, 7, bias=False),
+        nn.ReLU(),
+        nn.Linear(7, 4, bias=False),
+        nn.ReLU(),
+        nn.Linear(4, 3, bias=False),
     )
     weights = [np.abs(m.weight.detach().double().numpy()) for m in model if isinstance(m, nn.Linear)]
     path_norm = (weights[2] @ weights[1] @ weights[0] @ np.ones(5)).sum()
@@ -149,8 +155,14 @@ def test_rank_models_orders_by_the_chosen_score():
     batches = [torch.randn(8, 4)]
     ranked = rank_models(models, batches, by="params")
     # #params by hand: 4*w + w + w*2 + 2 = 7w + 2 for width w = 8, 4, 2.
-    assert [(r.rank, r.name, r.scores["params"]) for r in ranked] == [(1, "wide", 58), (2, "middle", 30), (3, "narrow", 16)]
-    planted = rank_models({"zero": models["narrow"], "twelve": _planted_emergence_net()}, [torch.randn(4, 4)], by="E")
+    assert [(r.rank, r.name, r.scores["params"]) for r in ranked] == [
+        (1, "wide", 58),
+        (2, "middle", 30),
+        (3, "narrow", 16),
+    ]
+    planted = rank_models(
+        {"zero": models["narrow"], "twelve": _planted_emergence_net()}, [torch.randn(4, 4)], by="E"
+    )
     assert [r.name for r in planted] == ["twelve", "zero"] and planted[0].scores["E"] == 12
     with pytest.raises(ValueError, match="`by` must be one of .* got 'accuracy'"):
         rank_models(models, batches, by="accuracy")

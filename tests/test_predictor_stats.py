@@ -53,7 +53,9 @@ def test_grouped_correlations_count_only_pairs_inside_a_group():
     assert kendall_tau(x, y) == pytest.approx(1 / 3)
     assert kendall_tau(x, y, groups=groups) == pytest.approx(-1.0)
     # Groups of 3: (1,2,3) vs (1,3,2) rho 0.5; (4,5,6) vs (6,5,4) rho -1; weights 2 and 2.
-    assert grouped_spearman([1, 2, 3, 4, 5, 6], [1, 3, 2, 6, 5, 4], ["a"] * 3 + ["b"] * 3) == pytest.approx(-0.25)
+    assert grouped_spearman([1, 2, 3, 4, 5, 6], [1, 3, 2, 6, 5, 4], ["a"] * 3 + ["b"] * 3) == pytest.approx(
+        -0.25
+    )
 
 
 def test_bootstrap_draws_whole_clusters_and_brackets_the_statistic():

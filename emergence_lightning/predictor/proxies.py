@@ -141,7 +141,9 @@ def synflow(model: nn.Module, input_shape: Sequence[int]) -> float:
     # A pruned weight (torch.nn.utils.prune: weight_orig * weight_mask) stays 0 and scores 0.
     weights = [p for p in clone.parameters() if p.dim() >= 2]
     if not weights:
-        raise ValueError(f"SynFlow scores weights (parameters with >= 2 dims); {type(model).__name__} has none.")
+        raise ValueError(
+            f"SynFlow scores weights (parameters with >= 2 dims); {type(model).__name__} has none."
+        )
     for parameter in clone.parameters():
         parameter.requires_grad_(True)
         parameter.grad = None

@@ -80,7 +80,9 @@ def score_at_init(
         raise ValueError("`batches` gave no samples: pass at least one non-empty batch.")
     num_parameters = count_parameters(model)
     if num_parameters == 0:
-        raise ValueError(f"{type(model).__name__} has no trainable parameters, so E~ = E / #params is undefined.")
+        raise ValueError(
+            f"{type(model).__name__} has no trainable parameters, so E~ = E / #params is undefined."
+        )
     E = emergence(measurement.n, measurement.a, variant=variant)
     return EmergenceScore(
         E=E,
@@ -152,9 +154,11 @@ def rank_models(
     """
     if by not in SCORES:
         raise ValueError(f"`by` must be one of {SCORES}, got {by!r}.")
-    named = dict(models) if isinstance(models, Mapping) else {
-        f"{type(m).__name__}-{i}": m for i, m in enumerate(models)
-    }
+    named = (
+        dict(models)
+        if isinstance(models, Mapping)
+        else {f"{type(m).__name__}-{i}": m for i, m in enumerate(models)}
+    )
     if not named:
         raise ValueError("`models` is empty: give at least one candidate.")
     for name, model in named.items():

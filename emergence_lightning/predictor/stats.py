@@ -16,7 +16,9 @@ import numpy as np
 def _pair(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if xs.ndim != 1 or xs.shape != ys.shape:
-        raise ValueError(f"`x` and `y` must be 1-D and of equal length, got shapes {xs.shape} and {ys.shape}.")
+        raise ValueError(
+            f"`x` and `y` must be 1-D and of equal length, got shapes {xs.shape} and {ys.shape}."
+        )
     if np.isnan(xs).any() or np.isnan(ys).any():
         raise ValueError("`x` and `y` must not hold NaN (drop those runs first).")
     return xs, ys
@@ -151,4 +153,4 @@ def size_bins(num_parameters: Sequence[int], decades: float = 0.25) -> list[int]
     """Bin index of each model on a log10 #params grid of ``decades`` width (0.25: a factor 1.78)."""
     if not decades > 0:
         raise ValueError(f"`decades` must be > 0, got {decades!r}.")
-    return [int(math.floor(math.log10(max(int(p), 1)) / decades)) for p in num_parameters]
+    return [math.floor(math.log10(max(int(p), 1)) / decades) for p in num_parameters]
