@@ -4,8 +4,8 @@ Lightning's progress bar redraws one line in place: in a log file or CI output i
 without it a ``reproduce`` run of an hour says nothing until it ends. :class:`EpochLines` prints
 what a researcher checks on the way::
 
-    mlp-prune/seed-0 parent     epoch  3/5   val_acc 0.8712  E 648    12 s
-    mlp-prune/seed-0 pruned-30  epoch  7/20  val_acc 0.9050  E 540    31 s
+    mlp-prune/seed-0 parent     epoch  2/4  val_acc 0.806  E 742  4 s
+    mlp-prune/seed-0 pruned-30  epoch  3/4  val_acc 0.859  E 648  3 s
 
 ``PruneAndBranchCallback`` gives every branch its own copy; the copy names its run from the
 branch's log folder (``branches/<name>``).
