@@ -304,3 +304,19 @@ def test_reshaped_output_keeps_the_side_its_producer_put_features_on():
         expected = model(x).double().mean(dim=(0, 1))
     assert tokens.n == [4] and torch.allclose(tokens.layers[0].activity, expected)
     assert shuffled.n == [2]
+
+
+def test_include_input_counts_what_the_first_module_reads():
+    # A conv reads channels (dim 1); a Linear on (batch, tokens, features) reads features (last dim).
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    images = torch.randn(2, 3, 6, 6)
+    tokens = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4))
+    sequence = torch.randn(2, 7, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        seen_images = measure(conv, [images], include_input=True)
+        seen_tokens = measure(tokens, [sequence], include_input=True)
+    assert seen_images.names[0] == "<input>" and seen_images.n[0] == 3
+    assert torch.allclose(seen_images.layers[0].activity, images.double().mean(dim=(0, 2, 3)))
+    assert seen_tokens.n[0] == 6
+    assert torch.allclose(seen_tokens.layers[0].activity, sequence.double().mean(dim=(0, 1)))

@@ -136,6 +136,23 @@ def node_dim_from_producer(
     return 1 if side == 1 else len(shape) - 1
 
 
+def input_node_dim(shape: tuple[int, ...], consumer: nn.Module) -> int | None:
+    """The dimension indexing the nodes of the data entering ``consumer`` (``include_input``).
+
+    The module that reads the data tells: a convolution's ``in_channels`` (dim 1), a Linear's
+    ``in_features`` (the last dim, also for ``(batch, tokens, features)``).
+    """
+    if len(shape) <= 2:
+        return len(shape) - 1
+    features = set()
+    for attribute in ("in_channels", "in_features", "num_features", "embed_dim", "input_size"):
+        value = getattr(consumer, attribute, None)
+        if isinstance(value, int):
+            features.add(value)
+    side = _matching_side(shape, features, consumer)
+    return None if side is None else (1 if side == 1 else len(shape) - 1)
+
+
 def _matching_side(shape: tuple[int, ...], features: set[int], producer: nn.Module) -> int | None:
     """1 (channels first) or -1 (features last) for an output of ``shape`` of ``producer``; None if unclear."""
     first, last = shape[1] in features, shape[-1] in features

@@ -367,12 +367,16 @@ class ActivityTracker:
             return override % output.dim()
         if batch_dim != 0:  # a recurrent module's (time, batch, features)
             return output.dim() - 1
-        produced = self._producer_shapes.get(id(producer)) if producer is not None else None
-        decided = rules.node_dim_from_producer(shape, producer, tuple(produced) if produced is not None else None)
+        if name == INPUT_LAYER and self._input_module is not None:  # the data: the module reading it decides
+            decided = rules.input_node_dim(shape, self._input_module)
+            source = f"read by {type(self._input_module).__name__}"
+        else:
+            produced = self._producer_shapes.get(id(producer)) if producer is not None else None
+            decided = rules.node_dim_from_producer(shape, producer, tuple(produced) if produced else None)
+            source = f"produced by {type(producer).__name__ if producer is not None else 'no layer with parameters'}"
         if decided is None:
-            source = f"{type(producer).__name__}" if producer is not None else "no layer with parameters"
             self._warn_once(
-                name, f"Layer {name!r} has shape {shape} and was produced by {source}, which does not tell which "
+                name, f"Layer {name!r} has shape {shape} and was {source}, which does not tell which "
                 f"dimension indexes its nodes; counting dim 1. Pass `node_dim={{{name!r}: d}}` to choose."
             )
             decided = 1
