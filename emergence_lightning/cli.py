@@ -8,6 +8,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from emergence_lightning.branching.command import add_branch_command, run_branch_command
+
 from emergence_lightning.predictor.cli import (
     add_predictor_arguments,
     add_rank_command,
@@ -155,6 +157,8 @@ def _parser() -> argparse.ArgumentParser:
     add_predictor_arguments(reproduce)  # emergence_lightning.predictor.cli
     add_rank_command(command)
 
+    add_branch_command(command)  # emergence_lightning.branching.command
+
     report = command("report", "figures and a table from any run's TensorBoard logs", REPORT_EXAMPLES)
     report.add_argument("log_dir", help="a folder of TensorBoard event files, e.g. lightning_logs/version_0")
     report.add_argument("--out", default=None, help="output folder (default: <log_dir>/report)")
@@ -201,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_rank(args)
     if args.command == "reproduce" and args.experiment == "predictor":
         return run_reproduce_predictor(args)
+    if args.command == "branch":
+        return run_branch_command(args)
     if args.command == "report":
         try:
             _print_report(Path(args.log_dir), args.out, args.metric, args.prefix)

@@ -113,7 +113,7 @@ def test_every_option_has_help_with_its_default():
     import argparse
 
     parser, commands = _subcommands()
-    assert set(commands) == {"demo", "reproduce", "prepare-fashion-mnist", "report", "rank"}
+    assert set(commands) == {"demo", "reproduce", "prepare-fashion-mnist", "report", "rank", "branch"}
     for name, sub in commands.items():
         formatter = sub._get_formatter()
         for action in sub._actions:

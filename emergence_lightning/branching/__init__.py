@@ -37,6 +37,17 @@ from emergence_lightning.pruning import (
     reinitialize,
 )
 
+
+
+def __getattr__(name: str):
+    # Lazily: the runner imports Lightning and the callbacks, which import this package.
+    if name in ("run_saved_branches", "saved_plan"):
+        from emergence_lightning.branching import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "PRUNABLE_TYPES",
     "PRUNING_FUNCTIONS",
@@ -61,4 +72,6 @@ __all__ = [
     "pruned_name",
     "random_pruned_name",
     "reinitialize",
+    "run_saved_branches",
+    "saved_plan",
 ]

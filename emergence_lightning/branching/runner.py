@@ -249,9 +249,7 @@ def run_saved_branches(
     Returns:
         The results of the branches named, in plan order.
     """
-    directory = Path(run_dir)
-    if (directory / "branches" / store.FORK_FILE).is_file():
-        directory = directory / "branches"
+    directory = _fork_directory(Path(run_dir))
     package = store.load_fork(directory)
     fork: Fork = package["fork"]
     setup: BranchSetup = copy.copy(package["setup"])
@@ -277,6 +275,33 @@ def run_saved_branches(
     if verbose and results:
         print(summary_table(merged, setup.branch_epoch))
     return results
+
+
+def saved_plan(run_dir: str | os.PathLike) -> list[tuple[str, str]]:
+    """Every branch of a saved fork and its status (finished, failed, not run); rebuilds the summary files.
+
+    The summary then holds every branch finished from this fork, whichever job trained it: the
+    merge step after parallel jobs.
+    """
+    directory = _fork_directory(Path(run_dir))
+    package = store.load_fork(directory)
+    fork: Fork = package["fork"]
+    setup: BranchSetup = package["setup"]
+    found, results = [], []
+    for spec in setup.plan:
+        result = store.read_result(directory, spec.name)
+        if result is None or result.get("fork_fingerprint") != fork.point.fingerprint:
+            found.append((spec.name, "not run"))
+        else:
+            found.append((spec.name, str(result.get("status"))))
+            results.append(result)
+    write_summary(directory, setup.plan, results, summary_header(fork, setup.pruning))
+    return found
+
+
+def _fork_directory(directory: Path) -> Path:
+    """``run_dir/branches`` when it holds the fork, else ``run_dir`` itself (given the branches folder)."""
+    return directory / "branches" if (directory / "branches" / store.FORK_FILE).is_file() else directory
 
 
 # ---- helpers ---------------------------------------------------------------------------------

@@ -219,6 +219,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Writes ``text`` to ``path`` through a temporary file and a rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _usual_mode(temporary)
     try:
         with os.fdopen(handle, "w") as file:
             file.write(text)
@@ -233,12 +234,20 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
+    _usual_mode(temporary)
     try:
         torch.save(obj, temporary)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _usual_mode(path: str) -> None:
+    """The mode ``open`` would give (``mkstemp`` makes files private; jobs of a cluster group read them too)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def jsonable(value: Any) -> Any:

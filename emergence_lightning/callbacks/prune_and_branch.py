@@ -61,6 +61,7 @@ from emergence_lightning.branching.trainer_factory import (
     portable_settings,
 )
 from emergence_lightning.callbacks.branch_recorder import BranchRecorder
+from emergence_lightning.callbacks.emergence import EmergenceCallback
 from emergence_lightning.measure import check_flags
 from emergence_lightning.pruning import (
     STRUCTURED_PRUNING_FUNCTIONS,
@@ -217,6 +218,7 @@ class PruneAndBranchCallback(Callback):
         #: Where the parent stopped (epoch, step, weights' fingerprint), once forked.
         self.fork: ForkPoint | None = None
         self._templates: list[Callback] = []
+        self._saved: Fork | None = None  # a saved fork this run starts from (``only``, fork.pt present)
         self._forked = False
 
     @property
@@ -255,10 +257,24 @@ class PruneAndBranchCallback(Callback):
             )
         # Copies of the other callbacks as they are before training, to hand each branch a fresh one.
         self._templates = callback_templates(trainer, pl_module, skip=(PruneAndBranchCallback, BranchRecorder))
+        self._saved = None
+        if self.only is not None and (_branches_dir(trainer) / store.FORK_FILE).is_file():
+            # A job for a few branches of an experiment whose fork is saved: start from it, don't retrain the parent.
+            self._saved = store.load_fork(_branches_dir(trainer))["fork"]
+            for callback in trainer.callbacks:
+                if isinstance(callback, EmergenceCallback):
+                    callback.measure_at_start = False  # the parent's run has its curve already
+            rank_zero_info(
+                f"PruneAndBranchCallback: starting {list(self.only)} from the fork saved in {_branches_dir(trainer)}; "
+                "the parent does not train again."
+            )
 
     # ---- the parent: stop at the fork --------------------------------------------------------
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._saved is not None:
+            trainer.should_stop = True  # the fork is saved: the branches start from it
+            return
         if trainer.current_epoch > self.branch_epoch:
             raise RuntimeError(
                 f"PruneAndBranchCallback: training resumed at epoch {trainer.current_epoch}, past `branch_epoch`="
@@ -277,6 +293,10 @@ class PruneAndBranchCallback(Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._forked:
             return
+        if self._saved is not None:
+            self._forked = True
+            self.run_branches(trainer, pl_module, saved=self._saved)
+            return
         if trainer.current_epoch != self.branch_epoch:
             rank_zero_warn(
                 f"PruneAndBranchCallback: training stopped after {trainer.current_epoch} epochs, before "
@@ -287,14 +307,21 @@ class PruneAndBranchCallback(Callback):
         self.run_branches(trainer, pl_module)
 
     # ---- the branches -------------------------------------------------------------------------
-    def run_branches(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[dict[str, Any]]:
-        """Forks ``pl_module`` as ``trainer`` left it and trains the branches (``only``); returns :attr:`results`."""
+    def run_branches(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, saved: Fork | None = None
+    ) -> list[dict[str, Any]]:
+        """Forks ``pl_module`` as ``trainer`` left it (or starts from a ``saved`` fork) and trains the branches.
+
+        Trains the branches ``only`` names (all by default); returns :attr:`results`.
+        """
         rng = capture_rng()  # first: where the unforked run's next epoch would draw from
         self.branches_dir = directory = _branches_dir(trainer)
-        fork = self._capture_fork(trainer, pl_module, rng)
+        fork = saved if saved is not None else self._capture_fork(trainer, pl_module, rng)
+        if saved is not None:
+            pl_module.load_state_dict(saved.model.state_dict())  # the module ends this fit as at the fork
         self.fork = fork.point
         record = store.experiment_record(
-            fork.point.fingerprint, store.architecture(pl_module), self._experiment_settings(trainer)
+            fork.point.fingerprint, store.architecture(fork.model), self._experiment_settings(trainer)
         )
         self._check_experiment(trainer, directory, record, True)
         setup = BranchSetup(
@@ -308,7 +335,7 @@ class PruneAndBranchCallback(Callback):
             fast_masks=self.fast_masks,
             trainer_factory=self.trainer_factory,
         )
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and saved is None:
             store.write_experiment(directory, record)
             self._save_fork(directory, fork, setup, record)
         specs = select(setup.plan, self.only)
@@ -326,7 +353,10 @@ class PruneAndBranchCallback(Callback):
         if self.verbose:
             rank_zero_info(self.summary_table())
         rank_zero_info(
-            f"PruneAndBranchCallback: {len(specs)} branches trained; summary in {directory / store.SUMMARY_CSV}"
+            f"PruneAndBranchCallback: {len(specs)} of {len(setup.plan)} branches here; summary in "
+            f"{directory / store.SUMMARY_CSV}; the others: `emergence-lightning branch {directory.parent} --name NAME`"
+            if len(specs) < len(setup.plan)
+            else f"PruneAndBranchCallback: {len(specs)} branches; summary in {directory / store.SUMMARY_CSV}"
         )
         return self.results
 
