@@ -321,10 +321,11 @@ def _first_epochs(rows: list[Scalar]) -> dict[str, int | None]:
     """Run -> the epoch in progress at its first value: 0 for a parent, the fork epoch for a branch."""
     first: dict[str, int | None] = {}
     for row in rows:
-        if row.epoch is not None:
-            first[row.run] = min(first.get(row.run, row.epoch) or 0, row.epoch)
-        else:
+        known = first.get(row.run)
+        if row.epoch is None:
             first.setdefault(row.run, None)
+        else:
+            first[row.run] = row.epoch if known is None else min(known, row.epoch)
     return first
 
 

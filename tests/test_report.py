@@ -379,3 +379,9 @@ def test_report_agrees_with_the_branches_summary_csv(tmp_path):
         assert float(row["final_val_acc"]) == pytest.approx(float(branch["final"]), abs=1e-3)
         assert float(row["final_E"]) == float(branch["E_end"])
     assert table["seed-0"]["name"] == "parent" and table["seed-0"]["epochs"] == "1"
+
+
+def test_first_epoch_of_a_run_ignores_values_logged_before_any_epoch():
+    rows = [report.Scalar("b", "x", 0, None, 1.0), report.Scalar("b", "x", 5, 3, 1.0), report.Scalar("b", "x", 9, 4, 1.0)]
+    rows.append(report.Scalar("plain", "x", 0, None, 1.0))
+    assert report._first_epochs(rows) == {"b": 3, "plain": None}
