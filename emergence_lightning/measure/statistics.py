@@ -64,14 +64,23 @@ class Scratch:
 
     def __init__(self) -> None:
         self.buffers: dict[str, Tensor] = {}
+        # Views handed out, by (slot, shape, dtype, device): a layer's shapes repeat every batch,
+        # and a cached view spares two tensor operations per request.
+        self.views: dict[tuple[str, tuple[int, ...], torch.dtype, torch.device], Tensor] = {}
 
     def take(self, slot: str, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
         """A tensor of ``shape`` in ``slot``'s buffer (its contents are whatever was there)."""
+        key = (slot, tuple(shape), dtype, device)
+        view = self.views.get(key)
+        if view is not None:
+            return view
         numel = math.prod(shape)
         buffer = self.buffers.get(slot)
         if buffer is None or buffer.numel() < numel or buffer.dtype != dtype or buffer.device != device:
             buffer = self.buffers[slot] = torch.empty(numel, dtype=dtype, device=device)
-        return buffer[:numel].view(tuple(shape))
+            self.views = {k: v for k, v in self.views.items() if k[0] != slot}  # views of the old buffer
+        view = self.views[key] = buffer[:numel].view(key[1])
+        return view
 
     def like(self, values: Tensor) -> Tensor:
         """A float mask buffer shaped as ``values`` (float64 for float64 values, else float32)."""
@@ -79,6 +88,7 @@ class Scratch:
 
     def free(self) -> None:
         self.buffers.clear()
+        self.views.clear()
 
 
 def firing_counts(
@@ -121,7 +131,14 @@ class NodeStatistic:
         """Adds one output; raises ValueError when its node count differs from earlier outputs'.
 
         Every intermediate result goes into ``scratch``; only the running totals are allocated,
-        once per window."""
+        once per window. Runs with ``__torch_function__`` handling off: the tracker's activation
+        interception (a ``TorchFunctionMode``) need not see this bookkeeping, and each of its
+        tensor operations would otherwise pay a Python call through the mode.
+        """
+        with torch._C.DisableTorchFunction():
+            self._add(output, batch_dim, node_dim, scratch)
+
+    def _add(self, output: Tensor, batch_dim: int, node_dim: int, scratch: Scratch) -> None:
         dtype = accumulation_dtype(output.device)
         device = output.device
         shape = _per_sample_shape(output, batch_dim, node_dim)
