@@ -1,11 +1,12 @@
-"""Does ``fast_masks`` earn its complexity? Training steps of a pruned model, with and without it.
+"""Did ``fast_masks`` earn its complexity? Training steps of a pruned model, with and without it.
 
 A small CNN and a small ViT on CIFAR-shaped random tensors (batch 64, 3x32x32), pruned 50 %
-globally by magnitude, trained with SGD(momentum): ``torch.nn.utils.prune``'s hooks
-(``fast_masks=False``: ``weight = weight_orig * weight_mask`` every forward pass) against
-:class:`~emergence_lightning.branching.MaskedTraining` (``fast_masks=True``: masked entries
-held at zero, gradients masked once per step). Plain torch steps, no Trainer, so only the
-masking differs. Pairs alternate in one process, one thread; the median of the repeats is reported.
+per tensor by magnitude, trained with SGD(momentum): ``torch.nn.utils.prune``'s hooks
+(``weight = weight_orig * weight_mask`` every forward pass, what branches use) against the
+removed ``fast_masks`` path (masked entries held at zero in a plain weight, gradients masked once
+per step; re-created here in a few lines, since the package no longer has it). Plain torch steps,
+no Trainer, so only the masking differs. Pairs alternate in one process, one thread; the median
+of the repeats is reported. The result decided its removal: see docs/prune-and-branch.md.
 
     python benchmarks/bench_fast_masks.py [--repeats 7] [--steps 20]
 """
@@ -20,7 +21,9 @@ import torch
 from torch import nn
 from torchvision.models import VisionTransformer
 
-from emergence_lightning.branching import MaskedTraining, prune_model
+from torch.nn.utils import prune
+
+from emergence_lightning.pruning import masks, prune_model
 
 
 def cnn() -> nn.Module:
@@ -39,21 +42,23 @@ def vit() -> nn.Module:
 def steps_per_second(make, fast: bool, steps: int, x: torch.Tensor, y: torch.Tensor) -> float:
     torch.manual_seed(0)
     model = prune_model(make(), 0.5, use_global_unstructured=False)
+    pairs = []
+    if fast:  # plain weights holding the zeros, and their masks: no hook in the forward pass
+        named = dict(model.named_modules())
+        for qualified, mask in masks(model).items():
+            module_name, _, name = qualified.rpartition(".")
+            prune.remove(named[module_name], name)
+            pairs.append((getattr(named[module_name], name), mask))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    masked = MaskedTraining(model).open() if fast else None
-    try:
-        for step in range(steps + 2):  # two warm-up steps
-            if step == 2:
-                started = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(x), y).backward()
-            if masked is not None:
-                masked.mask_gradients()  # SGD keeps zeros at zero given masked gradients
-            optimizer.step()
-        return steps / (time.perf_counter() - started)
-    finally:
-        if masked is not None:
-            masked.close()
+    for step in range(steps + 2):  # two warm-up steps
+        if step == 2:
+            started = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        if pairs:  # SGD keeps zeros at zero given masked gradients
+            torch._foreach_mul_([p.grad for p, _ in pairs], [m for _, m in pairs])
+        optimizer.step()
+    return steps / (time.perf_counter() - started)
 
 
 def main() -> None:

@@ -22,19 +22,16 @@ from tensorboard.backend.event_processing.plugin_event_accumulator import EventA
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tiny_models import Classifier, blobs, loaders, mlp
 from torch import nn
-from torch.nn.utils import prune
 from torch.utils.data import DataLoader
 
 from emergence_lightning.measure import measure
 from emergence_lightning.branching import (
-    MaskedTraining,
     apply_masks,
     check_amounts,
     effective_weights_zero_where_masked,
     epochs_to_fraction_of_final,
     find_prunable,
     fingerprint,
-    keeps_masked_weights_at_zero,
     masks,
     permanent_state_dict,
     pick_monitor,
@@ -188,11 +185,8 @@ def test_every_branch_sees_the_same_data_order(tmp_path):
     assert not torch.equal(control[0], control[1])  # shuffled anew each epoch, identically in each branch
 
 
-@pytest.mark.parametrize("fast_masks", [True, False])
-def test_pruned_weights_stay_exactly_zero_through_training(tmp_path, fast_masks):
-    callback = PruneAndBranchCallback(
-        branch_epoch=1, amounts=(0.5, 0.7), fast_masks=fast_masks, verbose=False
-    )
+def test_pruned_weights_stay_exactly_zero_through_training(tmp_path):
+    callback = PruneAndBranchCallback(branch_epoch=1, amounts=(0.5, 0.7), verbose=False)
     fit(tmp_path, callback, max_epochs=3)
     fits = branch_fits()
     for name in ("pruned-50", "pruned-70"):
@@ -203,16 +197,6 @@ def test_pruned_weights_stay_exactly_zero_through_training(tmp_path, fast_masks)
                 weight = final[key.removesuffix("_mask")]
                 assert bool((weight[value == 0] == 0).all()), (name, key)
                 assert bool((weight[value == 1] != 0).all()), (name, key)  # the kept ones trained on
-
-
-def test_fast_masks_train_exactly_as_torch_prune_does(tmp_path):
-    finals = {}
-    for fast in (True, False):
-        callback = PruneAndBranchCallback(branch_epoch=1, amounts=(0.5,), fast_masks=fast, verbose=False)
-        fit(tmp_path / str(fast), callback, max_epochs=3)
-        finals[fast] = torch.load(by_name(callback)["pruned-50"]["state_dict"])
-    assert finals[True].keys() == finals[False].keys()
-    assert all(torch.equal(finals[True][k], finals[False][k]) for k in finals[True])
 
 
 class DriftingSGD(torch.optim.SGD):
@@ -232,7 +216,7 @@ class DriftingClassifier(Classifier):
         return DriftingSGD(self.parameters(), lr=self.lr)
 
 
-def test_fast_masks_re_mask_weights_after_an_optimizer_that_moves_zeros(tmp_path):
+def test_pruned_weights_stay_zero_with_an_optimizer_that_moves_zeros(tmp_path):
     callback = PruneAndBranchCallback(branch_epoch=1, amounts=(0.5,), verbose=False)
     fit(tmp_path, callback, model=DriftingClassifier(mlp(), lr=0.1), max_epochs=3)
     assert branch_fits()["pruned-50"]["zero_where_masked"]
@@ -270,37 +254,11 @@ class NoisyGradientClassifier(Classifier):
 
 
 @pytest.mark.parametrize("model_class", [RawOptimizerClassifier, NoisyGradientClassifier])
-def test_fast_masks_hold_when_gradients_reach_the_step_unmasked(tmp_path, model_class):
+def test_pruned_weights_stay_zero_when_gradients_reach_the_step_unmasked(tmp_path, model_class):
     callback = PruneAndBranchCallback(branch_epoch=1, amounts=(0.5,), verbose=False)
     fit(tmp_path, callback, model=model_class(mlp(), lr=0.1), max_epochs=3)
     assert by_name(callback)["pruned-50"]["status"] == "finished"
     assert branch_fits()["pruned-50"]["zero_where_masked"]  # at the end of training, before re-masking
-
-
-@pytest.mark.parametrize(
-    "make",
-    [
-        lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True),
-        lambda ps: torch.optim.Adam(ps, lr=0.01, weight_decay=0.01),
-        lambda ps: torch.optim.AdamW(ps, lr=0.01),
-        lambda ps: torch.optim.RMSprop(ps, lr=0.01, momentum=0.5, centered=True),
-        lambda ps: torch.optim.Adagrad(ps, lr=0.1),
-    ],
-)
-def test_element_wise_optimizers_keep_masked_weights_zero_given_masked_gradients(make):
-    torch.manual_seed(0)
-    net = prune_model(mlp(), 0.5)
-    with MaskedTraining(net) as masked:
-        optimizer = make(net.parameters())
-        assert keeps_masked_weights_at_zero(optimizer)
-        for _ in range(5):
-            optimizer.zero_grad()
-            net(torch.randn(8, 8)).pow(2).sum().backward()
-            masked.mask_gradients()
-            optimizer.step()  # no mask_weights(): the optimizer alone must keep the zeros
-        assert effective_weights_zero_where_masked(net)
-    assert not keeps_masked_weights_at_zero(DriftingSGD(net.parameters(), lr=0.1))
-    assert not keeps_masked_weights_at_zero(torch.optim.LBFGS(net.parameters()))
 
 
 def test_effective_parameter_counts(tmp_path):
@@ -852,21 +810,6 @@ def test_masks_apply_and_permanent_state_dict():
     assert sum(int((m.weight == 0).sum()) for m in copy_ if isinstance(m, nn.Linear)) >= round(
         0.6 * sum(m.weight.numel() for m in copy_ if isinstance(m, nn.Linear))
     )
-
-
-def test_masked_training_restores_torch_prune_hooks():
-    net = prune_model(mlp(), 0.5)
-    with MaskedTraining(net) as masked:
-        assert all(prune.is_pruned(m) for m in (net[0], net[2])) and len(masked.tensors) == 3
-        net(torch.randn(4, 8)).sum().backward()
-        masked.mask_gradients()
-        for module, name in masked.tensors:
-            mask = getattr(module, name + "_mask")
-            assert bool((getattr(module, name + "_orig").grad[mask == 0] == 0).all())
-    assert all(
-        type(hook).__name__ != "_AliasMask" for m in net.modules() for hook in m._forward_pre_hooks.values()
-    )
-    prune.remove(net[0], "weight")  # torch.prune's own bookkeeping still works
 
 
 def test_reinitialize_reports_modules_it_cannot_reset():

@@ -68,7 +68,6 @@ class BranchSetup:
     templates: list[Callback]  # the parent's other callbacks, as before training
     logger_kinds: list[str]
     branch_epoch: int
-    fast_masks: bool = True
     trainer_factory: TrainerFactory | None = None
 
 
@@ -147,7 +146,6 @@ class BranchRunner:
                 fork.mode,
                 setup.pruning.pruning_fn,
                 emergence,
-                setup.fast_masks,
                 started,
             )
             loggers = branch_loggers(setup.logger_kinds, self.directory, spec.name)

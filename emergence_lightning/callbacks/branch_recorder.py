@@ -2,7 +2,7 @@
 
 It loads the parent's training state at the fork, takes the fork measurement through
 :meth:`EmergenceCallback.measure_now` (a typed :class:`EmergenceRecord`), follows the monitored
-metric, keeps pruned entries masked (``fast_masks``), catches a non-finite loss, and logs the
+metric, catches a non-finite loss, and logs the
 branch's HParams row. It talks to ``PruneAndBranchCallback`` only through its constructor
 arguments and :meth:`summary`.
 """
@@ -15,10 +15,9 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback, ModelPruning
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 from typing_extensions import override
 
@@ -28,7 +27,7 @@ from emergence_lightning.branching.plan import BranchSpec
 from emergence_lightning.callbacks.emergence import EmergenceCallback
 from emergence_lightning.callbacks.emergence_record import EmergenceRecord
 from emergence_lightning.functional import emergence_as_float
-from emergence_lightning.pruning import MaskedTraining, count_parameters, keeps_masked_weights_at_zero, masks
+from emergence_lightning.pruning import count_parameters, masks
 from emergence_lightning.tensorboard_views import flat_hparams, write_hparams_entry
 
 
@@ -42,7 +41,6 @@ class BranchRecorder(Callback):
         monitor: the metric to follow; ``mode``: ``"max"`` or ``"min"``.
         pruning_fn: recorded in the HParams row.
         emergence_callback: the branch's own copy of the parent's EmergenceCallback, if any.
-        fast_masks: keep pruned entries of ``*_orig`` at zero instead of torch.prune's hooks.
         started: ``time.perf_counter()`` when the branch began (for ``setup_s``).
     """
 
@@ -55,7 +53,6 @@ class BranchRecorder(Callback):
         mode: str,
         pruning_fn: str,
         emergence_callback: EmergenceCallback | None,
-        fast_masks: bool,
         started: float,
     ) -> None:
         self.spec = spec
@@ -65,7 +62,6 @@ class BranchRecorder(Callback):
         self.mode = mode
         self.pruning_fn = pruning_fn
         self.emergence_callback = emergence_callback
-        self.fast_masks = fast_masks
         self.started = started
         self.values: dict[int, float] = {}  # epochs completed -> monitored value
         self.fork_record: EmergenceRecord | None = None
@@ -73,8 +69,6 @@ class BranchRecorder(Callback):
         self.final_epoch: int | None = None
         self._nonfinite: Tensor | None = None
         self._summary_logged = False
-        self._masked: MaskedTraining | None = None
-        self._step_hooks: list[Any] = []
 
     @property
     @override
@@ -85,8 +79,6 @@ class BranchRecorder(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.train_started = time.perf_counter()
         _check_optimized_tensors(trainer, pl_module)
-        if self.fast_masks and not any(isinstance(cb, ModelPruning) for cb in trainer.callbacks):
-            self._open_masks(trainer, pl_module)
         if self.fork_state is not None:
             _load_fork_state(trainer, pl_module, self.fork_state)
         if self.emergence_callback is not None:
@@ -97,21 +89,6 @@ class BranchRecorder(Callback):
         if self.fork_state is not None:
             restore_rng(self.fork_state.rng)  # last: the first batch draws exactly as the unforked run's would
 
-    def _open_masks(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        masked = MaskedTraining(pl_module)
-        if not masked.tensors:
-            return
-        self._masked = masked.open()
-        # After every step, whoever calls it (manual optimization, DDP): the masked entries stay
-        # zero. Skipped only where a built-in element-wise optimizer is sure to see the gradients
-        # as `on_before_optimizer_step` left them masked: then it keeps the zeros by itself.
-        masked_until_step = _gradients_stay_masked_until_step(trainer, pl_module, self)
-        self._step_hooks = [
-            optimizer.register_step_post_hook(lambda *_: masked.mask_weights())
-            for optimizer in trainer.optimizers
-            if not (masked_until_step and keeps_masked_weights_at_zero(optimizer))
-        ]
-
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -121,13 +98,6 @@ class BranchRecorder(Callback):
             # Accumulated on the device: no host sync per step; checked once per epoch.
             bad = ~torch.isfinite(loss.detach()).all()
             self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
-
-    @override
-    def on_before_optimizer_step(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
-    ) -> None:
-        if self._masked is not None:
-            self._masked.mask_gradients()  # after DDP's all-reduce, before clipping: torch.prune's gradients
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -148,25 +118,11 @@ class BranchRecorder(Callback):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._restore_masks()
         self._log_summary(trainer, "finished")
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._restore_masks()
         self._log_summary(trainer, "failed")
-
-    @override
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._restore_masks()
-
-    def _restore_masks(self) -> None:
-        for handle in self._step_hooks:
-            handle.remove()
-        self._step_hooks = []
-        if self._masked is not None:
-            self._masked.close()
-            self._masked = None
 
     def _record(self, trainer: pl.Trainer) -> None:
         value = trainer.callback_metrics.get(self.monitor) if self.monitor else None
@@ -244,23 +200,6 @@ class BranchRecorder(Callback):
                     logger.log_hyperparams(params)
             except Exception as error:  # noqa: BLE001 - the summary must not hide the branch's own error
                 rank_zero_warn(f"PruneAndBranchCallback: could not log the summary of {self.spec.name!r}: {error}")
-
-
-def _gradients_stay_masked_until_step(trainer: pl.Trainer, pl_module: pl.LightningModule, recorder: Callback) -> bool:
-    """Whether the gradients masked in ``recorder.on_before_optimizer_step`` reach ``optimizer.step`` unchanged.
-
-    Not so with manual optimization (a raw optimizer skips the hook), a module that overrides
-    ``optimizer_step`` or ``on_before_optimizer_step`` (which runs after the callbacks'), or another
-    callback that overrides ``on_before_optimizer_step`` (it may run after ours). Clipping only scales.
-    """
-    if not pl_module.automatic_optimization:
-        return False
-    if is_overridden("on_before_optimizer_step", pl_module) or is_overridden("optimizer_step", pl_module):
-        return False
-    return not any(
-        callback is not recorder and is_overridden("on_before_optimizer_step", callback, parent=Callback)
-        for callback in trainer.callbacks
-    )
 
 
 def _load_fork_state(trainer: pl.Trainer, pl_module: pl.LightningModule, fork_state: ForkState) -> None:

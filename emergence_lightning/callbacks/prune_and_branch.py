@@ -119,11 +119,6 @@ class PruneAndBranchCallback(Callback):
             (``max_epochs`` sets where the branches end; ``strategy`` may name a registered strategy).
         resume: skip branches a previous run with the same log directory finished, reading their results.
         verbose: print the summary table.
-        fast_masks: while a pruned branch trains, keep its pruned ``*_orig`` entries at zero and mask
-            gradients once per optimizer step instead of multiplying every weight by its mask in every
-            forward pass (:class:`~emergence_lightning.branching.MaskedTraining`): the same forward
-            values and gradients, at a fraction of the cost. ``False`` keeps ``torch.nn.utils.prune``'s
-            hooks as they are (automatic when a branch has a ``ModelPruning`` callback).
         optimizer_state: ``"continue"`` (default): the control and pruned branches load the parent's
             optimizer and LR scheduler state and continue its global RNG, as "identical copies" that
             "continue training"; random controls, new networks, start a fresh optimizer.
@@ -164,7 +159,6 @@ class PruneAndBranchCallback(Callback):
         trainer_kwargs: dict[str, Any] | None = None,
         resume: bool = True,
         verbose: bool = True,
-        fast_masks: bool = True,
         optimizer_state: str = "continue",
         only: Sequence[str] | None = None,
         trainer_factory: TrainerFactory | None = None,
@@ -193,7 +187,7 @@ class PruneAndBranchCallback(Callback):
             raise ValueError(f"`mode` must be 'min', 'max' or None, got {mode!r}.")
         if optimizer_state not in OPTIMIZER_STATES:
             raise ValueError(f"`optimizer_state` must be one of {OPTIMIZER_STATES}, got {optimizer_state!r}.")
-        check_flags(random_controls=random_controls, resume=resume, verbose=verbose, fast_masks=fast_masks)
+        check_flags(random_controls=random_controls, resume=resume, verbose=verbose)
         if trainer_factory is not None and not callable(trainer_factory):
             raise TypeError(f"`trainer_factory` must be callable as factory(spec, kwargs), got {trainer_factory!r}.")
         self.trainer_kwargs = check_trainer_kwargs(trainer_kwargs)
@@ -207,7 +201,6 @@ class PruneAndBranchCallback(Callback):
         self.mode = mode
         self.resume = resume
         self.verbose = verbose
-        self.fast_masks = bool(fast_masks)
         self.optimizer_state = optimizer_state
         self.trainer_factory = trainer_factory
         self._state_key = self._generate_state_key(branch_epoch=branch_epoch, amounts=self.amounts, pruning_fn=pruning_fn)
@@ -332,7 +325,6 @@ class PruneAndBranchCallback(Callback):
             templates=self._templates,
             logger_kinds=logger_kinds(trainer),
             branch_epoch=self.branch_epoch,
-            fast_masks=self.fast_masks,
             trainer_factory=self.trainer_factory,
         )
         if trainer.is_global_zero and saved is None:

@@ -1,4 +1,4 @@
-"""Pruning: prune a model, its masks, a permanent state dict, re-initialisation, masked training.
+"""Pruning: prune a model, its masks, a permanent state dict, re-initialisation.
 
 No Lightning import: everything here works on plain ``torch.nn.Module`` objects.
 
@@ -6,12 +6,10 @@ No Lightning import: everything here works on plain ``torch.nn.Module`` objects.
 - :mod:`.scope`: which tensors are pruned by default (the trainable weights ``P`` counts).
 - :mod:`.masks`: :func:`prune_model`, :func:`masks`, :func:`apply_masks`, :func:`permanent_state_dict`,
   :func:`reinitialize`.
-- :mod:`.masked_training`: :class:`MaskedTraining` (``fast_masks``).
 - :mod:`.arguments`, :mod:`.names`: the argument checks and names every helper shares.
 """
 
 from emergence_lightning.pruning.arguments import check_amount, check_pruning_arguments
-from emergence_lightning.pruning.masked_training import MaskedTraining, keeps_masked_weights_at_zero
 from emergence_lightning.pruning.masks import (
     apply_masks,
     effective_weights_zero_where_masked,
@@ -28,14 +26,12 @@ __all__ = [
     "PRUNABLE_TYPES",
     "PRUNING_FUNCTIONS",
     "STRUCTURED_PRUNING_FUNCTIONS",
-    "MaskedTraining",
     "apply_masks",
     "check_amount",
     "check_pruning_arguments",
     "count_parameters",
     "effective_weights_zero_where_masked",
     "find_prunable",
-    "keeps_masked_weights_at_zero",
     "masks",
     "permanent_state_dict",
     "prune_model",
