@@ -100,10 +100,32 @@ def _open(browser, url: str, dashboard: str, ready: str) -> str:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser.get(f"{url}/#{dashboard}")
+    # Unsmoothed lines (TensorBoard smooths by 0.6 by default), so a screenshot shows the measured values.
+    browser.get(f"{url}/#{dashboard}&_smoothingWeight=0")
     WebDriverWait(browser, WAIT_S).until(lambda d: ready in d.find_element(By.TAG_NAME, "body").text)
     time.sleep(2)  # the charts draw after their titles
     return browser.find_element(By.TAG_NAME, "body").text
+
+
+# The "Ignore outliers in chart scaling" box (checked by default) clips a branch's peak; it sits in
+# Polymer shadow roots, out of reach of selectors.
+UNCHECK_OUTLIERS = """
+function find(root) {
+  for (const el of root.querySelectorAll('*')) {
+    if (el.tagName === 'PAPER-CHECKBOX' && el.textContent.includes('Ignore outliers')) return el;
+    if (el.shadowRoot) { const found = find(el.shadowRoot); if (found) return found; }
+  }
+  return null;
+}
+const box = find(document);
+if (box && box.checked) box.click();
+return box ? box.checked : null;
+"""
+
+
+def _show_outliers(browser) -> None:
+    assert browser.execute_script(UNCHECK_OUTLIERS) is False
+    time.sleep(2)  # redrawn on the full range
 
 
 def test_custom_scalars_one_chart_per_quantity(tensorboard, browser, screenshots):
@@ -125,6 +147,7 @@ def test_custom_scalars_one_chart_per_quantity(tensorboard, browser, screenshots
     ):
         after = lines[lines.index(title) :]
         assert next(line for line in after if line.startswith("Matches")) == f"Matches ({series})", title
+    _show_outliers(browser)
     browser.save_screenshot(str(screenshots / "dashboard-custom-scalars.png"))
 
 
@@ -149,4 +172,5 @@ def test_scalars_dashboard_shows_every_run_and_the_emergence_tags(tensorboard, b
         assert run in text, run
     for tag in ("emergence/E", "emergence/relative", "emergence/log10_E", "emergence/active_fraction"):
         assert f"tag: {tag}" in text, tag
+    _show_outliers(browser)
     browser.save_screenshot(str(screenshots / "dashboard-scalars.png"))
