@@ -177,7 +177,14 @@ def _parser() -> argparse.ArgumentParser:
 def _print_report(
     log_dir: Path, out: str | None = None, metrics: Sequence[str] | None = None, prefix: str = "emergence"
 ) -> None:
-    from emergence_lightning.report import make_report
+    try:
+        from emergence_lightning.report import make_report
+    except ModuleNotFoundError as error:  # matplotlib: not part of the core install
+        raise ModuleNotFoundError(
+            f"`emergence-lightning report` needs {error.name!r}, which the `paper` extra installs: "
+            "pip install 'emergence-lightning[paper]'.",
+            name=error.name,
+        ) from error
 
     result = make_report(log_dir, out, prefix=prefix, metrics=metrics)
     for name, reason in result.skipped.items():

