@@ -75,7 +75,11 @@ def test_early_stopping_and_checkpoint_on_log10_E_of_a_torchvision_cnn(tmp_path)
     assert [r["E"] for r in saved["callbacks"][emergence.state_key]["history"]] == [
         r["E"] for r in history if r["epoch"] <= best["epoch"]
     ]
-    # What a float32 logger holds: E overflows to inf, log10 E stays finite.
+    # `self.log` kept E and E~ in float64: finite for monitors. What a float32 logger holds: E
+    # overflows to inf, log10 E stays finite.
+    for key in ("emergence/E", "emergence/relative"):
+        assert trainer.callback_metrics[key].dtype == torch.float64
+        assert float(trainer.callback_metrics[key]) == pytest.approx(float(history[-1][key.split("/")[1]]))
     scalars = read_scalars(trainer.logger.log_dir)
     assert all(math.isinf(value) for _, value in scalars["emergence/E"])
     assert [value for _, value in sorted(scalars["emergence/log10_E"])] == pytest.approx(

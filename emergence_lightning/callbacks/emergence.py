@@ -541,9 +541,9 @@ class EmergenceCallback(Callback):
             # `self.log` (which EarlyStopping and ModelCheckpoint read) only for the monitorable scalars;
             # per-layer counts go to the loggers in one call (two `self.log` calls a layer cost ~0.6 ms).
             for key, value in self._scalar_metrics(record).items():
-                if key.endswith(("/E", "/E_path", "log10_E", "log10_E_path")) and pl_module.device.type != "mps":
-                    # float64: E passes float32's range (inf) on real CNNs, and float32 would round log10 E
-                    # (82.8 on mobilenet_v3_small) to 1e-5, hiding changes a checkpoint monitor must see.
+                if not key.endswith(("/epoch", "active_fraction")) and pl_module.device.type != "mps":
+                    # float64: E and E~ pass float32's range (inf) on real CNNs, and float32 would round
+                    # log10 E (82.8 on mobilenet_v3_small) to 1e-5, hiding changes a checkpoint monitor must see.
                     value = torch.tensor(value, dtype=torch.float64, device=pl_module.device)
                 # Values are equal on every process; syncing keeps them so and silences the DDP warning.
                 pl_module.log(key, value, on_step=False, on_epoch=True, batch_size=1, sync_dist=True)
