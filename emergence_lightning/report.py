@@ -22,14 +22,13 @@ import bisect
 import os
 import re
 from collections import defaultdict
-from dataclasses import dataclass, field
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tensorboard.backend.event_processing import event_accumulator
-
 from matplotlib.figure import Figure
+from tensorboard.backend.event_processing import event_accumulator
 
 from emergence_lightning.report_plot import ACC_CHANGE, PARENT, Plotter
 from emergence_lightning.report_table import TABLE_COLUMNS, summary_table, write_tables  # noqa: F401 (re-exported)
@@ -348,7 +347,8 @@ def make_report(
 
     Figures (PNG; one is left out when no run logged its data): ``emergence_and_accuracy_change``
     (E and the epoch-to-epoch change in ``train_acc``), ``relative_emergence``, ``emergence_log``
-    (E; a log axis when it spans over 20x), ``train_accuracy``, ``loss`` (training solid, validation dashed) and
+    (E; a log axis when it spans over 20x), ``train_accuracy``, ``loss`` (training solid, validation
+    dashed) and
     ``active_fraction_per_layer`` (one panel per run). A figure without data is not drawn; the
     reason is in ``ReportResult.skipped``. Accuracy and loss are found under the names Lightning
     writes (``train_acc``, ``train_acc_epoch``, ``train/acc``, ``val_MulticlassAccuracy``...) or
@@ -434,7 +434,7 @@ def make_report(
         skipped["relative_emergence"] = no_e.replace(e_series, f"{prefix}/relative")
     if plotter.has(e_series):
         figures["emergence_log"] = plotter.single(
-            "emergence_log", e_series, "emergence E", "Emergence (log axis when it spans over 20x)", yscale="log"
+            "emergence_log", e_series, "emergence E", "Emergence (log axis if over 20x)", yscale="log"
         )
     else:
         skipped["emergence_log"] = no_e

@@ -144,7 +144,9 @@ class Plotter:
 
     def mark_fork(self, ax) -> None:
         if self.fork is not None:
-            ax.axvline(self.fork, color="0.4", linestyle=":", linewidth=1.2, label=f"fork (epoch {self.fork})")
+            ax.axvline(
+                self.fork, color="0.4", linestyle=":", linewidth=1.2, label=f"fork (epoch {self.fork})"
+            )
 
     def _scale(self, ax, series: str, log: bool, after_fork: bool) -> None:
         """y limits from the values shown (after the fork for a zoomed panel); log only over a wide span."""
@@ -157,9 +159,7 @@ class Plotter:
             ax.set_yscale("log")
         ax.set_ylim(*_padded(low, high, use_log))
         if after_fork:
-            xs = [
-                by_series[series][0].max() for by_series in self.aggregated.values() if series in by_series
-            ]
+            xs = [by_series[series][0].max() for by_series in self.aggregated.values() if series in by_series]
             ax.set_xlim(self.fork - 0.3, max(xs) + 0.3)
 
     def _row(self, axes, series: str, ylabel: str, log: bool = False, **draw) -> None:
@@ -209,7 +209,9 @@ class Plotter:
             self._row(axes[1], ACC_CHANGE, "Δ training accuracy", band=False, marker="x")
             for ax in axes[1]:
                 ax.axhline(0, color="0.6", linewidth=0.8)
-            return self.save(fig, "emergence_and_accuracy_change", axes, "Emergence and change in training accuracy")
+            return self.save(
+                fig, "emergence_and_accuracy_change", axes, "Emergence and change in training accuracy"
+            )
 
     def losses(self, used: dict[str, str]) -> Path:
         """Training loss (solid) and validation loss (dashed): one quantity, one scale."""
@@ -219,8 +221,8 @@ class Plotter:
             for index, ax in enumerate(axes[0]):
                 for role, style, marker in (("train_loss", "-", "o"), ("val_loss", "--", "x")):
                     if role in series:
-                        # Each colour once in the legend; the line styles get their own entries below.
-                        self.draw(ax, role, linestyle=style, marker=marker, label=role == series[0], band=role == "train_loss")
+                        # `save` lists each run once; the line styles get their own entries below.
+                        self.draw(ax, role, linestyle=style, marker=marker, band=role == "train_loss")
                 self.mark_fork(ax)
                 values = np.concatenate([self._points(s, after_fork=index == 1) for s in series])
                 if values.size:

@@ -1,4 +1,4 @@
-"""The report's summary table: one row per run, written as summary.csv and summary.md with the same columns."""
+"""The report's summary table: one row per run, as summary.csv and summary.md with the same columns."""
 
 from __future__ import annotations
 
@@ -36,7 +36,11 @@ def summary_table(
         last = max(last_epochs) if last_epochs else None
         first_xs = [x[0] for x, _ in by_series.values() if len(x)]
         # Without Lightning's epoch scalar the run's first step is its start.
-        start = first_epoch.get(run) if first_epoch.get(run) is not None else (min(first_xs) if first_xs else None)
+        start = (
+            first_epoch.get(run)
+            if first_epoch.get(run) is not None
+            else (min(first_xs) if first_xs else None)
+        )
         table.append({
             "run": run,
             "name": names[run],

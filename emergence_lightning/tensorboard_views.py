@@ -88,12 +88,18 @@ def emergence_layout(
     if path_exact:
         emergence["E, path-exact (pruned weights are no path)"] = _chart(_exact(f"{p}/E_path"))
         # Both log10 E on one axis (one quantity, one scale): how far pruning cut the dense count.
-        emergence["log10 E: dense and path-exact"] = _chart(_exact(f"{p}/log10_E"), _exact(f"{p}/log10_E_path"))
+        emergence["log10 E: dense and path-exact"] = _chart(
+            _exact(f"{p}/log10_E"), _exact(f"{p}/log10_E_path")
+        )
         relative["Ẽ, path-exact"] = _chart(_exact(f"{p}/relative_path"))
     if layers:
-        dead = {f"dead nodes: {name} ({n} nodes)": _chart(_exact(f"{p}/dead/{name}")) for name, n in layers.items()}
+        dead = {
+            f"dead nodes: {name} ({n} nodes)": _chart(_exact(f"{p}/dead/{name}"))
+            for name, n in layers.items()
+        }
         active = {
-            f"active nodes: {name} ({n} nodes)": _chart(_exact(f"{p}/active/{name}")) for name, n in layers.items()
+            f"active nodes: {name} ({n} nodes)": _chart(_exact(f"{p}/active/{name}"))
+            for name, n in layers.items()
         }
     else:
         dead = {"dead nodes, one line per layer": _chart(rf"^{re.escape(p)}/dead/.+$")}

@@ -21,7 +21,9 @@ def make_dashboard_run(root: Path) -> Path:
     trainer = pl.Trainer(
         max_epochs=5, limit_train_batches=15, limit_val_batches=4,
         logger=TensorBoardLogger(str(root), name="mlp", version="seed-0", default_hp_metric=False),
-        callbacks=[EmergenceCallback(), PruneAndBranchCallback(branch_epoch=3, amounts=(0.5, 0.8), verbose=False)],
+        callbacks=[
+            EmergenceCallback(), PruneAndBranchCallback(branch_epoch=3, amounts=(0.5, 0.8), verbose=False),
+        ],
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, deterministic=True,
     )  # fmt: skip

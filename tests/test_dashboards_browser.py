@@ -19,10 +19,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from dashboard_run import BRANCHES, HIDDEN, make_dashboard_run
 
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (the `test` extra has it)")
+webdriver = pytest.importorskip(
+    "selenium.webdriver", reason="selenium is not installed (the `test` extra has it)"
+)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -30,7 +31,8 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
         CHROMIUM is None or DRIVER is None,
-        reason="Debian's chromium and chromium-driver are not installed (apt-get install -y chromium chromium-driver)",
+        reason="Debian's chromium and chromium-driver are not installed "
+        "(apt-get install -y chromium chromium-driver)",
     ),
 ]
 DOCS_FIGURES = Path(__file__).resolve().parents[1] / "docs" / "figures"
@@ -161,7 +163,9 @@ def test_hparams_has_a_row_per_branch_named_with_its_settings_and_metrics(tensor
         assert column in lines, column
     assert "hp_metric" not in text  # Lightning's placeholder (-1) is no column: default_hp_metric=False
     for name in BRANCHES:
-        assert f"seed-0/branches/{name}" in lines and name in lines, name  # trial id, and the branch/name cell
+        assert f"seed-0/branches/{name}" in lines and name in lines, (
+            name
+        )  # trial id, and the branch/name cell
     assert "Number of matching session groups: 3" in text
     browser.save_screenshot(str(screenshots / "dashboard-hparams.png"))
 

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from emergence_lightning import EmergenceCallback, PruneAndBranchCallback
+from tb import read_scalars
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tb import read_scalars
+from emergence_lightning import EmergenceCallback, PruneAndBranchCallback
 
 pytest.importorskip("jsonargparse", reason="LightningCLI needs jsonargparse (the `test` extra installs it)")
 
@@ -26,7 +25,9 @@ def test_fit_from_the_example_yaml_configures_both_callbacks(tmp_path):
     config = yaml.safe_load((EXAMPLE / "config.yaml").read_text())
     config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path)
     # A tiny schedule of the same run: fork after epoch 1 of 3, a few batches of MNIST 5k.
-    config["trainer"].update(max_epochs=3, limit_train_batches=3, limit_val_batches=2, enable_progress_bar=False)
+    config["trainer"].update(
+        max_epochs=3, limit_train_batches=3, limit_val_batches=2, enable_progress_bar=False
+    )
     config["trainer"]["callbacks"][0]["init_args"]["threshold"] = 0.1
     config["trainer"]["callbacks"][1]["init_args"].update(branch_epoch=1, amounts=[0.5], verbose=False)
     config["model"]["init_args"]["hidden"] = [16, 8]

@@ -7,10 +7,10 @@ import re
 import lightning.pytorch as pl
 import pytest
 from lightning.pytorch.loggers import TensorBoardLogger
+from tiny_models import Classifier, loaders, mlp
 
 from emergence_lightning import EmergenceCallback, PruneAndBranchCallback
 from emergence_lightning.progress import EpochLines
-from tiny_models import Classifier, loaders, mlp
 
 LINE = re.compile(r"^exp/seed-0 (\S+)\s+epoch\s+(\d+)/3  val_acc (\S+)  E (\d+)  \d+ s$")
 
@@ -25,7 +25,8 @@ def test_a_line_per_epoch_for_the_parent_and_each_branch(tmp_path):
     ]
     trainer = pl.Trainer(
         max_epochs=3, logger=TensorBoardLogger(str(tmp_path), name="", version="seed-0"), callbacks=callbacks,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0,
     )  # fmt: skip
     trainer.fit(Classifier(mlp()), train, val)
     lines = stream.getvalue().splitlines()

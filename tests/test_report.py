@@ -112,7 +112,8 @@ def test_make_report_on_branches(branch_logs, tmp_path):
         "| run | name | epochs | last_epoch | final_train_acc | final_val_acc | best_val_acc | final_E "
         "| final_relative_E |" in markdown
     )
-    assert "| version_0/branches/pruned-50 | pruned-50 | 2 | 5 | 0.6000 | 0.5500 | 0.5500 | 100 | 0.1 |" in markdown
+    row = "| version_0/branches/pruned-50 | pruned-50 | 2 | 5 | 0.6000 | 0.5500 | 0.5500 | 100 | 0.1 |"
+    assert row in markdown
 
 
 def test_epoch_axis_and_accuracy_change_across_the_fork(branch_logs):
@@ -273,7 +274,8 @@ def test_zoomed_panel_is_scaled_to_the_branches_after_the_fork(forked_logs, tmp_
     whole_change, zoom_change = result.drawings["emergence_and_accuracy_change"].axes[2:]
     assert whole_change.get_ylim()[1] > 0.4
     branch_changes = [0.01, 0.02, 0.02, 0.0, 0.015, 0.025]  # differences of BRANCH_ACC, first from 0.9
-    assert zoom_change.get_ylim()[0] < min(branch_changes) and max(branch_changes) < zoom_change.get_ylim()[1] < 0.05
+    low, high = zoom_change.get_ylim()
+    assert low < min(branch_changes) and max(branch_changes) < high < 0.05
 
 
 def test_every_branch_line_starts_at_the_fork_point(forked_logs, tmp_path):
@@ -363,7 +365,9 @@ def test_report_agrees_with_the_branches_summary_csv(tmp_path):
     trainer = pl.Trainer(
         max_epochs=3, limit_train_batches=2, limit_val_batches=1,
         logger=TensorBoardLogger(tmp_path, name="fit", version="seed-0"),
-        callbacks=[EmergenceCallback(), PruneAndBranchCallback(branch_epoch=1, amounts=(0.5,), verbose=False)],
+        callbacks=[
+            EmergenceCallback(), PruneAndBranchCallback(branch_epoch=1, amounts=(0.5,), verbose=False),
+        ],
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
     )  # fmt: skip
     trainer.fit(PaperMLP(hidden=(16, 8)), DataLoader(data, batch_size=16), DataLoader(data, batch_size=16))
@@ -382,6 +386,7 @@ def test_report_agrees_with_the_branches_summary_csv(tmp_path):
 
 
 def test_first_epoch_of_a_run_ignores_values_logged_before_any_epoch():
-    rows = [report.Scalar("b", "x", 0, None, 1.0), report.Scalar("b", "x", 5, 3, 1.0), report.Scalar("b", "x", 9, 4, 1.0)]
+    rows = [report.Scalar("b", "x", 0, None, 1.0), report.Scalar("b", "x", 5, 3, 1.0)]
+    rows.append(report.Scalar("b", "x", 9, 4, 1.0))
     rows.append(report.Scalar("plain", "x", 0, None, 1.0))
     assert report._first_epochs(rows) == {"b": 3, "plain": None}

@@ -10,8 +10,10 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 from lightning.pytorch.loggers import TensorBoardLogger
+from tb import read_scalars
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
+from tiny_models import Classifier, loaders, mlp
 
 from emergence_lightning import EmergenceCallback, PruneAndBranchCallback
 from emergence_lightning.tensorboard_views import (
@@ -20,8 +22,6 @@ from emergence_lightning.tensorboard_views import (
     branch_overlay_layout,
     emergence_layout,
 )
-from tb import read_scalars
-from tiny_models import Classifier, loaders, mlp
 
 
 def _regexes(layout):
@@ -71,8 +71,8 @@ def test_accuracy_charts_take_the_names_lightning_writes(tag, regex):
 
 @pytest.mark.parametrize(
     "tag",
-    ["train_acc_step", "val_acc_step", "branch/final_val_acc", "branch/best_val_acc", "hp_metric", "train_loss",
-     "emergence/active_fraction", "val_acc_best", "my_train_acc"],
+    ["train_acc_step", "val_acc_step", "branch/final_val_acc", "branch/best_val_acc", "hp_metric",
+     "train_loss", "emergence/active_fraction", "val_acc_best", "my_train_acc"],
 )  # fmt: skip
 def test_accuracy_charts_leave_out_other_tags(tag):
     assert not re.match(TRAIN_ACCURACY, tag) and not re.match(VAL_ACCURACY, tag)
@@ -91,7 +91,10 @@ def test_per_layer_charts_name_layers_with_sizes():
         "dead nodes: net.1 (128 nodes)": ["Multiline", [r"^emergence/dead/net\.1$"]],
         "dead nodes: net.3 (64 nodes)": ["Multiline", [r"^emergence/dead/net\.3$"]],
     }
-    assert list(layout["active nodes per layer"])[:2] == ["active nodes: net.1 (128 nodes)", "active nodes: net.3 (64 nodes)"]
+    assert list(layout["active nodes per layer"])[:2] == [
+        "active nodes: net.1 (128 nodes)",
+        "active nodes: net.3 (64 nodes)",
+    ]
 
 
 def test_another_prefix_gets_its_own_categories():
@@ -110,19 +113,28 @@ def test_layouts_written_by_a_real_fit_with_branches(tmp_path):
     train, val = loaders()
     trainer = pl.Trainer(
         max_epochs=2, logger=TensorBoardLogger(str(tmp_path), name="", version="parent"),
-        callbacks=[EmergenceCallback(), PruneAndBranchCallback(branch_epoch=1, amounts=(0.5,), verbose=False)],
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        log_every_n_steps=1,
+        callbacks=[
+            EmergenceCallback(), PruneAndBranchCallback(branch_epoch=1, amounts=(0.5,), verbose=False),
+        ],
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, log_every_n_steps=1,
     )  # fmt: skip
     trainer.fit(Classifier(mlp(hidden=(16, 12))), train, val)
-    runs = [tmp_path / "parent", tmp_path / "parent" / "branches" / "control", tmp_path / "parent" / "branches" / "pruned-50"]
+    runs = [
+        tmp_path / "parent",
+        tmp_path / "parent" / "branches" / "control",
+        tmp_path / "parent" / "branches" / "pruned-50",
+    ]
     for run in runs:
         tags = set(read_scalars(run))
         layout = _last_layout(run)
         assert list(layout) == [
-            "emergence", "relative emergence", "accuracy", "loss", "dead nodes per layer", "active nodes per layer",
+            "emergence", "relative emergence", "accuracy", "loss", "dead nodes per layer",
+            "active nodes per layer",
         ]  # fmt: skip
-        charts = {title: _matches(regexes, tags) for charts in layout.values() for title, regexes in charts.items()}
+        charts = {
+            title: _matches(regexes, tags) for charts in layout.values() for title, regexes in charts.items()
+        }
         assert charts["E: paths from dead to active nodes"] == {"emergence/E"}
         assert charts["log10 E"] == {"emergence/log10_E"}
         assert charts["Ẽ = E / free parameters"] == {"emergence/relative"}
@@ -132,8 +144,12 @@ def test_layouts_written_by_a_real_fit_with_branches(tmp_path):
         assert charts["training accuracy"] == set()  # Classifier logs no training accuracy
         # mlp(hidden=(16, 12)) has two ReLUs: two layers, each with a dead and an active count.
         assert len(charts["dead nodes, one line per layer"]) == 2
-        assert charts["dead nodes, one line per layer"] == {t for t in tags if t.startswith("emergence/dead/")}
+        assert charts["dead nodes, one line per layer"] == {
+            t for t in tags if t.startswith("emergence/dead/")
+        }
         assert charts["share of active nodes, all layers"] == {"emergence/active_fraction"}
         shown = set().union(*charts.values())
         assert not {t for t in shown if t.startswith("branch/") or t in ("hp_metric", "epoch")}
-    assert any(t.startswith("branch/") for t in read_scalars(runs[1]))  # the summaries exist, just not charted
+    assert any(
+        t.startswith("branch/") for t in read_scalars(runs[1])
+    )  # the summaries exist, just not charted
