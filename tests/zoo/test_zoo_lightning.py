@@ -196,3 +196,44 @@ def test_hugging_face_bert_from_a_tiny_config_with_dict_batches(tmp_path):
     for record in callback.history:
         assert record["layers"] == expected and record["n"] == [36, 36, 36, 16]
     assert [r["epoch"] for r in callback.history] == [0, 1]
+
+
+class MaskedEncoder(pl.LightningModule):
+    """nn.TransformerEncoder fed a padding mask; in eval its fast path would use nested tensors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(20, 16)
+        layer = nn.TransformerEncoderLayer(16, nhead=2, dim_feedforward=40, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, num_layers=2)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, tokens, padding_mask):
+        return self.head(self.encoder(self.embed(tokens), src_key_padding_mask=padding_mask).mean(1))
+
+    def training_step(self, batch, batch_idx):
+        return F.cross_entropy(self(batch["tokens"], batch["padding_mask"]), batch["label"])
+
+    def validation_step(self, batch, batch_idx):
+        loss = F.cross_entropy(self(batch["tokens"], batch["padding_mask"]), batch["label"])
+        self.log("val_loss", loss, batch_size=len(batch["label"]))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_transformer_encoder_with_a_padding_mask_through_a_fit(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 20, (12, 7), generator=generator)
+    mask = torch.zeros(12, 7, dtype=torch.bool)
+    mask[::2, 5:] = True
+    rows = [
+        {"tokens": t, "padding_mask": m, "label": torch.tensor(i % 3)} for i, (t, m) in enumerate(zip(tokens, mask))
+    ]
+    torch.manual_seed(0)
+    train, val = DataLoader(rows[:8], batch_size=4), DataLoader(rows[8:], batch_size=4)
+    trainer, callback = fit(tmp_path, MaskedEncoder(), train, val)
+    assert [r["epoch"] for r in callback.history] == [0, 1]
+    for record in callback.history:
+        assert record["layers"] == ["encoder.layers.0.relu()", "encoder.layers.1.relu()"]
+        assert record["n"] == [40, 40] and record["samples"] == 4 * 7  # every position, padding included
