@@ -89,7 +89,7 @@ def test_planted_study_end_to_end(tmp_path):
         row = next(r for r in rows if r["proxy"] == proxy)
         assert row["kendall_tau"] == pytest.approx(kendall_tau(values, accuracies), nan_ok=True), proxy
         assert row["spearman_rho"] == pytest.approx(spearman_rho(values, accuracies), nan_ok=True), proxy
-    paths = write_tables(tmp_path / "out", rows, compare_rules(records), records)
+    paths = write_tables(tmp_path / "out", rows, {"all runs": compare_rules(records)}, records)
     with paths["correlations_csv"].open() as handle:
         table = list(csv.DictReader(handle))
     assert len(table) == 9 and tuple(table[0]) == COLUMNS

@@ -110,27 +110,31 @@ def correlation_markdown(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def stopping_markdown(summary: dict[str, Any]) -> str:
-    lines = [
-        (
-            f"{summary['runs']} runs of {summary['max_epochs']} epochs; E never reached 0 in "
-            f"{summary['E_never_zero']} runs, and was 0 already before training in {summary['E_zero_at_init']}."
-        ),
-        "",
-        "| rule | runs stopped | epochs saved (mean / median) | accuracy lost, points (mean / median / max) |",
-        "|---|---|---|---|",
-    ]
-    for rule, label in (
-        ("stop_at_zero", "stop_at_zero"),
-        ("early_stopping", "EarlyStopping(val_loss, patience=3)"),
-    ):
-        r = summary[rule]
-        lines.append(
-            f"| {label} | {r['stopped']} | {r['epochs_saved_mean']:.1f} / {r['epochs_saved_median']:.1f} | "
-            f"{100 * r['accuracy_lost_mean']:+.2f} / {100 * r['accuracy_lost_median']:+.2f} / "
-            f"{100 * r['accuracy_lost_max']:+.2f} |"
-        )
-    return "\n".join(lines) + "\n"
+def stopping_markdown(summaries: dict[str, dict[str, Any]]) -> str:
+    """One table per group of runs (e.g. all runs, runs with two or more tracked layers)."""
+    parts = []
+    for label, summary in summaries.items():
+        lines = [
+            (
+                f"**{label}**: {summary['runs']} runs of {summary['max_epochs']} epochs; E never reached 0 in "
+                f"{summary['E_never_zero']}, and was 0 already before training in {summary['E_zero_at_init']}."
+            ),
+            "",
+            "| rule | runs stopped | epochs saved (mean / median) | accuracy lost, points (mean / median / max) |",
+            "|---|---|---|---|",
+        ]
+        for rule, name in (
+            ("stop_at_zero", "stop_at_zero"),
+            ("early_stopping", "EarlyStopping(val_loss, patience=3)"),
+        ):
+            r = summary[rule]
+            lines.append(
+                f"| {name} | {r['stopped']} | {r['epochs_saved_mean']:.1f} / {r['epochs_saved_median']:.1f} | "
+                f"{100 * r['accuracy_lost_mean']:+.2f} / {100 * r['accuracy_lost_median']:+.2f} / "
+                f"{100 * r['accuracy_lost_max']:+.2f} |"
+            )
+        parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
 
 
 def runs_table(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -151,7 +155,7 @@ def runs_table(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def write_tables(
     out_dir: str | Path,
     rows: Sequence[dict[str, Any]],
-    stopping: dict[str, Any],
+    stopping: dict[str, dict[str, Any]],
     records: Sequence[dict[str, Any]],
 ) -> dict[str, Path]:
     """Writes correlations.{md,csv}, stopping.{md,json} and runs.csv into ``out_dir``."""

@@ -163,7 +163,7 @@ def run_reproduce_predictor(args: argparse.Namespace) -> int:
     from emergence_lightning.predictor.analysis import correlation_table, write_tables
     from emergence_lightning.predictor.plots import scatter_grid, stopping_figure
     from emergence_lightning.predictor.space import named_space
-    from emergence_lightning.predictor.stopping import compare_rules
+    from emergence_lightning.predictor.stopping import compare_rules, with_two_layers
     from emergence_lightning.predictor.study import run_study
     from emergence_lightning.predictor.study_data import load_study_data
     from emergence_lightning.predictor.training import RunConfig
@@ -199,7 +199,11 @@ def run_reproduce_predictor(args: argparse.Namespace) -> int:
     if len(records) < 3:
         return _error(f"only {len(records)} runs finished; a correlation needs at least 3.")
     rows = correlation_table(records, resamples=args.resamples)
-    stopping = compare_rules(records)
+    stopping = {"all runs": compare_rules(records)}
+    if with_two_layers(records):
+        stopping["runs with two or more tracked layers (E can be non-zero)"] = compare_rules(
+            with_two_layers(records)
+        )
     paths = write_tables(root, rows, stopping, records)
     title = f"{dataset}: {len(records)} runs, accuracy after {config.budget_epochs} epochs"
     figures = [scatter_grid(records, rows, root / "predictor-scatter.png", title),

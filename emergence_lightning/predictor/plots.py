@@ -53,10 +53,10 @@ def scatter_grid(
         axis.axis("off")
     handles = [plt.Line2D([], [], color=c, marker="o", ls="", label=f) for f, c in COLOURS.items()]
     handles += [plt.Line2D([], [], color="k", marker=m, ls="", label=a) for a, m in MARKERS.items()]
-    figure.legend(handles=handles, loc="lower right", fontsize=8, ncol=2)
+    figure.legend(handles=handles, loc="upper right", fontsize=8, ncol=5, frameon=False)
     if title:
-        figure.suptitle(title, fontsize=11)
-    figure.tight_layout()
+        figure.suptitle(title + " (NASWOT -inf not drawn)", fontsize=11, x=0.02, ha="left")
+    figure.tight_layout(rect=(0, 0, 1, 0.97))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)

@@ -102,3 +102,8 @@ def compare_rules(
     summary["E_zero_at_init"] = zero_at_init
     summary["max_epochs"] = len(records[0]["epochs"]) - 1
     return summary
+
+
+def with_two_layers(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Runs whose model has at least two tracked layers: with one, E is 0 whatever the weights."""
+    return [r for r in records if len(r["init"]["layer_fractions"]) >= 2]
