@@ -160,7 +160,7 @@ def run_reproduce_predictor(args: argparse.Namespace) -> int:
     """``emergence-lightning reproduce predictor``: the study, its tables and figures."""
     import torch
 
-    from emergence_lightning.predictor.analysis import correlation_table, write_tables
+    from emergence_lightning.predictor.analysis import correlation_markdown, correlation_table, write_tables
     from emergence_lightning.predictor.plots import scatter_grid, stopping_figure
     from emergence_lightning.predictor.space import named_space
     from emergence_lightning.predictor.stopping import compare_rules, with_two_layers
@@ -205,6 +205,12 @@ def run_reproduce_predictor(args: argparse.Namespace) -> int:
             with_two_layers(records)
         )
     paths = write_tables(root, rows, stopping, records)
+    for family in sorted({r["family"] for r in records}):  # MLPs and CNNs apart: is it only the family?
+        subset = [r for r in records if r["family"] == family]
+        if len(subset) >= 3:
+            table = correlation_markdown(correlation_table(subset, resamples=args.resamples))
+            paths[f"correlations_{family}_md"] = root / f"correlations-{family}.md"
+            paths[f"correlations_{family}_md"].write_text(f"{family} only ({len(subset)} runs):\n\n{table}")
     title = f"{dataset}: {len(records)} runs, accuracy after {config.budget_epochs} epochs"
     figures = [scatter_grid(records, rows, root / "predictor-scatter.png", title),
                stopping_figure(records, root / "predictor-stopping.png")]  # fmt: skip
@@ -212,6 +218,10 @@ def run_reproduce_predictor(args: argparse.Namespace) -> int:
     print(f"\n{len(records)} of {len(candidates) * seeds} runs in {elapsed:.0f} s (this call); "
           f"per run: median {sorted(seconds)[len(seconds) // 2]:.1f} s, total {sum(seconds):.0f} s of training\n")  # fmt: skip
     print(paths["correlations_md"].read_text())
+    for key in sorted(
+        k for k in paths if k.startswith("correlations_") and k.endswith("_md") and k != "correlations_md"
+    ):
+        print(paths[key].read_text())
     print(paths["stopping_md"].read_text())
     for path in [*paths.values(), *figures]:
         print(f"  {path}")
