@@ -53,7 +53,8 @@ def tensorboard(tmp_path_factory):
     port = _free_port()
     command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(root / "mlp"), "--port", str(port)]
     command += ["--host", "127.0.0.1", "--load_fast", "false", "--reload_interval", "0"]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = open(root / "tensorboard.log", "w")  # a file, not a pipe nobody drains (TensorBoard would block)
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + WAIT_S
@@ -65,12 +66,15 @@ def tensorboard(tmp_path_factory):
             except OSError:
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"TensorBoard did not serve the runs: {server.stderr.read().decode()[-2000:]}")
+                log.flush()
+                output = (root / "tensorboard.log").read_text()[-2000:]
+                pytest.fail(f"TensorBoard did not serve the runs: {output}")
             time.sleep(0.5)
         yield url
     finally:
         server.terminate()
         server.wait(timeout=30)
+        log.close()
 
 
 @pytest.fixture(scope="module")
