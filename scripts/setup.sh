@@ -12,9 +12,3 @@ if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
   .venv/bin/python -m pip install --quiet ${TORCH_PACKAGES:-torch==2.14.1 torchvision==0.29.1}
 fi
 .venv/bin/python -m pip install --quiet -e ".[test]"
-# The dashboard test opens TensorBoard in headless Chromium (Debian's packages). Not fatal: without
-# them (no root, no apt, another OS) that test is skipped and says why.
-if ! command -v chromedriver >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  { apt-get update -qq && apt-get install -y -qq chromium chromium-driver; } >/dev/null 2>&1 \
-    || echo "setup.sh: could not install chromium and chromium-driver; the browser test will be skipped" >&2
-fi

@@ -1,6 +1,6 @@
 """What a researcher sees: TensorBoard on a small real run, its dashboards loaded in headless Chromium.
 
-Needs Debian's ``chromium`` and ``chromium-driver`` (``scripts/setup.sh`` installs them where it can)
+Needs Debian's ``chromium`` and ``chromium-driver`` (``scripts/test.sh`` installs them where it can)
 and ``selenium`` (the ``test`` extra); skipped with the reason where one is missing.
 
 ``EMERGENCE_DOCS_SCREENSHOTS=1`` writes the screenshots to ``docs/figures/dashboard-*.png`` (the
