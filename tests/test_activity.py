@@ -245,8 +245,8 @@ def test_undecidable_node_dim_warns_naming_the_layer_and_the_fix():
     # An activation on the raw (batch, 4, 5) input: no producing layer says which dim holds nodes.
     model = nn.Sequential(nn.ReLU(), nn.Flatten(), nn.Linear(20, 3), nn.Tanh())
     x = torch.randn(6, 4, 5)
-    with pytest.warns(RuntimeWarning, match=r"Layer '0' has shape \(6, 4, 5\) and was produced by no layer with "
-                      r"parameters.*counting dim 1. Pass `node_dim=\{'0': d\}` to choose"):  # fmt: skip
+    message = r"Layer '0' has shape \(6, 4, 5\) and was produced by no layer with parameters.*counting dim 1"
+    with pytest.warns(RuntimeWarning, match=message + r". Pass `node_dim=\{'0': d\}` to choose"):
         result = measure(model, [x])
     assert result.names == ["0", "3"] and result.n == [4, 3]
     with warnings.catch_warnings():

@@ -481,7 +481,8 @@ class OneActivationDeepModel(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.fc1, self.fc2, self.fc3, self.out = nn.Linear(8, 10), nn.Linear(10, 10), nn.Linear(10, 10), nn.Linear(10, 3)
+        self.fc1, self.fc2 = nn.Linear(8, 10), nn.Linear(10, 10)
+        self.fc3, self.out = nn.Linear(10, 10), nn.Linear(10, 3)
 
     def forward(self, x):
         return self.out(self.fc3(self.fc2(torch.relu(self.fc1(x)))))
@@ -490,8 +491,11 @@ class OneActivationDeepModel(nn.Module):
 def test_few_tracked_layers_in_a_deep_model_warn_naming_them(tmp_path):
     train, val = loaders()
     callback = EmergenceCallback()
-    with pytest.warns(UserWarning, match=r"found only 1 tracked layer \(\['net.relu\(\)'\]\) in Classifier, which has "
-                      r"4 modules with parameters \(\['net.fc1', 'net.fc2', 'net.fc3', 'net.out'\]\)") as seen:
+    message = (
+        r"found only 1 tracked layer \(\['net.relu\(\)'\]\) in Classifier, which has 4 modules with parameters "
+        r"\(\['net.fc1', 'net.fc2', 'net.fc3', 'net.out'\]\)"
+    )
+    with pytest.warns(UserWarning, match=message) as seen:
         make_trainer(tmp_path, [callback], max_epochs=2).fit(Classifier(OneActivationDeepModel()), train, val)
     assert len([w for w in seen if "modules with parameters" in str(w.message)]) == 1  # once, not every epoch
     assert len(callback.history) == 3
@@ -502,7 +506,8 @@ def test_E_zero_because_one_layer_is_tracked_warns(tmp_path):
     class LSTMClassifier(Classifier):
         def __init__(self):
             super().__init__(nn.Identity())
-            self.embed, self.lstm, self.head = nn.Embedding(10, 4), nn.LSTM(4, 6, batch_first=True), nn.Linear(6, 3)
+            self.embed, self.head = nn.Embedding(10, 4), nn.Linear(6, 3)
+            self.lstm = nn.LSTM(4, 6, batch_first=True)
 
         def forward(self, x):
             return self.head(self.lstm(self.embed(x))[0][:, -1])
@@ -510,7 +515,8 @@ def test_E_zero_because_one_layer_is_tracked_warns(tmp_path):
     tokens = torch.randint(0, 10, (32, 5), generator=torch.Generator().manual_seed(0))
     data = DataLoader(torch.utils.data.TensorDataset(tokens, tokens[:, 0] % 3), batch_size=16)
     callback = EmergenceCallback()
-    with pytest.warns(UserWarning, match=r"E is 0 because only 1 tracked layer \(\['lstm'\]\).*Track at least two"):
+    message = r"E is 0 because only 1 tracked layer \(\['lstm'\]\).*Track at least two"
+    with pytest.warns(UserWarning, match=message):
         make_trainer(tmp_path, [callback], max_epochs=1).fit(LSTMClassifier(), data, data)
     assert [r["E"] for r in callback.history] == [0, 0] and callback.history[0]["n"] == [6]
 
@@ -562,8 +568,11 @@ def test_test_runs_are_not_measured_and_say_so(tmp_path, caplog):
 def test_two_callbacks_with_one_prefix_are_refused_naming_both(tmp_path):
     train, val = loaders()
     first, second = EmergenceCallback(), EmergenceCallback(statistic="fraction")
-    with pytest.raises(ValueError, match=r"Two EmergenceCallbacks log under the same `prefix` 'emergence': "
-                       r"callbacks\[0\] .*statistic='mean'.* and callbacks\[1\] .*statistic='fraction'.*prefix='emergence_2'"):
+    message = (
+        r"Two EmergenceCallbacks log under the same `prefix` 'emergence': callbacks\[0\] .*statistic='mean'.* and "
+        r"callbacks\[1\] .*statistic='fraction'.*prefix='emergence_2'"
+    )
+    with pytest.raises(ValueError, match=message):
         make_trainer(tmp_path, [first, second], max_epochs=1).fit(Classifier(mlp()), train, val)
 
 

@@ -56,8 +56,8 @@ def test_early_stopping_and_checkpoint_on_log10_E_of_a_torchvision_cnn(tmp_path)
     stopper = EarlyStopping(monitor="emergence/log10_E", mode="min", stopping_threshold=0.1, patience=1000)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="emergence/log10_E", mode="min")
     trainer = pl.Trainer(
-        max_epochs=3, callbacks=[emergence, stopper, checkpoint], logger=TensorBoardLogger(tmp_path, name="run"),
-        accelerator="cpu", enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        max_epochs=3, callbacks=[emergence, stopper, checkpoint], accelerator="cpu",
+        logger=TensorBoardLogger(tmp_path, name="run"), enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
     )  # fmt: skip
     trainer.fit(ImageClassifier(), images(16, 0), images(8, 1))
 
@@ -97,9 +97,9 @@ def test_early_stopping_on_log10_E_stops_when_E_reaches_zero(tmp_path):
     emergence = EmergenceCallback()
     stopper = EarlyStopping(monitor="emergence/log10_E", mode="min", stopping_threshold=0.1, patience=1000)
     trainer = pl.Trainer(
-        max_epochs=10, callbacks=[emergence, stopper], logger=False, enable_checkpointing=False, accelerator="cpu",
+        max_epochs=10, callbacks=[emergence, stopper], logger=False, enable_checkpointing=False,
+        accelerator="cpu",
         enable_progress_bar=False, enable_model_summary=False,
     )  # fmt: skip
     trainer.fit(Classifier(net, lr=0.0), train, val)
     assert trainer.current_epoch == 1 and [r["E"] for r in emergence.history] == [0, 0]
-

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -14,7 +14,6 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from torch import Tensor
 from typing_extensions import override
 
-from emergence_lightning.measure import ActivityTracker, Measurement, check_flags, check_tracking_arguments
 from emergence_lightning.callbacks import lightning_state as state
 from emergence_lightning.callbacks.emergence_checks import duplicate_prefix_error, layer_coverage_warnings
 from emergence_lightning.callbacks.emergence_record import EmergenceRecord
@@ -27,6 +26,7 @@ from emergence_lightning.functional import (
     log10_emergence,
     relative_emergence,
 )
+from emergence_lightning.measure import ActivityTracker, Measurement, check_flags, check_tracking_arguments
 from emergence_lightning.pruning import count_parameters
 from emergence_lightning.tensorboard_views import emergence_layout
 
@@ -47,7 +47,7 @@ def zero_streak(history: Sequence[dict[str, Any]]) -> int:
 class EmergenceCallback(Callback):
     r"""Measures emergence ``E`` and relative emergence ``E~ = E / P`` once per epoch.
 
-    Nodes of each tracked layer (by default, every activation module's output) are active when
+    Nodes of each tracked layer (by default, every activation call site's output) are active when
     their mean output over the measured samples exceeds ``threshold``. With ``n_i`` nodes and
     ``a_i`` active ones in layer ``i``::
 
@@ -56,22 +56,29 @@ class EmergenceCallback(Callback):
     Measurements come from the validation forward passes (no extra compute), from the training
     passes when there is no validation loop, or from ``probe_dataloader`` when one is given; one
     more is taken before the first training step (epoch 0). They are logged with
-    ``pl_module.log``, so ``EarlyStopping`` and ``ModelCheckpoint`` can monitor ``emergence/E``,
-    and kept exactly in :attr:`history`.
+    ``pl_module.log``, so ``EarlyStopping`` and ``ModelCheckpoint`` can monitor them (use
+    ``emergence/log10_E``: E is beyond float32 on real CNNs), and kept exactly in :attr:`history`.
+    ``trainer.test`` and ``trainer.predict`` runs are not measured.
 
     Args:
         threshold: a node is active when its activity exceeds this (the paper's 0.05).
         statistic: ``"mean"``, ``"fraction"`` (firing rate) or ``"max"``; see
             :class:`~emergence_lightning.measure.ActivityTracker`.
         variant: ``"paper"`` or ``"induced"``; see :func:`~emergence_lightning.emergence`.
-        layers: module names whose outputs are the layers; ``None`` finds activation modules.
-        node_dim: dimension that indexes nodes (default: last for 2-D, 1 otherwise).
+        layers: the layers to keep, by module name (every call of it) or call-site name
+            (``"layer1.0.relu#2"``, ``"encoder.layers.0.relu()"``); ``None``: every activation
+            call site (modules of any library, functional calls, recurrent outputs).
+        node_dim: the dimension that indexes nodes, one int for every layer or a mapping from
+            layer name to int; ``None`` decides it per layer from the layer that produced it (a
+            conv's channels, a Linear's features); see ``docs/measure.md``.
         include_input: also track the data entering the first Linear/Conv.
         include_output: also track the logits leaving the last Linear/Conv.
         min_firing_rate: with ``statistic="fraction"``, the firing rate above which a node is active.
         probe_dataloader: measure on this fixed data at the end of every training epoch instead.
         probe_step: ``probe_step(pl_module, batch)`` runs the forward pass for the passes this
-            callback drives itself (epoch 0, probe data). Default: ``pl_module(batch[0])``.
+            callback drives itself (epoch 0, probe data). Default: the module's own
+            ``validation_step`` (else ``training_step``) with its logging muted and its side
+            effects undone, else ``pl_module(batch[0])``.
         measure_at_start: take the epoch-0 measurement before the first training step.
         stop_at_zero: stop training once E has been exactly 0 for ``patience + 1`` measurements.
         patience: measurements with E = 0 to tolerate before stopping.
@@ -88,7 +95,7 @@ class EmergenceCallback(Callback):
         statistic: str = "mean",
         variant: str = "paper",
         layers: Sequence[str] | None = None,
-        node_dim: int | None = None,
+        node_dim: int | Mapping[str, int] | None = None,
         include_input: bool = False,
         include_output: bool = False,
         min_firing_rate: float = 0.5,
@@ -543,7 +550,7 @@ class EmergenceCallback(Callback):
             for key, value in self._scalar_metrics(record).items():
                 if not key.endswith(("/epoch", "active_fraction")) and pl_module.device.type != "mps":
                     # float64: E and E~ pass float32's range (inf) on real CNNs, and float32 would round
-                    # log10 E (82.8 on mobilenet_v3_small) to 1e-5, hiding changes a checkpoint monitor must see.
+                    # log10 E (82.8 on mobilenet_v3_small) to 1e-5, hiding changes a monitor must see.
                     value = torch.tensor(value, dtype=torch.float64, device=pl_module.device)
                 # Values are equal on every process; syncing keeps them so and silences the DDP warning.
                 pl_module.log(key, value, on_step=False, on_epoch=True, batch_size=1, sync_dist=True)

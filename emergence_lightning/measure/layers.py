@@ -154,7 +154,7 @@ def input_node_dim(shape: tuple[int, ...], consumer: nn.Module) -> int | None:
 
 
 def _matching_side(shape: tuple[int, ...], features: set[int], producer: nn.Module) -> int | None:
-    """1 (channels first) or -1 (features last) for an output of ``shape`` of ``producer``; None if unclear."""
+    """1 (channels first) or -1 (features last) for ``producer``'s output of ``shape``; None if unclear."""
     first, last = shape[1] in features, shape[-1] in features
     if first and not last:
         return 1

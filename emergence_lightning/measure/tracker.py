@@ -31,10 +31,15 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
 from emergence_lightning.measure import layers as rules
-from emergence_lightning.measure.arguments import NodeDim, check_flags, check_layer_names, check_tracking_arguments
+from emergence_lightning.measure.arguments import (
+    NodeDim,
+    check_flags,
+    check_layer_names,
+    check_tracking_arguments,
+)
 from emergence_lightning.measure.compile_guard import EagerWhileMeasuring
 from emergence_lightning.measure.layers import INPUT_LAYER, OUTPUT_LAYER
-from emergence_lightning.measure.statistics import STATISTICS, NodeStatistic, Scratch, accumulation_dtype
+from emergence_lightning.measure.statistics import NodeStatistic, Scratch, accumulation_dtype
 
 # A reduction across processes: (tensor, "sum" | "max") -> reduced tensor. Identity on one process.
 Reduce = Callable[[Tensor, str], Tensor]
@@ -373,7 +378,8 @@ class ActivityTracker:
         else:
             produced = self._producer_shapes.get(id(producer)) if producer is not None else None
             decided = rules.node_dim_from_producer(shape, producer, tuple(produced) if produced else None)
-            source = f"produced by {type(producer).__name__ if producer is not None else 'no layer with parameters'}"
+            kind = type(producer).__name__ if producer is not None else "no layer with parameters"
+            source = f"produced by {kind}"
         if decided is None:
             self._warn_once(
                 name, f"Layer {name!r} has shape {shape} and was {source}, which does not tell which "

@@ -18,7 +18,14 @@ MASK = torch.tensor([[1] * 9, [1] * 6 + [0] * 3])
 
 def test_gpt2_new_gelu_is_one_layer_of_mlp_features():
     config = transformers.GPT2Config(
-        vocab_size=50, n_positions=16, n_embd=16, n_layer=3, n_head=2, n_inner=44, bos_token_id=0, eos_token_id=0
+        vocab_size=50,
+        n_positions=16,
+        n_embd=16,
+        n_layer=3,
+        n_head=2,
+        n_inner=44,
+        bos_token_id=0,
+        eos_token_id=0,
     )
     model = transformers.GPT2LMHeadModel(config)
     result = measure_quietly(model, {"input_ids": IDS, "attention_mask": MASK})
@@ -51,7 +58,9 @@ def test_llama_gated_mlp_counts_the_gate_activation():
         vocab_size=50, hidden_size=16, intermediate_size=40, num_hidden_layers=2, num_attention_heads=2,
         num_key_value_heads=1, max_position_embeddings=32,
     )  # fmt: skip
-    result = measure_quietly(transformers.LlamaForCausalLM(config), {"input_ids": IDS, "attention_mask": MASK})
+    result = measure_quietly(
+        transformers.LlamaForCausalLM(config), {"input_ids": IDS, "attention_mask": MASK}
+    )
     assert_layers(result, [(f"model.layers.{i}.mlp.act_fn", 40) for i in range(2)])
 
 
@@ -62,7 +71,8 @@ def test_t5_encoder_then_decoder_feed_forward():
     model = transformers.T5ForConditionalGeneration(config)
     batch = {"input_ids": IDS, "attention_mask": MASK, "decoder_input_ids": IDS[:, :4]}
     expected = [(f"encoder.block.{i}.layer.1.DenseReluDense.act", 40) for i in range(2)]
-    expected += [(f"decoder.block.{i}.layer.2.DenseReluDense.act", 40) for i in range(2)]  # after cross-attention
+    # decoder blocks: self-attention, cross-attention, then the feed-forward (layer 2)
+    expected += [(f"decoder.block.{i}.layer.2.DenseReluDense.act", 40) for i in range(2)]
     assert_layers(measure_quietly(model, batch), expected)
 
 

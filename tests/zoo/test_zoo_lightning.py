@@ -228,7 +228,8 @@ def test_transformer_encoder_with_a_padding_mask_through_a_fit(tmp_path):
     mask = torch.zeros(12, 7, dtype=torch.bool)
     mask[::2, 5:] = True
     rows = [
-        {"tokens": t, "padding_mask": m, "label": torch.tensor(i % 3)} for i, (t, m) in enumerate(zip(tokens, mask))
+        {"tokens": t, "padding_mask": m, "label": torch.tensor(i % 3)}
+        for i, (t, m) in enumerate(zip(tokens, mask))
     ]
     torch.manual_seed(0)
     train, val = DataLoader(rows[:8], batch_size=4), DataLoader(rows[8:], batch_size=4)

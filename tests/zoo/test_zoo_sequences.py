@@ -159,6 +159,8 @@ class Swish(nn.Module):
 
 
 def test_a_users_activation_module_is_one_layer_of_channels():
-    model = nn.Sequential(nn.Conv2d(3, 5, 3), Swish(), nn.Conv2d(5, 7, 3), nn.Mish(), nn.Conv2d(7, 9, 1), Swish())
+    model = nn.Sequential(
+        nn.Conv2d(3, 5, 3), Swish(), nn.Conv2d(5, 7, 3), nn.Mish(), nn.Conv2d(7, 9, 1), Swish()
+    )
     result = measure_quietly(model, torch.randn(2, 3, 8, 8))
     assert_layers(result, [("1", 5), ("3", 7), ("5", 9)])

@@ -99,6 +99,9 @@ def test_levit_attention_output_counts_value_features_not_tokens():
                          (f"{down}.mlp.act", 2 * widths[stage])]  # fmt: skip
         for block in range(depths[stage]):
             name = f"stages.{stage}.blocks.{block}"
-            expected += [(f"{name}.attn.proj.act", heads[stage] * 2 * 16), (f"{name}.mlp.act", 2 * widths[stage])]
+            expected += [
+                (f"{name}.attn.proj.act", heads[stage] * 2 * 16),
+                (f"{name}.mlp.act", 2 * widths[stage]),
+            ]
     images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     assert_layers(measure_quietly(build("levit_128s", img_size=64), images), expected)

@@ -27,6 +27,6 @@ def assert_layers(result: Measurement, expected: list[tuple[str, int]]) -> None:
         wrong = [(i, g, e) for i, (g, e) in enumerate(zip(got, expected)) if g != e][:5]
         raise AssertionError(
             f"{len(got)} layers tracked, {len(expected)} expected; first differences (index, got, expected): "
-            f"{wrong}; extra got: {got[len(expected):][:5]}; missing: {expected[len(got):][:5]}"
+            f"{wrong}; extra got: {got[len(expected) :][:5]}; missing: {expected[len(got) :][:5]}"
         )
     assert all(0 <= a <= n for a, n in zip(result.a, result.n))
