@@ -6,7 +6,7 @@ name a parallel job asks for (``only=["pruned-30"]``, ``emergence-lightning bran
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,3 +167,24 @@ def pruned_name(amount: float) -> str:
 def random_pruned_name(amount: float) -> str:
     """The randomly initialised control that carries ``pruned-<pct>``'s mask: ``random-pruned-30``."""
     return f"random-pruned-{percent(amount)}"
+
+
+def check_epochs(branch_epoch: int, max_epochs: Any, min_epochs: Any, trainer_kwargs: Mapping[str, Any]) -> None:
+    """The parent trains ``branch_epoch`` epochs and the branches at least one more."""
+    if max_epochs is None or max_epochs < 0 or branch_epoch > max_epochs:
+        raise ValueError(
+            f"`branch_epoch`={branch_epoch} must be below the Trainer's `max_epochs`, got "
+            f"max_epochs={max_epochs!r}: the parent trains `branch_epoch` epochs, the branches the rest."
+        )
+    branch_max = trainer_kwargs.get("max_epochs", max_epochs)
+    if branch_max is None or branch_max < 0 or branch_epoch >= branch_max:
+        source = "`trainer_kwargs['max_epochs']`" if "max_epochs" in trainer_kwargs else "`max_epochs`"
+        raise ValueError(
+            f"`branch_epoch`={branch_epoch} must be below the Trainer's {source}, got {branch_max!r}: "
+            "the branches would have no epoch to train."
+        )
+    if min_epochs is not None and min_epochs > branch_epoch:
+        raise ValueError(
+            f"The Trainer's `min_epochs`={min_epochs} keeps the parent training past `branch_epoch`={branch_epoch}; "
+            "lower `min_epochs`."
+        )

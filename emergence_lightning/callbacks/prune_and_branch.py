@@ -33,6 +33,7 @@ from emergence_lightning.branching.plan import (
     BranchSpec,
     PruningSettings,
     check_amounts,
+    check_epochs,
     check_only,
     plan_branches,
     select,
@@ -229,7 +230,7 @@ class PruneAndBranchCallback(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        _check_epochs(self.branch_epoch, trainer.max_epochs, trainer.min_epochs, self.trainer_kwargs)
+        check_epochs(self.branch_epoch, trainer.max_epochs, trainer.min_epochs, self.trainer_kwargs)
         # Names, parameter names and "nothing to prune" are checked on the real model now, not at the fork.
         find_prunable(
             pl_module,
@@ -468,24 +469,3 @@ def _check_data_arguments(datamodule: Any, train_dataloaders: Any, val_dataloade
         )
     if datamodule is not None and not isinstance(datamodule, pl.LightningDataModule):
         raise TypeError(f"`branch_datamodule` must be a LightningDataModule, got {type(datamodule).__name__}.")
-
-
-def _check_epochs(branch_epoch: int, max_epochs: Any, min_epochs: Any, trainer_kwargs: dict[str, Any]) -> None:
-    """The parent trains ``branch_epoch`` epochs and the branches at least one more."""
-    if max_epochs is None or max_epochs < 0 or branch_epoch > max_epochs:
-        raise ValueError(
-            f"`branch_epoch`={branch_epoch} must be below the Trainer's `max_epochs`, got "
-            f"max_epochs={max_epochs!r}: the parent trains `branch_epoch` epochs, the branches the rest."
-        )
-    branch_max = trainer_kwargs.get("max_epochs", max_epochs)
-    if branch_max is None or branch_max < 0 or branch_epoch >= branch_max:
-        source = "`trainer_kwargs['max_epochs']`" if "max_epochs" in trainer_kwargs else "`max_epochs`"
-        raise ValueError(
-            f"`branch_epoch`={branch_epoch} must be below the Trainer's {source}, got {branch_max!r}: "
-            "the branches would have no epoch to train."
-        )
-    if min_epochs is not None and min_epochs > branch_epoch:
-        raise ValueError(
-            f"The Trainer's `min_epochs`={min_epochs} keeps the parent training past `branch_epoch`={branch_epoch}; "
-            "lower `min_epochs`."
-        )
