@@ -320,3 +320,21 @@ def test_include_input_counts_what_the_first_module_reads():
     assert torch.allclose(seen_images.layers[0].activity, images.double().mean(dim=(0, 2, 3)))
     assert seen_tokens.n[0] == 6
     assert torch.allclose(seen_tokens.layers[0].activity, sequence.double().mean(dim=(0, 1)))
+
+
+def test_heads_split_off_a_linear_output_still_warn():
+    class LinearAttentionFeatures(nn.Module):
+        """elu(q) + 1 per head, as linear attention does: (batch, heads, tokens, head dim)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.q = nn.Linear(8, 12)
+
+        def forward(self, x):
+            batch, tokens, _ = x.shape
+            q = self.q(x).view(batch, tokens, 2, 6).transpose(1, 2)  # (batch, 2 heads, tokens, 6)
+            return nn.functional.elu(q) + 1
+
+    message = r"Layer 'elu\(\)' has shape \(3, 2, 5, 6\) and was produced by Linear"
+    with pytest.warns(RuntimeWarning, match=message):
+        measure(LinearAttentionFeatures(), [torch.randn(3, 5, 8)])

@@ -128,12 +128,19 @@ def node_dim_from_producer(
         return None
     features = produced_features(producer)
     side = _matching_side(shape, features, producer)
-    if side is None and producer_shape is not None:
-        # LeViT: a BatchNorm1d on (batch * tokens, 256) features, then attention: (batch, tokens, 128).
+    if side is None and producer_shape is not None and _layout_kept(producer_shape, shape):
+        # LeViT: a BatchNorm1d on (batch * tokens, 256) rows, then attention: (batch, tokens, 128).
         side = _matching_side(producer_shape, features, producer) if len(producer_shape) > 2 else -1
     if side is None:
         return None
     return 1 if side == 1 else len(shape) - 1
+
+
+def _layout_kept(produced: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    """Whether reshaping ``produced`` into ``shape`` kept the side features sit on: the same rank (a
+    conv, then ``pixel_shuffle``), or ``(batch * tokens, features)`` rows split into ``(batch,
+    tokens, features)``. Not heads split off a ``(batch, tokens, features)`` output (rank 4)."""
+    return len(produced) == len(shape) or (len(produced) == 2 and len(shape) == 3)
 
 
 def input_node_dim(shape: tuple[int, ...], consumer: nn.Module) -> int | None:
