@@ -20,6 +20,7 @@ from emergence_lightning.predictor.proxies import naswot, synflow
 from emergence_lightning.predictor.score import score_at_init
 from emergence_lightning.predictor.space import Candidate
 from emergence_lightning.predictor.study_data import StudyData
+from emergence_lightning.pruning import count_parameters
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ def train_run(candidate: Candidate, seed: int, data: StudyData, config: RunConfi
     init = _emergence(model, probe, config.threshold)
     init["naswot"] = naswot(model, data.x_val[: config.naswot_samples])
     init["synflow"] = synflow(model, data.input_shape)
-    init["params"] = float(score_at_init(model, probe[:1], threshold=config.threshold).num_parameters)
+    init["params"] = float(count_parameters(model))
     val_loss, val_acc = _evaluate(model, data.x_val, data.y_val)
     epochs = [{"epoch": 0, "E": init["E"], "log10_E": init["log10_E"], "E_is_zero": init["E_is_zero"],
                "val_loss": val_loss, "val_acc": val_acc, "train_loss": math.nan}]  # fmt: skip
