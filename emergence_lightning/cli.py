@@ -259,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 lr=args.lr,
                 batch_size=args.batch_size,
                 threshold=args.threshold,
-                seeds=args.seeds or 1,
+                seeds=1 if args.seeds is None else args.seeds,
                 accelerator=args.accelerator,
                 progress_bar=_show_progress(args),
             )
