@@ -139,17 +139,18 @@ def test_custom_scalars_one_chart_per_quantity(tensorboard, browser, screenshots
     for title in (
         "emergence", "relative emergence", "accuracy", "dead nodes per layer", "active nodes per layer",
         "E: paths from dead to active nodes", "log10 E", "Ẽ = E / free parameters", "training accuracy",
-        "validation accuracy", "training loss", "validation loss", "dead nodes, one line per layer",
-        "share of active nodes, all layers",
+        "validation accuracy", "training loss", "validation loss", "share of active nodes, all layers",
     ):  # fmt: skip
         assert title in text, title
     lines = text.splitlines()
-    # Under each chart TensorBoard counts its series: one per run (parent + 3 branches) for one quantity,
-    # one per run and layer for the per-layer charts.
+    # One dead-nodes chart per hidden layer, titled with the width the model was built with.
+    per_layer = [line for line in lines if line.startswith("dead nodes: ")]
+    assert [line.rsplit("(", 1)[1] for line in per_layer] == [f"{width} nodes)" for width in HIDDEN]
+    # Under each chart TensorBoard counts its series: one per run (parent + 3 branches).
     for title, series in (
         ("E: paths from dead to active nodes", 4),
         ("validation accuracy", 4),
-        ("dead nodes, one line per layer", 4 * len(HIDDEN)),
+        (per_layer[0], 4),
     ):
         after = lines[lines.index(title) :]
         assert next(line for line in after if line.startswith("Matches")) == f"Matches ({series})", title

@@ -142,11 +142,17 @@ def test_layouts_written_by_a_real_fit_with_branches(tmp_path):
         assert charts["validation loss"] == {"val_loss"}
         assert charts["training loss"] == {"train_loss"}
         assert charts["training accuracy"] == set()  # Classifier logs no training accuracy
-        # mlp(hidden=(16, 12)) has two ReLUs: two layers, each with a dead and an active count.
-        assert len(charts["dead nodes, one line per layer"]) == 2
-        assert charts["dead nodes, one line per layer"] == {
-            t for t in tags if t.startswith("emergence/dead/")
-        }
+        # mlp(hidden=(16, 12)) has two ReLUs: two layers, 16 and 12 wide. Once measured, the layout is
+        # rewritten with one dead-nodes and one active-nodes chart per layer, titled with its width.
+        dead_tags = sorted(t for t in tags if t.startswith("emergence/dead/"))
+        assert len(dead_tags) == 2
+        per_layer = {title: found for title, found in charts.items() if title.startswith("dead nodes: ")}
+        assert sorted(per_layer) == [
+            f"dead nodes: {tag.removeprefix('emergence/dead/')} ({width} nodes)"
+            for tag, width in zip(dead_tags, (16, 12))
+        ]
+        assert sorted(found for found in per_layer.values()) == [{tag} for tag in dead_tags]
+        assert "dead nodes, one line per layer" not in charts
         assert charts["share of active nodes, all layers"] == {"emergence/active_fraction"}
         shown = set().union(*charts.values())
         assert not {t for t in shown if t.startswith("branch/") or t in ("hp_metric", "epoch")}

@@ -28,7 +28,7 @@ from emergence_lightning.functional import (
 )
 from emergence_lightning.measure import ActivityTracker, Measurement, check_flags, check_tracking_arguments
 from emergence_lightning.pruning import count_parameters
-from emergence_lightning.tensorboard_views import emergence_layout
+from emergence_lightning.tensorboard_views import emergence_layout, write_custom_scalars
 
 CONNECTIVITIES = ("dense", "weights")
 __all__ = ["EmergenceCallback", "batch_input", "default_probe_step", "zero_streak"]
@@ -164,6 +164,7 @@ class EmergenceCallback(Callback):
         self._paused = False  # a training-data window, closed to the validation batches running inside it
         self._measured_at_setup, self._failed = 0, False
         self._said_not_measured: set[str] = set()
+        self._charted_layers: list[str] = []  # layers of the per-layer charts written to this run
         self._warned: set[str] = set()
         self._example_input: Tensor | None = None  # two rows of a batch, to trace the weight graph
         self._untraceable = False
@@ -399,7 +400,7 @@ class EmergenceCallback(Callback):
         if measurement is None:
             return None
         record = self._new_record(trainer, pl_module, measurement, epoch, before_training)
-        self.history.append(record)
+        self._append(trainer, record)
         if log:
             self._log_to_loggers(trainer, record)
             if self.log_histograms:
@@ -541,7 +542,7 @@ class EmergenceCallback(Callback):
     ) -> None:
         record = self._new_record(trainer, pl_module, measurement, epoch, before_training)
         E = record["E"]
-        self.history.append(record)
+        self._append(trainer, record)
         if through_loggers:
             self._log_to_loggers(trainer, record)
         else:
@@ -568,6 +569,14 @@ class EmergenceCallback(Callback):
             )
         if self.stop_at_zero and not before_training:
             self._maybe_stop(trainer)
+
+    def _append(self, trainer: pl.Trainer, record: dict[str, Any]) -> None:
+        """Adds ``record`` to :attr:`history`; the first time its layers are seen, charts them one by one."""
+        if not self._charted_layers or self._charted_layers != record["layers"]:
+            # TensorBoard keeps a run's last layout: now that the layers are known, one chart per layer.
+            self._write_layout(trainer, layers=dict(zip(record["layers"], record["n"])))
+            self._charted_layers = list(record["layers"])
+        self.history.append(record)
 
     def _remember_input(self, batch: Any) -> None:
         if self.connectivity == "weights" and self._example_input is None:
@@ -643,12 +652,19 @@ class EmergenceCallback(Callback):
 
     @rank_zero_only
     def _log_tensorboard_extras(self, trainer: pl.Trainer) -> None:
-        layout = emergence_layout(self.prefix, path_exact=self.connectivity == "weights")
+        # Per-layer charts once the layers are known (the first measurement of this run).
+        self._charted_layers = []
+        self._write_layout(trainer, layers=None)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_custom_scalars(layout)
                 # Keep the model's hyperparameters in the table and add ours beside them.
                 logger.log_hyperparams({**dict(logger.hparams), **self._hparams()})
+
+    @rank_zero_only
+    def _write_layout(self, trainer: pl.Trainer, layers: dict[str, int] | None) -> None:
+        """Custom-scalars charts; with ``layers`` (known after the first measurement) one chart per layer."""
+        layout = emergence_layout(self.prefix, path_exact=self.connectivity == "weights", layers=layers)
+        write_custom_scalars(trainer.loggers, layout)
 
     # ---- checkpointing -------------------------------------------------------------------
     @override
