@@ -54,3 +54,22 @@ def test_reproduce_predictor_is_an_experiment(capsys):
         main(["reproduce", "--help"])
     out = capsys.readouterr().out
     assert "predictor" in out and "--budget-epochs" in out and "--quick" in out
+
+
+def test_reproduce_predictor_refuses_bad_settings_before_any_run(tmp_path, capsys):
+    assert main(["reproduce", "predictor", "--quick", "--seeds", "0", "--log-dir", str(tmp_path)]) == 2
+    assert "`--seeds` must be >= 1, got 0" in capsys.readouterr().err
+    argv = [
+        "reproduce",
+        "predictor",
+        "--quick",
+        "--budget-epochs",
+        "5",
+        "--stop-epochs",
+        "3",
+        "--log-dir",
+        str(tmp_path),
+    ]
+    assert main(argv) == 2
+    assert "`budget_epochs` (5) must not exceed `max_epochs` (3)" in capsys.readouterr().err
+    assert not (tmp_path / "predictor").exists()

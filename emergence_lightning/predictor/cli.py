@@ -177,6 +177,8 @@ def run_reproduce_predictor(args: argparse.Namespace) -> int:
         train_size = None
     if args.threads < 1:
         return _error(f"`--threads` must be >= 1, got {args.threads}.")
+    if seeds < 1:
+        return _error(f"`--seeds` must be >= 1, got {seeds}.")
     torch.set_num_threads(args.threads)
     try:
         config = RunConfig(
