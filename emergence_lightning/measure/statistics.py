@@ -12,6 +12,7 @@ Everything stays on the layer's device: no step waits for the host.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -23,6 +24,8 @@ STATISTICS = ("mean", "fraction", "max")
 # elements (2 MB of float32), so it is still in cache when it is summed: 25 % less time than
 # one activation-sized mask, and no page faults for a fresh buffer in every window.
 CPU_MASK_ELEMENTS = 1 << 19
+# Up to this many positions per sample (4x4 maps), CPU sums go through a matrix-vector product.
+CPU_SHORT_POSITIONS = 16
 
 
 def accumulation_dtype(device: torch.device) -> torch.dtype:
@@ -44,12 +47,34 @@ def _per_sample_shape(values: Tensor, batch_dim: int, node_dim: int) -> tuple[in
     return values.shape[low], values.shape[high]
 
 
+@functools.lru_cache(maxsize=64)
+def _ones(positions: int, dtype: torch.dtype) -> Tensor:
+    return torch.ones(positions, dtype=dtype)
+
+
 def per_sample_sums(values: Tensor, batch_dim: int, node_dim: int, out: Tensor | None = None) -> Tensor:
     """Sums over every dimension but batch and nodes (in float32; float64 input stays float64),
     in the output's order of those two: ``(samples, nodes)`` unless ``node_dim < batch_dim``."""
     other = _position_dims(values, batch_dim, node_dim)
     if not other:
         return values if out is None else out.copy_(values)
+    positions = math.prod(values.shape[d] for d in other)
+    if positions == 1:  # e.g. a 1x1 feature map: nothing to add up
+        squeezed = values.squeeze(tuple(other))
+        return squeezed.to(_float_dtype(values)) if out is None else out.copy_(squeezed)
+    if (
+        positions <= CPU_SHORT_POSITIONS
+        and values.device.type == "cpu"
+        and values.dtype in (torch.float32, torch.float64)
+        and (batch_dim, node_dim) == (0, 1)
+        and values.is_contiguous()
+        and (out is None or out.is_contiguous())
+    ):
+        # PyTorch's CPU sum over a short innermost run is slow (2x2 maps: 1 GB/s); a
+        # matrix-vector product with ones gives the same float32 sums 3x faster.
+        ones = _ones(positions, values.dtype)
+        flat = torch.mv(values.view(-1, positions), ones, out=None if out is None else out.view(-1))
+        return flat.view(values.shape[0], values.shape[1])
     return torch.sum(values, other, dtype=_float_dtype(values), out=out)
 
 
