@@ -31,6 +31,12 @@ VAL_ACCURACY = rf"^{_VAL}[_/]{_ACCURACY}(_epoch)?$"
 TRAIN_LOSS = rf"^{_TRAIN}[_/]loss(_epoch)?$"
 VAL_LOSS = rf"^{_VAL}[_/]loss(_epoch)?$"
 
+#: Prefix of the end-of-run scalars (final and best metric, E at the end...), one point per run. The
+#: Scalars dashboard sorts its groups by name: `summary` comes after `emergence` and `epoch`.
+SUMMARY = "summary"
+#: Prefix of the HParams columns that say which run of a prune-and-branch experiment a row is.
+RUN = "branch"
+
 ACCURACY_CATEGORY = "accuracy"
 LOSS_CATEGORY = "loss"
 
@@ -133,6 +139,48 @@ def write_custom_scalars(loggers: list[Any], layout: dict[str, dict[str, list[An
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.experiment.add_custom_scalars(layout)
+
+
+def run_hparams(name: str, amount: float, fork_epoch: int, pruning_fn: str, status: str) -> dict[str, Any]:
+    """The HParams columns naming a run of a prune-and-branch experiment (the parent: ``name="parent"``).
+
+    TensorBoard ticks the first five hyperparameters by name: few ``branch/*`` columns, so that the
+    name, amount and pruning function are among them (the name tells the kind: ``random-pruned-50``).
+    """
+    return {
+        f"{RUN}/name": name,
+        f"{RUN}/amount": float(amount),
+        f"{RUN}/fork_epoch": fork_epoch,
+        f"{RUN}/pruning_fn": pruning_fn,
+        f"{RUN}/status": status,
+    }
+
+
+def summary_metrics(monitor: str | None, figures: Mapping[str, Any], path_exact: bool) -> dict[str, Any]:
+    """The end-of-run scalars of a run, ``summary/<key>``, from its ``figures`` (None where unknown).
+
+    ``figures`` holds ``final``, ``best``, ``E_end``, ``log10_E_end`` (``log10(E + 1)``),
+    ``relative_E_end``, ``epochs_to_99``, ``parameters`` and, with ``path_exact``, ``E_path_end`` and
+    ``relative_E_path_end``. Every run of an experiment gets the same keys, so every run's HParams
+    entry lists the same columns (TensorBoard takes the columns from one run's entry).
+    """
+    name = monitor or "metric"
+    # In this order in TensorBoard's table, which shows the first five metrics.
+    keys = {f"final_{name}": "final", f"best_{name}": "best"}
+    keys.update({key: key for key in ("E_end", "log10_E_end", "relative_E_end", "epochs_to_99", "parameters")})
+    if path_exact:
+        keys.update({key: key for key in ("E_path_end", "relative_E_path_end")})
+    return {f"{SUMMARY}/{tag}": figures.get(key) for tag, key in keys.items()}
+
+
+def write_run_summary(loggers: list[Any], step: int, params: dict[str, Any], metrics: dict[str, float]) -> None:
+    """Logs ``metrics`` as scalars and one HParams row (the logger's hyperparameters plus ``params``)."""
+    for logger in loggers:
+        logger.log_metrics(metrics, step=step)
+        if isinstance(logger, TensorBoardLogger):
+            write_hparams_entry(logger, {**flat_hparams(logger.hparams), **params}, metrics)
+        else:
+            logger.log_hyperparams(params)
 
 
 def write_hparams_entry(logger: TensorBoardLogger, params: dict[str, Any], metrics: dict[str, float]) -> None:

@@ -20,7 +20,8 @@ def make_dashboard_run(root: Path) -> Path:
     pl.seed_everything(0, workers=True, verbose=False)
     trainer = pl.Trainer(
         max_epochs=5, limit_train_batches=15, limit_val_batches=4,
-        logger=TensorBoardLogger(str(root), name="mlp", version="seed-0", default_hp_metric=False),
+        # Lightning's default logger (default_hp_metric=True), as a user creates it.
+        logger=TensorBoardLogger(str(root), name="mlp", version="seed-0"),
         callbacks=[
             EmergenceCallback(), PruneAndBranchCallback(branch_epoch=3, amounts=(0.5, 0.8), verbose=False),
         ],

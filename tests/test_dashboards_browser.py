@@ -158,25 +158,38 @@ def test_custom_scalars_one_chart_per_quantity(tensorboard, browser, screenshots
     browser.save_screenshot(str(screenshots / "dashboard-custom-scalars.png"))
 
 
-def test_hparams_has_a_row_per_branch_named_with_its_settings_and_metrics(tensorboard, browser, screenshots):
+def test_hparams_has_a_row_per_run_named_with_its_settings_and_metrics(tensorboard, browser, screenshots):
+    browser.set_window_size(2400, 600)  # wide enough for every column TensorBoard shows by default
     text = _open(browser, tensorboard, "hparams", "Trial ID")
     lines = text.splitlines()
     for column in (
         "branch/name", "branch/amount", "branch/pruning_fn", "emergence/threshold", "emergence/statistic",
-        "branch/final_val_acc", "branch/best_val_acc", "branch/E_end", "branch/relative_E_end",
+        "summary/final_val_acc", "summary/best_val_acc", "summary/E_end", "summary/log10_E_end",
+        "summary/relative_E_end",
     ):  # fmt: skip
         assert column in lines, column
-    assert "hp_metric" not in text  # Lightning's placeholder (-1) is no column: default_hp_metric=False
-    for name in BRANCHES:
-        assert f"seed-0/branches/{name}" in lines and name in lines, (
-            name
-        )  # trial id, and the branch/name cell
-    assert "Number of matching session groups: 3" in text
+    # The run uses Lightning's default logger: its placeholder (hp_metric = -1) hides no column.
+    assert "hp_metric" not in text
+    for trial, name in (("seed-0", "parent"), *((f"seed-0/branches/{name}", name) for name in BRANCHES)):
+        row = lines.index(trial)  # the trial id, then its cells
+        assert name in lines[row + 1 : row + 40], trial  # the branch/name cell
+    assert "Number of matching session groups: 4" in text  # the parent and three branches
+    # The table's columns: TensorBoard shows the first five hyperparameters (by name) and metrics.
+    header = lines[lines.index("Trial ID") : lines.index("seed-0")]
+    for column in ("branch/name", "branch/amount", "branch/pruning_fn", "summary/final_val_acc", "summary/log10_E_end"):
+        assert column in header, header
     browser.save_screenshot(str(screenshots / "dashboard-hparams.png"))
+    browser.set_window_size(1400, 1300)
 
 
 def test_scalars_dashboard_shows_every_run_and_the_emergence_tags(tensorboard, browser, screenshots):
     text = _open(browser, tensorboard, "scalars", "tag: emergence/E")
+    lines = text.splitlines()
+    # Groups (a tag's first path component) follow the tag filter, sorted by name: the end-of-run
+    # `summary/*` scalars sort after `emergence`, so the first section a user sees is E's.
+    first = lines.index("Filter tags (regular expressions supported)") + 1
+    assert lines[first] == "emergence"
+    assert "summary" in lines[first:] and "branch" not in lines[first:]
     for run in ("seed-0", *(f"seed-0/branches/{name}" for name in BRANCHES)):
         assert run in text, run
     for tag in ("emergence/E", "emergence/relative", "emergence/log10_E", "emergence/active_fraction"):

@@ -357,7 +357,7 @@ def test_path_exact_emergence_at_the_fork_and_at_the_end(tmp_path):
         edges = build_edges(start, measurement.names, next(iter(val))[0][:2])
         expected = path_emergence(edges, [layer.active for layer in measurement.layers])
         assert results[name]["E_path_fork"] == expected, name
-    # The files and the table carry them; TensorBoard gets the end value beside branch/E_end.
+    # The files and the table carry them; TensorBoard gets the end value beside summary/E_end.
     with open(tmp_path / "runs" / "branches" / "summary.csv") as handle:
         rows = {row["name"]: row for row in csv.DictReader(handle)}
     for column in ("E_path_fork", "relative_E_path_fork", "E_path_end", "relative_E_path_end"):
@@ -369,8 +369,8 @@ def test_path_exact_emergence_at_the_fork_and_at_the_end(tmp_path):
     assert "E_path fork" in table and "E~path end" in table
     for name, result in results.items():
         scalars = read_scalars(tmp_path / "runs" / "branches" / name)
-        assert scalars["branch/E_path_end"][-1][1] == pytest.approx(result["E_path_end"])
-        assert scalars["branch/relative_E_path_end"][-1][1] == pytest.approx(result["relative_E_path_end"])
+        assert scalars["summary/E_path_end"][-1][1] == pytest.approx(result["E_path_end"])
+        assert scalars["summary/relative_E_path_end"][-1][1] == pytest.approx(result["relative_E_path_end"])
 
 
 def test_no_path_exact_emergence_with_dense_connectivity(tmp_path):
@@ -384,7 +384,7 @@ def test_no_path_exact_emergence_with_dense_connectivity(tmp_path):
     assert all(row[key] == "" for row in rows for key in PATH_COLUMNS)
     assert "E_path" not in callback.summary_table()  # the table is not widened
     control = read_scalars(tmp_path / "runs" / "branches" / "control")
-    assert "branch/E_end" in control and not any(key.startswith("branch/E_path") for key in control)
+    assert "summary/E_end" in control and not any(key.startswith("summary/E_path") for key in control)
 
 
 def test_branch_callbacks_are_fresh_copies(tmp_path):
@@ -457,23 +457,46 @@ def test_tensorboard_runs_overlay(tmp_path):
     root = tmp_path / "runs" / "branches"
     control, pruned = read_scalars(root / "control"), read_scalars(root / "pruned-50")
     assert control.keys() == pruned.keys()
-    assert {"emergence/E", "emergence/relative", "val_acc", "epoch", "branch/final_val_acc"} <= control.keys()
+    assert {"emergence/E", "emergence/relative", "val_acc", "epoch", "summary/final_val_acc"} <= control.keys()
     # The parent validated at step 5 (end of epoch 1); the branches go on where it would have.
     assert [s for s, _ in read_scalars_of_run(tmp_path / "runs")["val_acc"]] == [5]
     assert [s for s, _ in control["val_acc"]] == [s for s, _ in pruned["val_acc"]] == [11, 17]
     assert sorted({v for _, v in control["epoch"]}) == [1.0, 2.0]
-    for run, amount in (("control", 0.0), ("pruned-50", 0.5)):
-        accumulator = EventAccumulator(str(root / run))
+    # `fit` uses Lightning's default logger (default_hp_metric=True): no placeholder entry hides the columns.
+    parent = read_scalars_of_run(tmp_path / "runs")
+    assert "hp_metric" not in parent
+    columns = set()
+    for run_dir, name, amount in (
+        (tmp_path / "runs", "parent", 0.0), (root / "control", "control", 0.0), (root / "pruned-50", "pruned-50", 0.5),
+    ):  # fmt: skip
+        accumulator = EventAccumulator(str(run_dir))
         accumulator.Reload()
-        content = accumulator.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
+        content = accumulator.PluginTagToContent(hparams_metadata.PLUGIN_NAME)  # a run's first entry only
         start = hparams_metadata.parse_session_start_info_plugin_data(
             content[hparams_metadata.SESSION_START_INFO_TAG]
         )
         assert start.hparams["branch/amount"].number_value == pytest.approx(amount)
-        assert start.hparams["branch/name"].string_value == run
+        assert start.hparams["branch/name"].string_value == name
+        assert start.hparams["emergence/threshold"].number_value == pytest.approx(EmergenceCallback().threshold)
         experiment = hparams_metadata.parse_experiment_plugin_data(content[hparams_metadata.EXPERIMENT_TAG])
-        assert "branch/final_val_acc" in {info.name.tag for info in experiment.metric_infos}
+        # TensorBoard takes every column from one run's entry: each run lists the same ones.
+        run_columns = (
+            frozenset(info.name.tag for info in experiment.metric_infos),
+            frozenset(info.name for info in experiment.hparam_infos),
+        )
+        columns.add(run_columns)
+        assert {"summary/final_val_acc", "summary/best_val_acc", "summary/E_end", "summary/log10_E_end",
+                "summary/relative_E_end"} <= run_columns[0]  # fmt: skip
+        assert {"branch/name", "branch/amount", "branch/pruning_fn"} <= run_columns[1]
         assert "custom_scalars__config__" in accumulator.Tags()["tensors"]
+        # The summary's values, against the run's own per-epoch scalars.
+        scalars = read_scalars_of_run(run_dir)
+        assert scalars["summary/final_val_acc"][-1][1] == pytest.approx(scalars["val_acc"][-1][1])
+        assert scalars["summary/best_val_acc"][-1][1] == pytest.approx(max(v for _, v in scalars["val_acc"]))
+        E_end = scalars["emergence/E"][-1][1]
+        assert scalars["summary/E_end"][-1][1] == pytest.approx(E_end)
+        assert scalars["summary/log10_E_end"][-1][1] == pytest.approx(math.log10(E_end + 1))  # log10(E + 1)
+    assert len(columns) == 1
 
 
 def test_csv_logger_branches(tmp_path):

@@ -71,7 +71,7 @@ def test_accuracy_charts_take_the_names_lightning_writes(tag, regex):
 
 @pytest.mark.parametrize(
     "tag",
-    ["train_acc_step", "val_acc_step", "branch/final_val_acc", "branch/best_val_acc", "hp_metric",
+    ["train_acc_step", "val_acc_step", "summary/final_val_acc", "summary/best_val_acc", "hp_metric",
      "train_loss", "emergence/active_fraction", "val_acc_best", "my_train_acc"],
 )  # fmt: skip
 def test_accuracy_charts_leave_out_other_tags(tag):
@@ -155,7 +155,7 @@ def test_layouts_written_by_a_real_fit_with_branches(tmp_path):
         assert "dead nodes, one line per layer" not in charts
         assert charts["share of active nodes, all layers"] == {"emergence/active_fraction"}
         shown = set().union(*charts.values())
-        assert not {t for t in shown if t.startswith("branch/") or t in ("hp_metric", "epoch")}
+        assert not {t for t in shown if t.startswith("summary/") or t in ("hp_metric", "epoch")}
     assert any(
-        t.startswith("branch/") for t in read_scalars(runs[1])
+        t.startswith("summary/") for t in read_scalars(runs[1])
     )  # the summaries exist, just not charted

@@ -53,7 +53,7 @@ def pick_monitor(keys: Iterable[str]) -> tuple[str, str] | None:
         >>> pick_monitor(["train_loss", "val_loss", "val_acc"])
         ('val_acc', 'max')
     """
-    keys = [key for key in keys if not key.startswith(("emergence/", "branch/")) and key != "epoch"]
+    keys = [key for key in keys if not key.startswith(("emergence/", "summary/")) and key != "epoch"]
     for pattern, mode in ((_VAL_ACC, "max"), (_VAL_LOSS, "min"), (_ACC, "max")):
         matches = sorted((key for key in keys if pattern.search(key)), key=lambda k: (len(k), k))
         if matches:

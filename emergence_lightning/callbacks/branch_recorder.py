@@ -16,7 +16,6 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
@@ -28,7 +27,7 @@ from emergence_lightning.callbacks.emergence import EmergenceCallback
 from emergence_lightning.callbacks.emergence_record import EmergenceRecord
 from emergence_lightning.functional import emergence_as_float
 from emergence_lightning.pruning import count_parameters, masks
-from emergence_lightning.tensorboard_views import flat_hparams, write_hparams_entry
+from emergence_lightning.tensorboard_views import run_hparams, summary_metrics, write_run_summary
 
 
 class BranchRecorder(Callback):
@@ -170,37 +169,17 @@ class BranchRecorder(Callback):
             return
         self._summary_logged = True
         summary = self.summary()
-        metrics = {
-            f"branch/final_{self.monitor or 'metric'}": summary["final"],
-            f"branch/best_{self.monitor or 'metric'}": summary["best"],
-            "branch/epochs_to_99": summary["epochs_to_99"],
-            "branch/parameters": count_parameters(trainer.lightning_module),
-            "branch/E_end": summary["E_end"],
-            "branch/relative_E_end": summary["relative_E_end"],
-        }
-        if self.emergence_callback is not None and self.emergence_callback.connectivity == "weights":
-            # Every branch of the run has these keys (NaN where the model could not be traced).
-            metrics["branch/E_path_end"] = summary["E_path_end"]
-            metrics["branch/relative_E_path_end"] = summary["relative_E_path_end"]
-        metrics = {key: _metric_value(value) for key, value in metrics.items()}
-        params = {
-            "branch/name": self.spec.name,
-            "branch/kind": self.spec.kind,
-            "branch/amount": self.spec.amount,
-            "branch/fork_epoch": self.fork.epoch,
-            "branch/pruning_fn": self.pruning_fn,
-            "branch/status": status,
-        }
+        figures = {**summary, "parameters": count_parameters(trainer.lightning_module)}
+        path_exact = self.emergence_callback is not None and self.emergence_callback.connectivity == "weights"
+        # Every branch of the run has these keys (NaN where unknown, e.g. a model that could not be traced).
+        metrics = summary_metrics(self.monitor, figures, path_exact)
+        metrics = {key: metric_value(value) for key, value in metrics.items()}
+        params = run_hparams(self.spec.name, self.spec.amount, self.fork.epoch, self.pruning_fn, status)
         for logger in trainer.loggers:
             try:
-                logger.log_metrics(metrics, step=trainer.global_step)
-                if isinstance(logger, TensorBoardLogger):
-                    write_hparams_entry(logger, {**flat_hparams(logger.hparams), **params}, metrics)
-                else:
-                    logger.log_hyperparams(params)
+                write_run_summary([logger], trainer.global_step, params, metrics)
             except Exception as error:  # noqa: BLE001 - the summary must not hide the branch's own error
                 rank_zero_warn(f"PruneAndBranchCallback: could not log the summary of {self.spec.name!r}: {error}")
-
 
 def _load_fork_state(trainer: pl.Trainer, pl_module: pl.LightningModule, fork_state: ForkState) -> None:
     """Loads the parent's optimizer and LR scheduler state into the branch's (pruned entries' state zeroed)."""
@@ -232,7 +211,7 @@ def _validates(trainer: pl.Trainer) -> bool:
     return bool(trainer.enable_validation and sum(trainer.num_val_batches or [0]) > 0)
 
 
-def _metric_value(value: Any) -> float:
+def metric_value(value: Any) -> float:
     """A scalar for the loggers: NaN for None, inf for an exact E beyond float range."""
     if value is None:
         return math.nan

@@ -15,6 +15,7 @@ branches in the same order, reusing the initialised process group. See ``docs/pr
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import pickle
 from collections.abc import Sequence
@@ -23,12 +24,13 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from emergence_lightning.branching import store
 from emergence_lightning.branching.fork_state import ForkPoint, ForkState, capture_optimizer, capture_rng, capture_schedulers
-from emergence_lightning.branching.monitor import pick_monitor
+from emergence_lightning.branching.monitor import epochs_to_fraction_of_final, pick_monitor
 from emergence_lightning.branching.plan import (
     BranchSpec,
     PruningSettings,
@@ -61,15 +63,19 @@ from emergence_lightning.branching.trainer_factory import (
     parent_settings,
     portable_settings,
 )
-from emergence_lightning.callbacks.branch_recorder import BranchRecorder
+from emergence_lightning.callbacks.branch_recorder import BranchRecorder, metric_value
 from emergence_lightning.callbacks.emergence import EmergenceCallback
 from emergence_lightning.measure import check_flags
+from emergence_lightning.tensorboard_views import run_hparams, summary_metrics, write_run_summary
 from emergence_lightning.pruning import (
     STRUCTURED_PRUNING_FUNCTIONS,
     check_pruning_arguments,
     count_parameters,
     find_prunable,
 )
+
+#: The parent's name in the results, the report and its HParams row (``branch/name``).
+PARENT = "parent"
 
 #: What a branch starts with besides the weights: the parent's optimizer, scheduler and RNG state, or fresh ones.
 OPTIMIZER_STATES = ("continue", "fresh")
@@ -212,6 +218,7 @@ class PruneAndBranchCallback(Callback):
         #: Where the parent stopped (epoch, step, weights' fingerprint), once forked.
         self.fork: ForkPoint | None = None
         self._templates: list[Callback] = []
+        self._parent_metrics: dict[int, dict[str, float]] = {}  # epochs completed -> the parent's metrics
         self._saved: Fork | None = None  # a saved fork this run starts from (``only``, fork.pt present)
         self._forked = False
 
@@ -244,6 +251,8 @@ class PruneAndBranchCallback(Callback):
         # Before training the parent: a directory holding another model's or setting's branches is refused now.
         record = store.experiment_record(None, store.architecture(pl_module), self._experiment_settings(trainer))
         self._check_experiment(trainer, _branches_dir(trainer), record, False)
+        self._parent_metrics = {}
+        _skip_placeholder_hp_metric(trainer)
         if not trainer.loggers:
             rank_zero_warn(
                 "PruneAndBranchCallback: the Trainer has no logger, so the branches log nothing; results go to "
@@ -279,9 +288,22 @@ class PruneAndBranchCallback(Callback):
             trainer.should_stop = True  # resumed exactly at the fork: branch right away
 
     @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            self._record_parent(trainer)
+
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not (trainer.enable_validation and sum(trainer.num_val_batches or [0]) > 0):
+            self._record_parent(trainer)
         if trainer.current_epoch + 1 >= self.branch_epoch:
             trainer.should_stop = True
+
+    def _record_parent(self, trainer: pl.Trainer) -> None:
+        # The parent's metrics per epoch: its summary row needs the best of a monitor picked only at the fork.
+        self._parent_metrics[trainer.current_epoch + 1] = {
+            key: float(value) for key, value in trainer.callback_metrics.items() if value.numel() == 1
+        }
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -331,6 +353,7 @@ class PruneAndBranchCallback(Callback):
         if trainer.is_global_zero and saved is None:
             store.write_experiment(directory, record)
             self._save_fork(directory, fork, setup, record)
+            self._log_parent_summary(trainer, fork)
         specs = select(setup.plan, self.only)
         previous = {}
         if self.resume and trainer.is_global_zero:
@@ -381,6 +404,34 @@ class PruneAndBranchCallback(Callback):
             dense_parameters=count_parameters(pl_module),
             generators=generator_states(data.values()),
         )
+
+    def _log_parent_summary(self, trainer: pl.Trainer, fork: Fork) -> None:
+        """The parent's end-of-run scalars and HParams row, with the same columns as every branch's."""
+        values = [m[fork.monitor] for _, m in sorted(self._parent_metrics.items()) if fork.monitor in m]
+        finite = [value for value in values if math.isfinite(value)]
+        emergence = next((cb for cb in trainer.callbacks if isinstance(cb, EmergenceCallback)), None)
+        records = emergence.records() if emergence is not None else []
+        end = records[-1] if records else None
+        figures = {
+            "final": values[-1] if values else None,
+            "best": (max(finite) if fork.mode == "max" else min(finite)) if finite else None,
+            "epochs_to_99": epochs_to_fraction_of_final(values, 0.99, fork.mode) if values else None,
+            "parameters": fork.dense_parameters,
+            **(
+                {"E_end": end.E, "log10_E_end": end.log10_E, "relative_E_end": end.relative,
+                 "E_path_end": end.E_path, "relative_E_path_end": end.relative_path}
+                if end is not None else {}
+            ),
+        }  # fmt: skip
+        path_exact = emergence is not None and emergence.connectivity == "weights"
+        metrics = summary_metrics(fork.monitor, figures, path_exact)
+        metrics = {key: metric_value(value) for key, value in metrics.items()}
+        params = run_hparams(PARENT, 0.0, fork.point.epoch, "none", "finished")
+        for logger in trainer.loggers:
+            try:
+                write_run_summary([logger], trainer.global_step, params, metrics)
+            except Exception as error:  # noqa: BLE001 - the branches still run
+                rank_zero_warn(f"PruneAndBranchCallback: could not log the parent's summary: {error}")
 
     def _save_fork(self, directory: Path, fork: Fork, setup: BranchSetup, record: dict[str, Any]) -> None:
         """Saves the fork as ``fork.pt``, so any branch can run later or in another job (rank zero)."""
@@ -451,6 +502,26 @@ class PruneAndBranchCallback(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.results = [dict(result) for result in state_dict.get("results", [])]
         self._forked = bool(state_dict.get("forked", False))
+
+
+def _skip_placeholder_hp_metric(trainer: pl.Trainer) -> None:
+    """Stops Lightning writing its placeholder HParams entry (``hp_metric = -1``) at the start of the parent's fit.
+
+    TensorBoard reads the first entry of a run only, and takes the HParams columns from one run's entry:
+    the placeholder (the model's hyperparameters only) would hide the parent's row and every branch column.
+    Lightning's ``_log_hyperparams`` runs after the callbacks' ``setup``, so turning it off here is in time.
+    """
+    for logger in trainer.loggers:
+        if not isinstance(logger, TensorBoardLogger):
+            continue
+        if not hasattr(logger, "_default_hp_metric"):
+            rank_zero_warn(
+                "PruneAndBranchCallback: could not turn off this Lightning version's placeholder `hp_metric`; "
+                "if the HParams tab shows no branch columns, create the logger with "
+                "`TensorBoardLogger(..., default_hp_metric=False)`."
+            )
+            continue
+        logger._default_hp_metric = False
 
 
 def _branches_dir(trainer: pl.Trainer) -> Path:
