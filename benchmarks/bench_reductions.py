@@ -126,7 +126,7 @@ def main() -> None:
     versions = {"current": current}
     if args.baseline:
         versions = {"baseline": module_from(args.baseline), **versions}
-    for shape in ((128, 64, 32, 32), (128, 256, 8, 8)):
+    for shape in ((128, 64, 32, 32), (128, 256, 8, 8), (128, 256, 2, 2)):
         reductions(versions, args.rounds, shape)
     fixed_cost(versions, args.rounds)
 
