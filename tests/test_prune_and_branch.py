@@ -855,3 +855,27 @@ def test_monitor_and_convergence_helpers():
     assert epochs_to_fraction_of_final([0.1, float("nan")]) is None
     with pytest.raises(ValueError, match=r"`mode` must be 'max' or 'min', got 'best'"):
         epochs_to_fraction_of_final([1.0], mode="best")
+
+
+
+def test_lightning_cli_save_config_callback_is_left_out_of_the_branches_silently(tmp_path, recwarn):
+    """A real LightningCLI fit: its SaveConfigCallback (holding the CLI's parser) is not copied, with no warning."""
+    pytest.importorskip("jsonargparse", reason="LightningCLI needs jsonargparse (the `test` extra installs it)")
+    import runpy
+
+    import yaml
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "lightning_cli"
+    config = yaml.safe_load((example / "config.yaml").read_text())
+    config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path)
+    config["trainer"].update(max_epochs=2, limit_train_batches=2, limit_val_batches=1, enable_progress_bar=False)
+    config["trainer"]["callbacks"][1]["init_args"].update(branch_epoch=1, amounts=[0.5], verbose=False)
+    config["model"]["init_args"]["hidden"] = [8]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    cli = runpy.run_path(str(example / "main.py"))["main"](["fit", "--config", str(tmp_path / "config.yaml")])
+    assert not [w for w in recwarn if "could not copy" in str(w.message)]
+    log_dir = Path(cli.trainer.logger.log_dir)
+    assert (log_dir / "config.yaml").is_file()  # the parent saved its configuration as usual
+    branches = next(cb for cb in cli.trainer.callbacks if isinstance(cb, PruneAndBranchCallback))
+    assert [result["status"] for result in branches.results] == ["finished", "finished"]
+    assert not list((log_dir / "branches").rglob("config.yaml"))

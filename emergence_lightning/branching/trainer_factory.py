@@ -269,13 +269,25 @@ def parent_data(trainer: pl.Trainer) -> dict[str, Any]:
 
 # ---- callbacks and loggers -------------------------------------------------------------------
 def callback_templates(trainer: pl.Trainer, pl_module: pl.LightningModule, skip: tuple[type, ...]) -> list[Callback]:
-    """Copies of the parent's callbacks as they are before training, detached from it (``skip``: left out)."""
+    """Copies of the parent's callbacks as they are before training, detached from it (``skip``: left out).
+
+    LightningCLI's ``SaveConfigCallback`` is left out too: it only saves the parent's ``config.yaml``,
+    and holds the CLI's parser, which cannot be copied.
+    """
     return [
         template
         for callback in trainer.callbacks
-        if not isinstance(callback, (*skip, ModelSummary))
+        if not isinstance(callback, (*skip, ModelSummary)) and not _saves_cli_config(callback)
         and (template := _template(callback, trainer, pl_module)) is not None
     ]
+
+
+def _saves_cli_config(callback: Callback) -> bool:
+    try:
+        from lightning.pytorch.cli import SaveConfigCallback
+    except ImportError:  # the CLI's optional dependencies are missing: no LightningCLI made this trainer
+        return False
+    return isinstance(callback, SaveConfigCallback)
 
 
 def fresh_callbacks(templates: list[Callback], name: str) -> list[Callback]:
