@@ -22,6 +22,8 @@ ROLES = ("train_acc", "val_acc", "train_loss", "val_loss")
 TRAIN_WORDS = frozenset({"train", "training"})
 VAL_WORDS = frozenset({"val", "valid", "validation"})
 ACCURACY_WORDS = frozenset({"acc", "acc1", "accuracy", "top1"})
+#: End-of-run summaries (tensorboard_views.SUMMARY): `summary/final_val_acc` is no accuracy curve.
+END_OF_RUN_PREFIX = "summary/"
 WORD_SPLIT = re.compile(r"[/_\-.\s]+")
 
 
@@ -31,6 +33,8 @@ def _words(tag: str) -> list[str]:
 
 def classify(tag: str) -> str | None:
     """The role of ``tag`` (one of :data:`ROLES`), or None when it is not a train/val accuracy or loss."""
+    if tag.startswith(END_OF_RUN_PREFIX):
+        return None  # one point per run (final/best figures), not a curve
     words = _words(tag)
     stage = "val" if VAL_WORDS & set(words) else "train" if TRAIN_WORDS & set(words) else None
     if stage is None:

@@ -51,6 +51,16 @@ def test_epoch_level_tags_win_over_step_level():
     assert choose_tags(["train_acc_step"])["train_acc"] == "train_acc_step"
 
 
+def test_end_of_run_summaries_are_never_taken_for_a_curve():
+    from emergence_lightning.tensorboard_views import SUMMARY
+
+    # Ties on word count with the user's tag and sorts first: it must still not be picked.
+    tags = [f"{SUMMARY}/final_val_acc_top1", "val_epoch_acc_top1_mean", f"{SUMMARY}/best_val_loss"]
+    assert classify(f"{SUMMARY}/final_val_acc") is None
+    assert choose_tags(tags)["val_acc"] == "val_epoch_acc_top1_mean"
+    assert choose_tags(tags)["val_loss"] is None
+
+
 def test_emergence_tags_are_never_taken_for_accuracy():
     tags = ["emergence/train_acc_probe", "val/acc"]
     assert choose_tags(tags, exclude_prefix="emergence") == dict(
