@@ -1,0 +1,104 @@
+"""NodeStatistic against a float64 reference computed independently (move the node dim last,
+flatten everything else, reduce in float64), over the layouts and map sizes whose reduction paths
+differ: 2-D outputs, short maps (1x1, 2x2, 4x4 take the matrix-vector path on CPU), long maps,
+sequences batch- and time-major, channels-last, a node dim before the batch dim; batches of
+changing size (the scratch buffers are reused across shapes); NaN and -inf in the data.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from emergence_lightning.measure.statistics import Scratch, NodeStatistic
+
+THETA = 0.05
+
+# (shape of one batch with N as the batch size, batch_dim, node_dim)
+LAYOUTS = [
+    pytest.param(lambda n: (n, 7), 0, 1, id="linear (N, F)"),
+    pytest.param(lambda n: (n, 6, 1, 1), 0, 1, id="conv 1x1 map"),
+    pytest.param(lambda n: (n, 6, 2, 2), 0, 1, id="conv 2x2 map"),
+    pytest.param(lambda n: (n, 6, 4, 4), 0, 1, id="conv 4x4 map"),
+    pytest.param(lambda n: (n, 6, 9, 7), 0, 1, id="conv 9x7 map"),
+    pytest.param(lambda n: (n, 11, 5), 0, 2, id="tokens (N, T, F)"),
+    pytest.param(lambda n: (11, n, 5), 1, 2, id="time-major (T, N, F)"),
+    pytest.param(lambda n: (n, 3, 4, 8), 0, 3, id="channels-last (N, H, W, C)"),
+    pytest.param(lambda n: (5, n, 3), 1, 0, id="nodes before batch (F, N, T)"),
+]
+
+
+def _reference(batches: list[torch.Tensor], batch_dim: int, node_dim: int) -> dict[str, torch.Tensor]:
+    """Per node, in float64: sum, count above THETA, max, and the number of values seen."""
+    rows = [b.double().movedim((batch_dim, node_dim), (0, -1)).reshape(-1, b.shape[node_dim]) for b in batches]
+    values = torch.cat(rows)
+    return {
+        "sum": values.sum(0),
+        "count": (values > THETA).sum(0).double(),
+        "max": values.max(0).values,
+        "rows": len(values),
+    }
+
+
+def _batches(shape, sizes, dtype, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    batches = [torch.randn(shape(n), generator=generator).to(dtype) for n in sizes]
+    return batches
+
+
+@pytest.mark.parametrize("shape, batch_dim, node_dim", LAYOUTS)
+@pytest.mark.parametrize("statistic", ["mean", "fraction", "max"])
+def test_statistic_equals_float64_reference(shape, batch_dim, node_dim, statistic):
+    batches = _batches(shape, sizes=(8, 3, 8, 1), dtype=torch.float32)
+    stat, scratch = NodeStatistic(statistic, THETA), Scratch()
+    for batch in batches:
+        stat.add(batch, batch_dim, node_dim, scratch)
+    ref = _reference(batches, batch_dim, node_dim)
+    assert stat.rows == ref["rows"]
+    assert stat.total.dtype == torch.float64
+    expected = {"mean": ref["sum"], "fraction": ref["count"], "max": ref["max"]}[statistic]
+    # float32 per sample, float64 across samples: the documented bound is far below 1e-5 here.
+    torch.testing.assert_close(stat.total, expected, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(stat.probe, ref["sum"], rtol=1e-6, atol=1e-5)
+    if statistic == "fraction":
+        assert torch.equal(stat.total, ref["count"])  # counts are exact
+
+
+@pytest.mark.parametrize("shape, batch_dim, node_dim", LAYOUTS)
+@pytest.mark.parametrize("statistic", ["mean", "fraction", "max"])
+def test_nan_and_minus_inf_reach_the_probe_and_never_fire(shape, batch_dim, node_dim, statistic):
+    batches = _batches(shape, sizes=(4, 4), dtype=torch.float32, seed=1)
+    first = batches[0].movedim((batch_dim, node_dim), (0, -1))  # a view: writes reach the batch
+    first[0, ..., 0] = math.nan  # node 0: NaN at every position of sample 0
+    first[1, ..., 1] = -math.inf  # node 1: -inf at every position of sample 1
+    stat, scratch = NodeStatistic(statistic, THETA), Scratch()
+    for batch in batches:
+        stat.add(batch, batch_dim, node_dim, scratch)
+    ref = _reference(batches, batch_dim, node_dim)
+    assert math.isnan(stat.probe[0]) and stat.probe[1] == -math.inf
+    torch.testing.assert_close(stat.probe[2:], ref["sum"][2:], rtol=1e-6, atol=1e-5)
+    if statistic == "fraction":
+        assert torch.equal(stat.total, ref["count"])  # NaN > theta is False: never counted
+    if statistic == "max":
+        assert math.isnan(stat.total[0])  # the tracker reports a NaN node as inactive, from the probe
+        torch.testing.assert_close(stat.total[1:], ref["max"][1:])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_other_dtypes_accumulate_in_float64(dtype):
+    batches = _batches(lambda n: (n, 6, 3, 3), sizes=(8, 5), dtype=dtype, seed=2)
+    stat, scratch = NodeStatistic("mean", THETA), Scratch()
+    for batch in batches:
+        stat.add(batch, 0, 1, scratch)
+    ref = _reference(batches, 0, 1)  # the same low-precision values, summed in float64
+    assert stat.total.dtype == torch.float64
+    torch.testing.assert_close(stat.total, ref["sum"], rtol=1e-6, atol=1e-5)
+
+
+def test_changing_node_count_is_refused():
+    stat, scratch = NodeStatistic("mean", THETA), Scratch()
+    stat.add(torch.ones(2, 4), 0, 1, scratch)
+    with pytest.raises(ValueError, match="node count changed from 4 to 5"):
+        stat.add(torch.ones(2, 5), 0, 1, scratch)
