@@ -12,7 +12,12 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tiny_models import Classifier, loaders, mlp
 
 from emergence_lightning.branching.plan import BranchSpec
-from emergence_lightning.branching.trainer_factory import PRIVATE_ATTRIBUTES, check_lightning_attributes
+from emergence_lightning.branching.trainer_factory import (
+    PRIVATE_ATTRIBUTES,
+    TENSORBOARD_PLACEHOLDER_FLAG,
+    check_lightning_attributes,
+    skip_placeholder_hp_metric,
+)
 from emergence_lightning.callbacks.emergence import EmergenceCallback
 from emergence_lightning.callbacks.prune_and_branch import PruneAndBranchCallback
 
@@ -36,6 +41,16 @@ def test_every_private_lightning_attribute_read_exists_in_this_version():
     trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
     check_lightning_attributes(trainer)  # raises naming the attribute otherwise
     assert len(PRIVATE_ATTRIBUTES["Trainer"]) == 10 and len(PRIVATE_ATTRIBUTES["DDPStrategy"]) == 8
+
+
+def test_tensorboard_placeholder_flag_exists_and_is_turned_off(tmp_path):
+    # The parent's HParams row and the branch columns need Lightning's placeholder entry off; the
+    # flag is private, so this fails loudly, naming it, on a Lightning version that moved it.
+    logger = TensorBoardLogger(str(tmp_path))
+    assert getattr(logger, TENSORBOARD_PLACEHOLDER_FLAG) is True, TENSORBOARD_PLACEHOLDER_FLAG
+    trainer = pl.Trainer(logger=logger, enable_progress_bar=False, enable_model_summary=False)
+    skip_placeholder_hp_metric(trainer)
+    assert getattr(logger, TENSORBOARD_PLACEHOLDER_FLAG) is False
 
 
 class _MovedCounter:

@@ -65,6 +65,10 @@ PRIVATE_ATTRIBUTES = {
     ),
 }
 
+#: A private TensorBoardLogger flag: whether Lightning writes its placeholder `hp_metric` HParams entry.
+#: Missing on a Lightning version that moved it: a warning (the HParams tab then lacks columns), no error.
+TENSORBOARD_PLACEHOLDER_FLAG = "_default_hp_metric"
+
 
 def check_lightning_attributes(trainer: pl.Trainer, strategy: DDPStrategy | None = None) -> None:
     """Raises a RuntimeError naming the first of :data:`PRIVATE_ATTRIBUTES` this Lightning version lacks."""
@@ -400,3 +404,23 @@ class _QuietLightningInfo:
     def __exit__(self, *exc_info: object) -> None:
         for logger, level in zip(self.loggers, self.levels):
             logger.setLevel(level)
+
+
+def skip_placeholder_hp_metric(trainer: pl.Trainer) -> None:
+    """Stops Lightning writing its placeholder HParams entry (``hp_metric = -1``) at the start of the parent's fit.
+
+    TensorBoard reads the first entry of a run only, and takes the HParams columns from one run's entry:
+    the placeholder (the model's hyperparameters only) would hide the parent's row and every branch column.
+    Lightning's ``_log_hyperparams`` runs after the callbacks' ``setup``, so turning it off here is in time.
+    """
+    for logger in trainer.loggers:
+        if not isinstance(logger, TensorBoardLogger):
+            continue
+        if not hasattr(logger, TENSORBOARD_PLACEHOLDER_FLAG):
+            rank_zero_warn(
+                "PruneAndBranchCallback: could not turn off this Lightning version's placeholder `hp_metric`; "
+                "if the HParams tab shows no branch columns, create the logger with "
+                "`TensorBoardLogger(..., default_hp_metric=False)`."
+            )
+            continue
+        setattr(logger, TENSORBOARD_PLACEHOLDER_FLAG, False)

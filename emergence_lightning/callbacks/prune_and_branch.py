@@ -24,12 +24,17 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from emergence_lightning.branching import store
-from emergence_lightning.branching.fork_state import ForkPoint, ForkState, capture_optimizer, capture_rng, capture_schedulers
+from emergence_lightning.branching.fork_state import (
+    ForkPoint,
+    ForkState,
+    capture_optimizer,
+    capture_rng,
+    capture_schedulers,
+)
 from emergence_lightning.branching.monitor import epochs_to_fraction_of_final, pick_monitor
 from emergence_lightning.branching.plan import (
     BranchSpec,
@@ -62,17 +67,18 @@ from emergence_lightning.branching.trainer_factory import (
     parent_data,
     parent_settings,
     portable_settings,
+    skip_placeholder_hp_metric,
 )
 from emergence_lightning.callbacks.branch_recorder import BranchRecorder, metric_value
 from emergence_lightning.callbacks.emergence import EmergenceCallback
 from emergence_lightning.measure import check_flags
-from emergence_lightning.tensorboard_views import run_hparams, summary_metrics, write_run_summary
 from emergence_lightning.pruning import (
     STRUCTURED_PRUNING_FUNCTIONS,
     check_pruning_arguments,
     count_parameters,
     find_prunable,
 )
+from emergence_lightning.tensorboard_views import run_hparams, summary_metrics, write_run_summary
 
 #: The parent's name in the results, the report and its HParams row (``branch/name``).
 PARENT = "parent"
@@ -252,7 +258,7 @@ class PruneAndBranchCallback(Callback):
         record = store.experiment_record(None, store.architecture(pl_module), self._experiment_settings(trainer))
         self._check_experiment(trainer, _branches_dir(trainer), record, False)
         self._parent_metrics = {}
-        _skip_placeholder_hp_metric(trainer)
+        skip_placeholder_hp_metric(trainer)
         if not trainer.loggers:
             rank_zero_warn(
                 "PruneAndBranchCallback: the Trainer has no logger, so the branches log nothing; results go to "
@@ -502,26 +508,6 @@ class PruneAndBranchCallback(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.results = [dict(result) for result in state_dict.get("results", [])]
         self._forked = bool(state_dict.get("forked", False))
-
-
-def _skip_placeholder_hp_metric(trainer: pl.Trainer) -> None:
-    """Stops Lightning writing its placeholder HParams entry (``hp_metric = -1``) at the start of the parent's fit.
-
-    TensorBoard reads the first entry of a run only, and takes the HParams columns from one run's entry:
-    the placeholder (the model's hyperparameters only) would hide the parent's row and every branch column.
-    Lightning's ``_log_hyperparams`` runs after the callbacks' ``setup``, so turning it off here is in time.
-    """
-    for logger in trainer.loggers:
-        if not isinstance(logger, TensorBoardLogger):
-            continue
-        if not hasattr(logger, "_default_hp_metric"):
-            rank_zero_warn(
-                "PruneAndBranchCallback: could not turn off this Lightning version's placeholder `hp_metric`; "
-                "if the HParams tab shows no branch columns, create the logger with "
-                "`TensorBoardLogger(..., default_hp_metric=False)`."
-            )
-            continue
-        logger._default_hp_metric = False
 
 
 def _branches_dir(trainer: pl.Trainer) -> Path:
