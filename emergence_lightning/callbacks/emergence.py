@@ -15,33 +15,30 @@ from torch import Tensor
 from typing_extensions import override
 
 from emergence_lightning.callbacks import lightning_state as state
-from emergence_lightning.callbacks.emergence_checks import duplicate_prefix_error, layer_coverage_warnings
+from emergence_lightning.callbacks.emergence_checks import (
+    check_callback_arguments,
+    duplicate_prefix_error,
+    layer_coverage_warnings,
+)
+from emergence_lightning.callbacks.emergence_metrics import (
+    all_metrics,
+    layer_metrics,
+    scalar_metrics,
+    zero_streak,
+)
 from emergence_lightning.callbacks.emergence_record import EmergenceRecord
 from emergence_lightning.callbacks.probe import ProbeStep, batch_input, default_probe_step, run_step
 from emergence_lightning.connectivity import ConnectivityError, build_edges, path_emergence
 from emergence_lightning.functional import (
-    VARIANTS,
     emergence,
-    emergence_as_float,
     log10_emergence,
     relative_emergence,
 )
-from emergence_lightning.measure import ActivityTracker, Measurement, check_flags, check_tracking_arguments
+from emergence_lightning.measure import ActivityTracker, Measurement
 from emergence_lightning.pruning import count_parameters
 from emergence_lightning.tensorboard_views import emergence_layout, write_custom_scalars
 
-CONNECTIVITIES = ("dense", "weights")
 __all__ = ["EmergenceCallback", "batch_input", "default_probe_step", "zero_streak"]
-
-
-def zero_streak(history: Sequence[dict[str, Any]]) -> int:
-    """How many of the latest in-training measurements had E exactly 0."""
-    streak = 0
-    for record in reversed(history):
-        if record.get("before_training", record["epoch"] == 0) or record["E"] != 0:
-            break
-        streak += 1
-    return streak
 
 
 class EmergenceCallback(Callback):
@@ -108,32 +105,13 @@ class EmergenceCallback(Callback):
         prefix: str = "emergence",
         connectivity: str = "dense",
     ) -> None:
-        check_tracking_arguments(threshold, statistic, min_firing_rate, node_dim, layers)
-        if variant not in VARIANTS:
-            raise ValueError(f"`variant` must be one of {VARIANTS}, got {variant!r}.")
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
-            raise ValueError(f"`patience` must be an int >= 0, got {patience!r}.")
-        if not isinstance(prefix, str) or not prefix or prefix.endswith("/"):
-            raise ValueError(f"`prefix` must be a non-empty string not ending in '/', got {prefix!r}.")
-        if connectivity not in CONNECTIVITIES:
-            raise ValueError(f"`connectivity` must be one of {CONNECTIVITIES}, got {connectivity!r}.")
-        if probe_step is not None and not callable(probe_step):
-            raise TypeError(f"`probe_step` must be callable, got {probe_step!r}.")
-        check_flags(
-            include_input=include_input,
-            include_output=include_output,
-            measure_at_start=measure_at_start,
-            stop_at_zero=stop_at_zero,
-            log_histograms=log_histograms,
-        )
-        if probe_dataloader is not None:
-            if isinstance(probe_dataloader, (Tensor, str, bytes)) or not isinstance(probe_dataloader, Iterable):
-                raise TypeError(
-                    "`probe_dataloader` must be a DataLoader (or any iterable of batches), got "
-                    f"{type(probe_dataloader).__name__}."
-                )
-            if state.length(probe_dataloader) == 0:
-                raise ValueError(f"`probe_dataloader` has no batch to measure, got {probe_dataloader!r}.")
+        check_callback_arguments(
+            threshold=threshold, statistic=statistic, variant=variant, layers=layers, node_dim=node_dim,
+            include_input=include_input, include_output=include_output, min_firing_rate=min_firing_rate,
+            probe_dataloader=probe_dataloader, probe_step=probe_step, measure_at_start=measure_at_start,
+            stop_at_zero=stop_at_zero, patience=patience, log_histograms=log_histograms, prefix=prefix,
+            connectivity=connectivity,
+        )  # fmt: skip
         self.threshold = float(threshold)
         self.statistic = statistic
         self.variant = variant
@@ -528,7 +506,7 @@ class EmergenceCallback(Callback):
     def _log_to_loggers(self, trainer: pl.Trainer, record: dict[str, Any]) -> None:
         """Writes a record straight to the loggers at ``global_step`` (where ``self.log`` can't: before the
         first step, in ``on_train_end``, or for a measurement the caller asked for)."""
-        metrics = {**self._metrics(record), "epoch": record["epoch"]}
+        metrics = {**all_metrics(record, self.prefix), "epoch": record["epoch"]}
         _write(trainer, metrics, trainer.global_step)
 
     def _record(
@@ -548,14 +526,14 @@ class EmergenceCallback(Callback):
         else:
             # `self.log` (which EarlyStopping and ModelCheckpoint read) only for the monitorable scalars;
             # per-layer counts go to the loggers in one call (two `self.log` calls a layer cost ~0.6 ms).
-            for key, value in self._scalar_metrics(record).items():
+            for key, value in scalar_metrics(record, self.prefix).items():
                 if not key.endswith(("/epoch", "active_fraction")) and pl_module.device.type != "mps":
                     # float64: E and E~ pass float32's range (inf) on real CNNs, and float32 would round
                     # log10 E (82.8 on mobilenet_v3_small) to 1e-5, hiding changes a monitor must see.
                     value = torch.tensor(value, dtype=torch.float64, device=pl_module.device)
                 # Values are equal on every process; syncing keeps them so and silences the DDP warning.
                 pl_module.log(key, value, on_step=False, on_epoch=True, batch_size=1, sync_dist=True)
-            _write(trainer, self._layer_metrics(record), state.logging_step(trainer))
+            _write(trainer, layer_metrics(record, self.prefix), state.logging_step(trainer))
         if self.log_histograms:
             self._log_histograms(trainer, measurement)
         if self.stop_at_zero and before_training and E == 0:
@@ -595,33 +573,6 @@ class EmergenceCallback(Callback):
             self._untraceable = True
             return None
         return path_emergence(edges, [layer.active for layer in measurement.layers], self.variant)
-
-    def _metrics(self, record: dict[str, Any]) -> dict[str, float]:
-        """Every logged value of a record: the monitorable scalars and the per-layer counts."""
-        return {**self._scalar_metrics(record), **self._layer_metrics(record)}
-
-    def _scalar_metrics(self, record: dict[str, Any]) -> dict[str, float]:
-        p = self.prefix
-        metrics = {
-            f"{p}/E": emergence_as_float(record["E"]),
-            f"{p}/relative": record["relative"],
-            f"{p}/log10_E": record["log10_E"],
-            f"{p}/active_fraction": record["active_fraction"],
-            f"{p}/epoch": float(record["epoch"]),
-        }
-        if record.get("E_path") is not None:
-            metrics[f"{p}/E_path"] = emergence_as_float(record["E_path"])
-            metrics[f"{p}/log10_E_path"] = log10_emergence(record["E_path"])
-            metrics[f"{p}/relative_path"] = record["relative_path"]
-        return metrics
-
-    def _layer_metrics(self, record: dict[str, Any]) -> dict[str, float]:
-        p = self.prefix
-        metrics = {}
-        for name, n, a in zip(record["layers"], record["n"], record["a"]):
-            metrics[f"{p}/active/{name}"] = float(a)
-            metrics[f"{p}/dead/{name}"] = float(n - a)
-        return metrics
 
     def _maybe_stop(self, trainer: pl.Trainer) -> None:
         streak = zero_streak(self.history)

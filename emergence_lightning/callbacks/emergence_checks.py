@@ -1,13 +1,15 @@
-"""Checks that make a silently wrong EmergenceCallback measurement loud: pure decisions, no hooks."""
+"""EmergenceCallback's checks: its arguments, and what makes a silently wrong measurement loud."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
-from emergence_lightning.measure import parametrised_leaves
+from emergence_lightning.callbacks import lightning_state as state
+from emergence_lightning.functional import VARIANTS
+from emergence_lightning.measure import check_flags, check_tracking_arguments, parametrised_leaves
 
 # A model with at least this many parametrised leaf modules should show at least two layers.
 MANY_PARAMETRISED_MODULES = 3
@@ -67,3 +69,54 @@ def layer_coverage_warnings(model: nn.Module, names: Sequence[str], E: int) -> l
             )
         )
     return warnings
+
+
+CONNECTIVITIES = ("dense", "weights")
+
+
+def check_callback_arguments(
+    *,
+    threshold: Any,
+    statistic: Any,
+    variant: Any,
+    layers: Any,
+    node_dim: Any,
+    include_input: Any,
+    include_output: Any,
+    min_firing_rate: Any,
+    probe_dataloader: Any,
+    probe_step: Any,
+    measure_at_start: Any,
+    stop_at_zero: Any,
+    patience: Any,
+    log_histograms: Any,
+    prefix: Any,
+    connectivity: Any,
+) -> None:
+    """Raises on a bad ``EmergenceCallback`` argument, naming it and the value received."""
+    check_tracking_arguments(threshold, statistic, min_firing_rate, node_dim, layers)
+    if variant not in VARIANTS:
+        raise ValueError(f"`variant` must be one of {VARIANTS}, got {variant!r}.")
+    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+        raise ValueError(f"`patience` must be an int >= 0, got {patience!r}.")
+    if not isinstance(prefix, str) or not prefix or prefix.endswith("/"):
+        raise ValueError(f"`prefix` must be a non-empty string not ending in '/', got {prefix!r}.")
+    if connectivity not in CONNECTIVITIES:
+        raise ValueError(f"`connectivity` must be one of {CONNECTIVITIES}, got {connectivity!r}.")
+    if probe_step is not None and not callable(probe_step):
+        raise TypeError(f"`probe_step` must be callable, got {probe_step!r}.")
+    check_flags(
+        include_input=include_input,
+        include_output=include_output,
+        measure_at_start=measure_at_start,
+        stop_at_zero=stop_at_zero,
+        log_histograms=log_histograms,
+    )
+    if probe_dataloader is not None:
+        if isinstance(probe_dataloader, (Tensor, str, bytes)) or not isinstance(probe_dataloader, Iterable):
+            raise TypeError(
+                "`probe_dataloader` must be a DataLoader (or any iterable of batches), got "
+                f"{type(probe_dataloader).__name__}."
+            )
+        if state.length(probe_dataloader) == 0:
+            raise ValueError(f"`probe_dataloader` has no batch to measure, got {probe_dataloader!r}.")

@@ -1,0 +1,56 @@
+"""What EmergenceCallback logs of a measurement record: each key and its value. Pure, no Lightning.
+
+The keys (``prefix`` is ``emergence`` by default; README "What is logged" says what each means):
+``{prefix}/E``, ``/relative``, ``/log10_E``, ``/active_fraction``, ``/epoch``; with path-exact
+counting ``/E_path``, ``/log10_E_path``, ``/relative_path``; per layer ``/active/<layer>`` and
+``/dead/<layer>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from emergence_lightning.functional import emergence_as_float, log10_emergence
+
+
+def scalar_metrics(record: dict[str, Any], prefix: str) -> dict[str, float]:
+    """The monitorable scalars of a record (E as a float: inf beyond float64's range)."""
+    p = prefix
+    metrics = {
+        f"{p}/E": emergence_as_float(record["E"]),
+        f"{p}/relative": record["relative"],
+        f"{p}/log10_E": record["log10_E"],
+        f"{p}/active_fraction": record["active_fraction"],
+        f"{p}/epoch": float(record["epoch"]),
+    }
+    if record.get("E_path") is not None:
+        metrics[f"{p}/E_path"] = emergence_as_float(record["E_path"])
+        metrics[f"{p}/log10_E_path"] = log10_emergence(record["E_path"])
+        metrics[f"{p}/relative_path"] = record["relative_path"]
+    return metrics
+
+
+def layer_metrics(record: dict[str, Any], prefix: str) -> dict[str, float]:
+    """Active and dead node counts of every layer of a record."""
+    metrics = {}
+    for name, n, a in zip(record["layers"], record["n"], record["a"]):
+        metrics[f"{prefix}/active/{name}"] = float(a)
+        metrics[f"{prefix}/dead/{name}"] = float(n - a)
+    return metrics
+
+
+def all_metrics(record: dict[str, Any], prefix: str) -> dict[str, float]:
+    """Every logged value of a record: the monitorable scalars and the per-layer counts."""
+    return {**scalar_metrics(record, prefix), **layer_metrics(record, prefix)}
+
+
+def zero_streak(history: Sequence[dict[str, Any]]) -> int:
+    """How many of the latest in-training measurements had E exactly 0."""
+    streak = 0
+    for record in reversed(history):
+        if record.get("before_training", record["epoch"] == 0) or record["E"] != 0:
+            break
+        streak += 1
+    return streak
+
