@@ -10,13 +10,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from emergence_lightning.connectivity import (
-    ConnectivityError,
-    _check_edges,
-    _count_paths,
-    build_edges,
-    path_emergence,
-)
+from emergence_lightning.connectivity import ConnectivityError, build_edges, path_emergence
+from emergence_lightning.connectivity.paths import _check_edges, _count_paths
 from emergence_lightning.functional import emergence
 
 DESIGN_VECTORS = [
