@@ -15,10 +15,11 @@ kept once), and of one run it keeps the layout written last.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 # Lightning's and torchmetrics' accuracy and loss names: `train_acc`, `train_acc_epoch` (logged with
 # on_epoch=True), `train/acc`, `val_accuracy`, `val_MulticlassAccuracy`. `*_step` values are left out:
@@ -132,6 +133,17 @@ def branch_overlay_layout(monitor: str | None) -> dict[str, dict[str, list[Any]]
     ):
         layout[ACCURACY_CATEGORY][f"monitored metric: {monitor}"] = _chart(_exact(monitor))
     return layout
+
+
+@rank_zero_only
+def write_activity_histograms(loggers: list[Any], prefix: str, layers: Sequence[Any], step: int) -> None:
+    """Each layer's per-node activity as a histogram ``{prefix}/activity/<layer>`` (NaN nodes left out)."""
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            for layer in layers:
+                values = layer.activity[~layer.activity.isnan()]
+                if values.numel():
+                    logger.experiment.add_histogram(f"{prefix}/activity/{layer.name}", values, global_step=step)
 
 
 def write_custom_scalars(loggers: list[Any], layout: dict[str, dict[str, list[Any]]]) -> None:

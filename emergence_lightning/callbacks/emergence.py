@@ -11,7 +11,6 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
-from torch import Tensor
 from typing_extensions import override
 
 from emergence_lightning.callbacks import lightning_state as state
@@ -27,8 +26,8 @@ from emergence_lightning.callbacks.emergence_metrics import (
     zero_streak,
 )
 from emergence_lightning.callbacks.emergence_record import EmergenceRecord
+from emergence_lightning.callbacks.path_exact import PathExactCounter
 from emergence_lightning.callbacks.probe import ProbeStep, batch_input, default_probe_step, run_step
-from emergence_lightning.connectivity import ConnectivityError, build_edges, path_emergence
 from emergence_lightning.functional import (
     emergence,
     log10_emergence,
@@ -36,7 +35,11 @@ from emergence_lightning.functional import (
 )
 from emergence_lightning.measure import ActivityTracker, Measurement
 from emergence_lightning.pruning import count_parameters
-from emergence_lightning.tensorboard_views import emergence_layout, write_custom_scalars
+from emergence_lightning.tensorboard_views import (
+    emergence_layout,
+    write_activity_histograms,
+    write_custom_scalars,
+)
 
 __all__ = ["EmergenceCallback", "batch_input", "default_probe_step", "zero_streak"]
 
@@ -144,8 +147,8 @@ class EmergenceCallback(Callback):
         self._said_not_measured: set[str] = set()
         self._charted_layers: list[str] = []  # layers of the per-layer charts written to this run
         self._warned: set[str] = set()
-        self._example_input: Tensor | None = None  # two rows of a batch, to trace the weight graph
-        self._untraceable = False
+        # connectivity="weights": E also counted on the weights' graph (None: the dense formula only).
+        self._path_counter = PathExactCounter(variant) if connectivity == "weights" else None
 
     @property
     @override
@@ -236,10 +239,10 @@ class EmergenceCallback(Callback):
     # ---- when to measure -----------------------------------------------------------------
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._source = self._choose_source(trainer)
+        self._source = state.measurement_source(trainer, self.probe_dataloader)
         self._log_tensorboard_extras(trainer)
         if self.measure_at_start and not self.history:
-            batches, sampler = self._start_batches(trainer)
+            batches, sampler = state.start_batches(trainer, self._source, self.probe_dataloader)
             measurement = self._run_probe(trainer, pl_module, batches, sampler)
             if measurement is not None:
                 self._record(trainer, pl_module, measurement, epoch=0, through_loggers=True, before_training=True)
@@ -372,8 +375,8 @@ class EmergenceCallback(Callback):
                 f"of a running `Trainer` whose callbacks include it (got {type(pl_module).__name__})."
             )
         if self._source is None:
-            self._source = self._choose_source(trainer)
-        batches, sampler = self._start_batches(trainer)
+            self._source = state.measurement_source(trainer, self.probe_dataloader)
+        batches, sampler = state.start_batches(trainer, self._source, self.probe_dataloader)
         measurement = self._run_probe(trainer, pl_module, batches, sampler)
         if measurement is None:
             return None
@@ -382,7 +385,7 @@ class EmergenceCallback(Callback):
         if log:
             self._log_to_loggers(trainer, record)
             if self.log_histograms:
-                self._log_histograms(trainer, measurement)
+                write_activity_histograms(trainer.loggers, self.prefix, measurement.layers, trainer.global_step)
         return EmergenceRecord.from_history(record)
 
     def records(self) -> list[EmergenceRecord]:
@@ -420,27 +423,6 @@ class EmergenceCallback(Callback):
                 "in `layers=[...]`, or measure on `probe_dataloader=` with a `probe_step` that runs the model."
             )
         return measurement
-
-    def _choose_source(self, trainer: pl.Trainer) -> str:
-        if self.probe_dataloader is not None:
-            return "probe"
-        if not state.validation_enabled(trainer):
-            return "train"  # no validation loop at all (none given, or `limit_val_batches=0`)
-        state.load_validation_data(trainer)
-        return "validation" if state.has_validation_batches(trainer) else "train"
-
-    def _start_batches(self, trainer: pl.Trainer) -> tuple[Iterable[Any], Any]:
-        """The data of the epoch-0 pass (the same data later epochs measure) and its sampler."""
-        if self._source == "probe":
-            assert self.probe_dataloader is not None
-            return self.probe_dataloader, state.sampler_of(self.probe_dataloader)
-        if self._source == "validation":
-            loader = state.first(trainer.val_dataloaders)
-            limit = trainer.num_val_batches[0]
-        else:
-            loader = state.first(trainer.train_dataloader)
-            limit = trainer.num_training_batches
-        return state.take(loader, limit), state.sampler_of(loader)
 
     def _run_probe(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batches: Iterable[Any], sampler: Any
@@ -496,8 +478,8 @@ class EmergenceCallback(Callback):
             "samples": measurement.samples,
             "before_training": before_training,
         }
-        if self.connectivity == "weights":
-            E_path = self._path_emergence(pl_module, measurement)
+        if self._path_counter is not None:
+            E_path = self._path_counter.count(pl_module, measurement)
             record["E_path"] = E_path
             if E_path is not None:
                 record["relative_path"] = relative_emergence(E_path, parameters) if parameters else math.nan
@@ -535,7 +517,7 @@ class EmergenceCallback(Callback):
                 pl_module.log(key, value, on_step=False, on_epoch=True, batch_size=1, sync_dist=True)
             _write(trainer, layer_metrics(record, self.prefix), state.logging_step(trainer))
         if self.log_histograms:
-            self._log_histograms(trainer, measurement)
+            write_activity_histograms(trainer.loggers, self.prefix, measurement.layers, trainer.global_step)
         if self.stop_at_zero and before_training and E == 0:
             rank_zero_warn(
                 "EmergenceCallback(stop_at_zero=True): E is already 0 before training (active nodes per "
@@ -557,22 +539,8 @@ class EmergenceCallback(Callback):
         self.history.append(record)
 
     def _remember_input(self, batch: Any) -> None:
-        if self.connectivity == "weights" and self._example_input is None:
-            inputs = batch_input(batch)
-            if inputs is not None:
-                self._example_input = inputs[:2].detach().clone()
-
-    def _path_emergence(self, pl_module: pl.LightningModule, measurement: Measurement) -> int | None:
-        """E on the weights' real graph, or None (with one warning) when the model can't be traced."""
-        if self._example_input is None or self._untraceable:
-            return None
-        try:
-            edges = build_edges(pl_module, measurement.names, self._example_input)
-        except ConnectivityError as error:
-            rank_zero_warn(f"EmergenceCallback(connectivity='weights'): {error} Logging the dense E only.")
-            self._untraceable = True
-            return None
-        return path_emergence(edges, [layer.active for layer in measurement.layers], self.variant)
+        if self._path_counter is not None:
+            self._path_counter.remember_input(batch)
 
     def _maybe_stop(self, trainer: pl.Trainer) -> None:
         streak = zero_streak(self.history)
@@ -583,17 +551,6 @@ class EmergenceCallback(Callback):
                 f"EmergenceCallback: emergence has been 0 for {streak} consecutive measurements "
                 f"(patience={self.patience}); stopping training."
             )
-
-    @rank_zero_only
-    def _log_histograms(self, trainer: pl.Trainer, measurement: Measurement) -> None:
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                for layer in measurement.layers:
-                    values = layer.activity[~layer.activity.isnan()]
-                    if values.numel():
-                        logger.experiment.add_histogram(
-                            f"{self.prefix}/activity/{layer.name}", values, global_step=trainer.global_step
-                        )
 
     def _hparams(self) -> dict[str, Any]:
         settings = self.settings

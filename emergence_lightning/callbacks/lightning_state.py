@@ -109,3 +109,26 @@ def real_samples_on_this_rank(sampler: Any) -> int | None:
     size = len(sampler.dataset)  # type: ignore[arg-type]
     # The sampler hands out positions rank, rank + R, ...; positions >= size repeat earlier samples.
     return max(0, math.ceil((size - sampler.rank) / sampler.num_replicas))
+
+
+def measurement_source(trainer: pl.Trainer, probe_dataloader: Any) -> str:
+    """Where the callback measures: ``"probe"`` data, the ``"validation"`` passes, else ``"train"``."""
+    if probe_dataloader is not None:
+        return "probe"
+    if not validation_enabled(trainer):
+        return "train"  # no validation loop at all (none given, or `limit_val_batches=0`)
+    load_validation_data(trainer)
+    return "validation" if has_validation_batches(trainer) else "train"
+
+
+def start_batches(trainer: pl.Trainer, source: str | None, probe_dataloader: Any) -> tuple[Iterable[Any], Any]:
+    """The data of the epoch-0 pass (the same data later epochs measure) and its sampler."""
+    if source == "probe":
+        return probe_dataloader, sampler_of(probe_dataloader)
+    if source == "validation":
+        loader = first(trainer.val_dataloaders)
+        limit = trainer.num_val_batches[0]
+    else:
+        loader = first(trainer.train_dataloader)
+        limit = trainer.num_training_batches
+    return take(loader, limit), sampler_of(loader)
