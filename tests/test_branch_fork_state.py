@@ -8,8 +8,7 @@ from typing import ClassVar
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
-from tiny_models import blobs, mlp
+from tiny_models import blobs, quiet_trainer
 from torch import nn
 from torch.nn.utils import prune
 from torch.utils.data import DataLoader
@@ -66,18 +65,7 @@ class LearningRates(pl.Callback):
 
 
 def _trainer(tmp_path: Path, callbacks: list, max_epochs: int = 4) -> pl.Trainer:
-    return pl.Trainer(
-        max_epochs=max_epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=TensorBoardLogger(str(tmp_path), name="", version=""),
-        callbacks=callbacks,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        deterministic=True,
-    )
+    return quiet_trainer(tmp_path, callbacks, max_epochs)
 
 
 def _unforked(tmp_path: Path, adam: bool, seen: dict) -> dict[str, torch.Tensor]:

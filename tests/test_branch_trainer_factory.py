@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from tiny_models import Classifier, loaders, mlp
+from tiny_models import Classifier, loaders, mlp, quiet_trainer
 
 from emergence_lightning.branching.plan import BranchSpec
 from emergence_lightning.branching.trainer_factory import (
@@ -23,18 +23,7 @@ from emergence_lightning.callbacks.prune_and_branch import PruneAndBranchCallbac
 
 
 def _trainer(root: Path, callbacks: list, max_epochs: int = 3) -> pl.Trainer:
-    return pl.Trainer(
-        max_epochs=max_epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=TensorBoardLogger(str(root), name="", version=""),
-        callbacks=callbacks,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        deterministic=True,
-    )
+    return quiet_trainer(root, callbacks, max_epochs)
 
 
 def test_every_private_lightning_attribute_read_exists_in_this_version():

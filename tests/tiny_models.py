@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -50,6 +51,22 @@ class Classifier(pl.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+def quiet_trainer(root, callbacks: list, max_epochs: int) -> pl.Trainer:
+    """A deterministic CPU Trainer logging to TensorBoard in ``root``, with no checkpoint, bar or summary."""
+    return pl.Trainer(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=TensorBoardLogger(str(root), name="", version=""),
+        callbacks=callbacks,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=True,
+    )
 
 
 def mlp(features: int = 8, hidden: tuple[int, ...] = (16, 12), classes: int = 3) -> nn.Sequential:
