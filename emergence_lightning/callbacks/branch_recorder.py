@@ -20,7 +20,13 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from emergence_lightning.branching.fork_state import ForkPoint, ForkState, load_optimizer, load_schedulers, restore_rng
+from emergence_lightning.branching.fork_state import (
+    ForkPoint,
+    ForkState,
+    load_optimizer,
+    load_schedulers,
+    restore_rng,
+)
 from emergence_lightning.branching.monitor import epochs_to_fraction_of_final
 from emergence_lightning.branching.plan import BranchSpec
 from emergence_lightning.callbacks.emergence import EmergenceCallback
