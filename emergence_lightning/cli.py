@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from emergence_lightning.branching.command import add_branch_command, run_branch_command
-
 from emergence_lightning.predictor.cli import (
     add_predictor_arguments,
     add_rank_command,

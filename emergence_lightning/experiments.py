@@ -15,6 +15,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from emergence_lightning.callbacks import EmergenceCallback, PruneAndBranchCallback
+
 try:
     from emergence_lightning.data import (
         CIFAR10DataModule,

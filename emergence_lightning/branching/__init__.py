@@ -36,7 +36,6 @@ from emergence_lightning.pruning import (
 )
 
 
-
 def __getattr__(name: str):
     # Lazily: the runner imports Lightning and the callbacks, which import this package.
     if name in ("run_saved_branches", "saved_plan"):

@@ -49,10 +49,10 @@ def run_branch_command(args: Any) -> int:
     """Runs ``emergence-lightning branch``; returns the exit status (1 when a branch failed)."""
     from pathlib import Path
 
+    import torch
+
     from emergence_lightning.branching import store
     from emergence_lightning.branching.runner import run_saved_branches, saved_plan
-
-    import torch
 
     if args.threads < 1:
         print(f"error: `--threads` must be >= 1, got {args.threads}.", file=sys.stderr)

@@ -27,7 +27,13 @@ from torch.utils.data import DataLoader
 
 from emergence_lightning.branching import store
 from emergence_lightning.branching.fork_state import ForkPoint, ForkState
-from emergence_lightning.branching.plan import CONTINUING_KINDS, PRUNED_KINDS, BranchSpec, PruningSettings, select
+from emergence_lightning.branching.plan import (
+    CONTINUING_KINDS,
+    PRUNED_KINDS,
+    BranchSpec,
+    PruningSettings,
+    select,
+)
 from emergence_lightning.branching.table import csv_text, summary_table
 from emergence_lightning.branching.trainer_factory import (
     TrainerFactory,

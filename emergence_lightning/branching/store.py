@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from emergence_lightning.branching.plan import PRUNED_KINDS, BranchSpec
-from emergence_lightning.pruning.names import MASK, ORIG
+from emergence_lightning.pruning.names import MASK, canonical_name
 
 EXPERIMENT_FILE = "experiment.json"
 RESULT_FILE = "result.json"
@@ -68,7 +68,7 @@ def architecture(module: nn.Module) -> dict[str, Any]:
     for name, value in sorted(module.state_dict().items()):
         # Names as unpruned (a parent with ModelPruning has `weight_orig` and `weight_mask` at the fork).
         if isinstance(value, Tensor) and not name.endswith(MASK):
-            digest.update(f"{name.removesuffix(ORIG)}{tuple(value.shape)}{value.dtype};".encode())
+            digest.update(f"{canonical_name(name)}{tuple(value.shape)}{value.dtype};".encode())
     cls = type(module)
     return {"class": f"{cls.__module__}.{cls.__qualname__}", "tensors": digest.hexdigest()[:16]}
 

@@ -532,7 +532,7 @@ class EmergenceCallback(Callback):
 
     def _append(self, trainer: pl.Trainer, record: dict[str, Any]) -> None:
         """Adds ``record`` to :attr:`history`; the first time its layers are seen, charts them one by one."""
-        if not self._charted_layers or self._charted_layers != record["layers"]:
+        if self._charted_layers != record["layers"]:
             # TensorBoard keeps a run's last layout: now that the layers are known, one chart per layer.
             self._write_layout(trainer, layers=dict(zip(record["layers"], record["n"])))
             self._charted_layers = list(record["layers"])

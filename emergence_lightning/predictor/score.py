@@ -13,14 +13,13 @@ Example::
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from emergence_lightning.functional import emergence, log10_emergence, relative_emergence
+from emergence_lightning.functional import emergence, emergence_as_float, log10_emergence, relative_emergence
 from emergence_lightning.measure import measure
 from emergence_lightning.predictor.proxies import naswot, synflow
 from emergence_lightning.pruning import count_parameters
@@ -116,7 +115,7 @@ def proxy_scores(
     emergence_score = score_at_init(model, batches, threshold=threshold)
     shape = tuple(input_shape) if input_shape is not None else tuple(first.shape[1:])
     return {
-        "E": float(emergence_score.E) if emergence_score.E < 2**1023 else math.inf,
+        "E": emergence_as_float(emergence_score.E),
         "relative": emergence_score.relative,
         "log10_E": emergence_score.log10_E,
         "naswot": naswot(model, first[:naswot_samples]),

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from emergence_lightning.functional import emergence_as_float
 from emergence_lightning.predictor.proxies import naswot, synflow
 from emergence_lightning.predictor.score import score_at_init
 from emergence_lightning.predictor.space import Candidate
@@ -74,7 +75,7 @@ def _emergence(model: nn.Module, probe: list[Tensor], threshold: float) -> dict[
         warnings.simplefilter("always")
         score = score_at_init(model, probe, threshold=threshold)
     return {
-        "E": float(score.E) if score.E < 2**1023 else math.inf,
+        "E": emergence_as_float(score.E),
         "E_is_zero": score.E == 0,
         "relative": score.relative,
         "log10_E": score.log10_E,

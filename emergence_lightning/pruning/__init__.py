@@ -20,7 +20,7 @@ from emergence_lightning.pruning.masks import (
 )
 from emergence_lightning.pruning.names import PRUNING_FUNCTIONS, STRUCTURED_PRUNING_FUNCTIONS
 from emergence_lightning.pruning.params import count_parameters
-from emergence_lightning.pruning.scope import PRUNABLE_TYPES, find_prunable, qualified_names
+from emergence_lightning.pruning.scope import PRUNABLE_TYPES, find_prunable
 
 __all__ = [
     "PRUNABLE_TYPES",
@@ -35,6 +35,5 @@ __all__ = [
     "masks",
     "permanent_state_dict",
     "prune_model",
-    "qualified_names",
     "reinitialize",
 ]

@@ -15,7 +15,7 @@ from typing import Any
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
-from emergence_lightning.pruning.names import ORIG
+from emergence_lightning.pruning.names import ORIG, canonical_name
 
 #: Modules pruned by default: every Linear and convolution (transposed too) and multi-head attention.
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd, nn.MultiheadAttention)
@@ -96,7 +96,7 @@ def find_prunable(
                 raise ValueError(
                     f"`parameter_names` includes {parameter_name!r}, but module "
                     f"{module_name or type(model).__name__!r} ({type(module).__name__}) has no such parameter; "
-                    f"its parameters are {[n.removesuffix(ORIG) for n, _ in module.named_parameters(recurse=False)]!r}."
+                    f"its parameters are {[canonical_name(n) for n, _ in module.named_parameters(recurse=False)]!r}."
                 )
             for tensor_name in found:
                 if modules is None and not _parameter(module, tensor_name).requires_grad:
@@ -109,11 +109,6 @@ def find_prunable(
             "(`requires_grad=False`); name the modules with `modules=[...]` to prune frozen ones."
         )
     return triples
-
-
-def qualified_names(triples: Sequence[tuple[str, nn.Module, str]]) -> list[str]:
-    """``net.0.weight`` for each ``(module name, module, tensor name)``."""
-    return [f"{module_name}.{name}" if module_name else name for module_name, _, name in triples]
 
 
 class _RefreshPruned:
