@@ -29,6 +29,7 @@ from emergence_lightning.branching.fork_state import (
 )
 from emergence_lightning.branching.monitor import epochs_to_fraction_of_final
 from emergence_lightning.branching.plan import BranchSpec
+from emergence_lightning.callbacks import lightning_state as state
 from emergence_lightning.callbacks.emergence import EmergenceCallback
 from emergence_lightning.callbacks.emergence_record import EmergenceRecord
 from emergence_lightning.functional import emergence_as_float
@@ -111,7 +112,7 @@ class BranchRecorder(Callback):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not _validates(trainer):
+        if not state.runs_validation(trainer):
             self._record(trainer)
         bad = bool(self._nonfinite) if self._nonfinite is not None else False
         self._nonfinite = None
@@ -211,10 +212,6 @@ def _check_optimized_tensors(trainer: pl.Trainer, pl_module: pl.LightningModule)
                     "model: pruning replaces a module's `weight` parameter by `weight_orig` (times `weight_mask`). "
                     "Build the optimizer from `self.parameters()` (or `named_parameters()`)."
                 )
-
-
-def _validates(trainer: pl.Trainer) -> bool:
-    return bool(trainer.enable_validation and sum(trainer.num_val_batches or [0]) > 0)
 
 
 def metric_value(value: Any) -> float:

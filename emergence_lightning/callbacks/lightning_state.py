@@ -35,6 +35,11 @@ def has_validation_batches(trainer: pl.Trainer) -> bool:
     return trainer.val_dataloaders is not None and sum(trainer.num_val_batches or [0]) > 0
 
 
+def runs_validation(trainer: pl.Trainer) -> bool:
+    """Whether validation runs with at least one batch (else per-epoch metrics come from training)."""
+    return bool(trainer.enable_validation and sum(trainer.num_val_batches or [0]) > 0)
+
+
 def logging_step(trainer: pl.Trainer) -> int:
     """The step Lightning writes epoch-end ``self.log`` values at (batches that stepped; = global_step
     with one optimizer), so values written straight to the loggers sit beside them."""

@@ -69,6 +69,7 @@ from emergence_lightning.branching.trainer_factory import (
     portable_settings,
     skip_placeholder_hp_metric,
 )
+from emergence_lightning.callbacks import lightning_state as state
 from emergence_lightning.callbacks.branch_recorder import BranchRecorder, metric_value
 from emergence_lightning.callbacks.emergence import EmergenceCallback
 from emergence_lightning.measure import check_flags
@@ -300,7 +301,7 @@ class PruneAndBranchCallback(Callback):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not (trainer.enable_validation and sum(trainer.num_val_batches or [0]) > 0):
+        if not state.runs_validation(trainer):
             self._record_parent(trainer)
         if trainer.current_epoch + 1 >= self.branch_epoch:
             trainer.should_stop = True
