@@ -14,12 +14,15 @@ kept once), and of one run it keeps the layout written last.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+
+from emergence_lightning.functional import emergence_as_float
 
 # Lightning's and torchmetrics' accuracy and loss names: `train_acc`, `train_acc_epoch` (logged with
 # on_epoch=True), `train/acc`, `val_accuracy`, `val_MulticlassAccuracy`. `*_step` values are left out:
@@ -185,14 +188,29 @@ def summary_metrics(monitor: str | None, figures: Mapping[str, Any], path_exact:
     return {f"{SUMMARY}/{tag}": figures.get(key) for tag, key in keys.items()}
 
 
-def write_run_summary(loggers: list[Any], step: int, params: dict[str, Any], metrics: dict[str, float]) -> None:
-    """Logs ``metrics`` as scalars and one HParams row (the logger's hyperparameters plus ``params``)."""
+def write_run_summary(loggers: list[Any], step: int, params: dict[str, Any], figures: Mapping[str, Any]) -> None:
+    """Logs a run's end-of-run ``figures`` as scalars and one HParams row (the logger's hyperparameters
+    plus ``params``). Each logger on its own: one that fails gets a warning naming the run, the rest write."""
+    metrics = {key: metric_value(value) for key, value in figures.items()}
     for logger in loggers:
-        logger.log_metrics(metrics, step=step)
-        if isinstance(logger, TensorBoardLogger):
-            write_hparams_entry(logger, {**flat_hparams(logger.hparams), **params}, metrics)
-        else:
-            logger.log_hyperparams(params)
+        try:
+            logger.log_metrics(metrics, step=step)
+            if isinstance(logger, TensorBoardLogger):
+                write_hparams_entry(logger, {**flat_hparams(logger.hparams), **params}, metrics)
+            else:
+                logger.log_hyperparams(params)
+        except Exception as error:  # noqa: BLE001 - a summary must not hide the run's own result or error
+            name = params.get(f"{RUN}/name", "?")
+            rank_zero_warn(
+                f"PruneAndBranchCallback: could not log the summary of {name!r} to {type(logger).__name__}: {error}"
+            )
+
+
+def metric_value(value: Any) -> float:
+    """A scalar for the loggers: NaN for None, inf for an exact E beyond float range."""
+    if value is None:
+        return math.nan
+    return emergence_as_float(value) if isinstance(value, int) else float(value)  # E exact, E~ a float
 
 
 def write_hparams_entry(logger: TensorBoardLogger, params: dict[str, Any], metrics: dict[str, float]) -> None:

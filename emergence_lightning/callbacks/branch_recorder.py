@@ -16,7 +16,6 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
@@ -32,7 +31,6 @@ from emergence_lightning.branching.plan import BranchSpec
 from emergence_lightning.callbacks import lightning_state as state
 from emergence_lightning.callbacks.emergence import EmergenceCallback
 from emergence_lightning.callbacks.emergence_record import EmergenceRecord
-from emergence_lightning.functional import emergence_as_float
 from emergence_lightning.pruning import count_parameters, masks
 from emergence_lightning.tensorboard_views import run_hparams, summary_metrics, write_run_summary
 
@@ -179,14 +177,10 @@ class BranchRecorder(Callback):
         figures = {**summary, "parameters": count_parameters(trainer.lightning_module)}
         path_exact = self.emergence_callback is not None and self.emergence_callback.connectivity == "weights"
         # Every branch of the run has these keys (NaN where unknown, e.g. a model that could not be traced).
-        metrics = summary_metrics(self.monitor, figures, path_exact)
-        metrics = {key: metric_value(value) for key, value in metrics.items()}
         params = run_hparams(self.spec.name, self.spec.amount, self.fork.epoch, self.pruning_fn, status)
-        for logger in trainer.loggers:
-            try:
-                write_run_summary([logger], trainer.global_step, params, metrics)
-            except Exception as error:  # noqa: BLE001 - the summary must not hide the branch's own error
-                rank_zero_warn(f"PruneAndBranchCallback: could not log the summary of {self.spec.name!r}: {error}")
+        # A failing logger gets a warning: the summary must not hide the branch's own error.
+        metrics = summary_metrics(self.monitor, figures, path_exact)
+        write_run_summary(trainer.loggers, trainer.global_step, params, metrics)
 
 def _load_fork_state(trainer: pl.Trainer, pl_module: pl.LightningModule, fork_state: ForkState) -> None:
     """Loads the parent's optimizer and LR scheduler state into the branch's (pruned entries' state zeroed)."""
@@ -212,10 +206,3 @@ def _check_optimized_tensors(trainer: pl.Trainer, pl_module: pl.LightningModule)
                     "model: pruning replaces a module's `weight` parameter by `weight_orig` (times `weight_mask`). "
                     "Build the optimizer from `self.parameters()` (or `named_parameters()`)."
                 )
-
-
-def metric_value(value: Any) -> float:
-    """A scalar for the loggers: NaN for None, inf for an exact E beyond float range."""
-    if value is None:
-        return math.nan
-    return emergence_as_float(value) if isinstance(value, int) else float(value)  # E exact, E~ a float

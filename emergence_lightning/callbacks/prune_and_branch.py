@@ -70,7 +70,7 @@ from emergence_lightning.branching.trainer_factory import (
     skip_placeholder_hp_metric,
 )
 from emergence_lightning.callbacks import lightning_state as state
-from emergence_lightning.callbacks.branch_recorder import BranchRecorder, metric_value
+from emergence_lightning.callbacks.branch_recorder import BranchRecorder
 from emergence_lightning.callbacks.emergence import EmergenceCallback
 from emergence_lightning.measure import check_flags
 from emergence_lightning.pruning import (
@@ -431,14 +431,9 @@ class PruneAndBranchCallback(Callback):
             ),
         }  # fmt: skip
         path_exact = emergence is not None and emergence.connectivity == "weights"
-        metrics = summary_metrics(fork.monitor, figures, path_exact)
-        metrics = {key: metric_value(value) for key, value in metrics.items()}
         params = run_hparams(PARENT, 0.0, fork.point.epoch, "none", "finished")
-        for logger in trainer.loggers:
-            try:
-                write_run_summary([logger], trainer.global_step, params, metrics)
-            except Exception as error:  # noqa: BLE001 - the branches still run
-                rank_zero_warn(f"PruneAndBranchCallback: could not log the parent's summary: {error}")
+        metrics = summary_metrics(fork.monitor, figures, path_exact)
+        write_run_summary(trainer.loggers, trainer.global_step, params, metrics)
 
     def _save_fork(self, directory: Path, fork: Fork, setup: BranchSetup, record: dict[str, Any]) -> None:
         """Saves the fork as ``fork.pt``, so any branch can run later or in another job (rank zero)."""
