@@ -32,8 +32,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from emergence_lightning.callbacks.emergence import EmergenceCallback
 from emergence_lightning.callbacks.prune_and_branch import PruneAndBranchCallback
-from emergence_lightning.data import MNIST5kDataModule
-from emergence_lightning.models import PaperMLP
+from emergence_lightning.paper.data import MNIST5kDataModule
+from emergence_lightning.paper.models import PaperMLP
 
 
 class ForkClock(pl.Callback):

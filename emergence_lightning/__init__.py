@@ -1,7 +1,9 @@
 """Measure emergence while a PyTorch Lightning model trains.
 
-Data modules, the paper's models, experiments and reports live in the submodules
-``emergence_lightning.data``, ``.models``, ``.experiments`` and ``.report``.
+The library: :mod:`.callbacks` (Lightning glue) over the pure tiers :mod:`.measure`,
+:mod:`.pruning`, :mod:`.connectivity`, :mod:`.branching` and :mod:`.predictor` (scores at
+initialisation). The paper's side (data modules, models, experiments, reports, the predictor
+study and the command line) lives in :mod:`emergence_lightning.paper` (the ``paper`` extra).
 """
 
 from emergence_lightning.callbacks import EmergenceCallback, EmergenceRecord, PruneAndBranchCallback

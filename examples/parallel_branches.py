@@ -26,9 +26,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from emergence_lightning.branching import pruned_name
 from emergence_lightning.callbacks.emergence import EmergenceCallback
 from emergence_lightning.callbacks.prune_and_branch import PruneAndBranchCallback
-from emergence_lightning.cli import main as cli
-from emergence_lightning.data import MNIST5kDataModule
-from emergence_lightning.models import PaperMLP
+from emergence_lightning.paper.cli import main as cli
+from emergence_lightning.paper.data import MNIST5kDataModule
+from emergence_lightning.paper.models import PaperMLP
 
 
 def train_parent(args: argparse.Namespace, only: list[str] | None) -> PruneAndBranchCallback:
@@ -78,7 +78,7 @@ def main() -> int:
     train_parent(args, only=[])  # trains the parent, saves the fork, trains no branch
     names = ["control", *(pruned_name(amount) for amount in args.amounts)]
     jobs = [
-        subprocess.Popen([sys.executable, "-m", "emergence_lightning.cli", "branch", args.log_dir, "--name", name])
+        subprocess.Popen([sys.executable, "-m", "emergence_lightning.paper.cli", "branch", args.log_dir, "--name", name])
         for name in names
     ]  # all at once, as a cluster would run them
     failed = [name for name, job in zip(names, jobs) if job.wait() != 0]

@@ -8,8 +8,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from emergence_lightning import EmergenceCallback, PruneAndBranchCallback
-from emergence_lightning.data import MNIST5kDataModule
-from emergence_lightning.models import PaperMLP
+from emergence_lightning.paper.data import MNIST5kDataModule
+from emergence_lightning.paper.models import PaperMLP
 
 HIDDEN = (32, 16)
 BRANCHES = ("control", "pruned-50", "pruned-80")

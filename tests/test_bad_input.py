@@ -39,10 +39,10 @@ from emergence_lightning import (
     measure,
     relative_emergence,
 )
-from emergence_lightning.cli import main
+from emergence_lightning.paper.cli import main
 from emergence_lightning.connectivity import build_edges, path_emergence
-from emergence_lightning.data import MNIST5kDataModule, MNISTDataModule
-from emergence_lightning.models import PaperCNN, PaperMLP
+from emergence_lightning.paper.data import MNIST5kDataModule, MNISTDataModule
+from emergence_lightning.paper.models import PaperCNN, PaperMLP
 
 B = torch.tensor  # short for the boolean masks of path_emergence
 
@@ -783,7 +783,7 @@ def test_numpy_bool_is_no_count_but_numpy_numbers_are_accepted():
     import numpy as np
 
     from emergence_lightning import emergence
-    from emergence_lightning.models import PaperMLP
+    from emergence_lightning.paper.models import PaperMLP
 
     with pytest.raises(TypeError, match=r"`a` must hold integers, got .*True.* at position 0"):
         emergence([3, 3], [np.True_, 2])

@@ -11,7 +11,7 @@ import torch
 from tensorboard.backend.event_processing import event_accumulator
 from tiny_models import Classifier, loaders, mlp
 
-from emergence_lightning import experiments
+from emergence_lightning.paper import experiments
 from emergence_lightning.branching.store import EXPERIMENT_FILE, ExperimentMismatchError
 from emergence_lightning.callbacks.prune_and_branch import PruneAndBranchCallback
 

@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tiny_models import Classifier, loaders, mlp, quiet_trainer
 
 from emergence_lightning.branching.plan import BranchSpec
-from emergence_lightning.branching.trainer_factory import (
+from emergence_lightning.callbacks.trainer_factory import (
     PRIVATE_ATTRIBUTES,
     TENSORBOARD_PLACEHOLDER_FLAG,
     check_lightning_attributes,

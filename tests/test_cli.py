@@ -3,7 +3,7 @@ import os
 import matplotlib.image
 import pytest
 
-from emergence_lightning.cli import main
+from emergence_lightning.paper.cli import main
 
 
 @pytest.mark.slow
@@ -82,7 +82,7 @@ def test_prepare_fashion_mnist_without_debian_files(tmp_path, capsys):
     ],
 )
 def test_reproduce_uses_the_papers_epochs_unless_given(tmp_path, monkeypatch, argv, expected):
-    from emergence_lightning import cli, experiments
+    from emergence_lightning.paper import cli, experiments
 
     seen = {}
 
@@ -98,7 +98,7 @@ def test_reproduce_uses_the_papers_epochs_unless_given(tmp_path, monkeypatch, ar
 def _subcommands():
     import argparse
 
-    from emergence_lightning.cli import _parser
+    from emergence_lightning.paper.cli import _parser
 
     parser = _parser()
     (subparsers,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from emergence_lightning.data import (
+from emergence_lightning.paper.data import (
     DEBIAN_FASHION_MNIST,
     MNIST_IDX_FILES,
     CIFAR10DataModule,
@@ -18,7 +18,7 @@ from emergence_lightning.data import (
     MNISTDataModule,
     prepare_debian_fashion_mnist,
 )
-from emergence_lightning.models import PaperMLP
+from emergence_lightning.paper.models import PaperMLP
 
 
 def _split_targets(module):

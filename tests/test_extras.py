@@ -21,14 +21,14 @@ import importlib.util, sys
 assert importlib.util.find_spec("torchvision") is None and importlib.util.find_spec("matplotlib") is None
 import torch
 from emergence_lightning import EmergenceCallback, PruneAndBranchCallback, count_parameters, emergence
-import emergence_lightning.cli
+import emergence_lightning.paper.cli
 print("core ok", count_parameters(torch.nn.Linear(3, 2)), emergence([3, 2], [1, 2]))
 try:
-    import emergence_lightning.experiments
+    import emergence_lightning.paper.experiments
 except ModuleNotFoundError as error:
     print("experiments:", error)
 try:
-    emergence_lightning.cli._print_report(".")
+    emergence_lightning.paper.cli._print_report(".")
 except ModuleNotFoundError as error:
     print("report:", error)
 """

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from emergence_lightning.models import PaperCNN, PaperMLP
+from emergence_lightning.paper.models import PaperCNN, PaperMLP
 
 
 def _loader(shape, n=64, batch_size=16):

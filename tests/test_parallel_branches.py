@@ -21,12 +21,12 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from tiny_models import Classifier, loaders, mlp
 
-from emergence_lightning.branching import run_saved_branches, saved_plan
+from emergence_lightning.callbacks import run_saved_branches, saved_plan
 from emergence_lightning.branching.store import FORK_FILE
 from emergence_lightning.callbacks.emergence import EmergenceCallback
 from emergence_lightning.callbacks.prune_and_branch import PruneAndBranchCallback
-from emergence_lightning.cli import main as cli
-from emergence_lightning.report import find_runs
+from emergence_lightning.paper.cli import main as cli
+from emergence_lightning.paper.report import find_runs
 
 ROOT = Path(__file__).parents[1]
 EXAMPLE = ROOT / "examples" / "parallel_branches.py"

@@ -5,7 +5,7 @@ import csv
 import pytest
 from torch import nn
 
-from emergence_lightning.cli import main
+from emergence_lightning.paper.cli import main
 
 
 def candidates():

@@ -12,14 +12,14 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from emergence_lightning import EmergenceCallback
-from emergence_lightning.predictor.analysis import COLUMNS, correlation_table, write_tables
-from emergence_lightning.predictor.plots import scatter_grid
-from emergence_lightning.predictor.space import Candidate
+from emergence_lightning.paper.predictor.analysis import COLUMNS, correlation_table, write_tables
+from emergence_lightning.paper.predictor.plots import scatter_grid
+from emergence_lightning.paper.predictor.space import Candidate
 from emergence_lightning.predictor.stats import kendall_tau, spearman_rho
-from emergence_lightning.predictor.stopping import compare_rules, early_stopping_epoch, stop_at_zero_epoch
-from emergence_lightning.predictor.study import run_study
-from emergence_lightning.predictor.study_data import StudyData
-from emergence_lightning.predictor.training import RunConfig
+from emergence_lightning.paper.predictor.stopping import compare_rules, early_stopping_epoch, stop_at_zero_epoch
+from emergence_lightning.paper.predictor.study import run_study
+from emergence_lightning.paper.predictor.study_data import StudyData
+from emergence_lightning.paper.predictor.training import RunConfig
 
 CLASSES = 4
 
@@ -105,7 +105,7 @@ def test_a_rerun_reuses_cached_runs_and_redoes_runs_of_other_settings(tmp_path):
 
     def counting_train(candidate, seed, data, config):
         calls.append((candidate.name, seed))
-        from emergence_lightning.predictor.training import train_run
+        from emergence_lightning.paper.predictor.training import train_run
 
         return train_run(candidate, seed, data, config)
 

@@ -10,7 +10,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tiny_models import Classifier, loaders, mlp
 
 from emergence_lightning import EmergenceCallback, PruneAndBranchCallback
-from emergence_lightning.progress import EpochLines
+from emergence_lightning.paper.progress import EpochLines
 
 LINE = re.compile(r"^exp/seed-0 (\S+)\s+epoch\s+(\d+)/3  val_acc (\S+)  E (\d+)  \d+ s$")
 
@@ -44,7 +44,7 @@ def test_a_line_per_epoch_for_the_parent_and_each_branch(tmp_path):
 
 
 def test_experiments_print_lines_when_the_bar_is_hidden(tmp_path):
-    from emergence_lightning import experiments
+    from emergence_lightning.paper import experiments
 
     for bar in (True, False):
         settings = experiments.Settings(progress_bar=bar, accelerator="cpu")

@@ -41,7 +41,7 @@ from emergence_lightning.branching import (
 from emergence_lightning.callbacks.emergence import EmergenceCallback
 from emergence_lightning.branching.store import RESULT_FILE
 from emergence_lightning.branching.table import PATH_COLUMNS, SUMMARY_COLUMNS
-from emergence_lightning.branching.trainer_factory import check_strategy
+from emergence_lightning.callbacks.trainer_factory import check_strategy
 from emergence_lightning.callbacks.prune_and_branch import PruneAndBranchCallback
 from emergence_lightning.connectivity import build_edges, path_emergence
 from emergence_lightning.pruning import count_parameters

@@ -10,10 +10,10 @@ from matplotlib.image import imread
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.tensorboard import SummaryWriter
 
-from emergence_lightning import report
+from emergence_lightning.paper import report
 from emergence_lightning.callbacks import EmergenceCallback
-from emergence_lightning.models import PaperMLP
-from emergence_lightning.report import find_runs, load_scalars, make_report
+from emergence_lightning.paper.models import PaperMLP
+from emergence_lightning.paper.report import find_runs, load_scalars, make_report
 
 FIGURES = {
     "emergence_and_accuracy_change",
@@ -222,7 +222,7 @@ def test_bad_prefix(branch_logs):
 
 
 def test_parent_runs_of_several_seeds_form_one_group():
-    from emergence_lightning.report import _group_name
+    from emergence_lightning.paper.report import _group_name
 
     assert _group_name("seed-0") == _group_name("seed-2") == "parent"
     assert _group_name("seed-1/branches/pruned-30") == "branches/pruned-30"
@@ -296,7 +296,7 @@ def test_every_branch_line_starts_at_the_fork_point(forked_logs, tmp_path):
 def test_one_name_for_the_parent_and_a_fixed_colour_per_branch(forked_logs, tmp_path):
     from matplotlib.colors import to_rgba
 
-    from emergence_lightning.report_plot import branch_color
+    from emergence_lightning.paper.report.plot import branch_color
 
     result = make_report(forked_logs, out_dir=tmp_path / "out")
     for figure in result.drawings.values():

@@ -9,11 +9,11 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.tensorboard import SummaryWriter
 
-from emergence_lightning import report
+from emergence_lightning.paper import report
 from emergence_lightning.callbacks import EmergenceCallback
-from emergence_lightning.cli import main
-from emergence_lightning.report import load_scalars, make_report
-from emergence_lightning.report_tags import choose_tags, classify, parse_metrics
+from emergence_lightning.paper.cli import main
+from emergence_lightning.paper.report import load_scalars, make_report
+from emergence_lightning.paper.report.tags import choose_tags, classify, parse_metrics
 
 
 @pytest.mark.parametrize(
@@ -52,7 +52,7 @@ def test_epoch_level_tags_win_over_step_level():
 
 
 def test_end_of_run_summaries_are_never_taken_for_a_curve():
-    from emergence_lightning.tensorboard_views import SUMMARY
+    from emergence_lightning.callbacks.tensorboard_views import SUMMARY
 
     # Ties on word count with the user's tag and sorts first: it must still not be picked.
     tags = [f"{SUMMARY}/final_val_acc_top1", "val_epoch_acc_top1_mean", f"{SUMMARY}/best_val_loss"]

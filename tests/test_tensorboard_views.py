@@ -16,7 +16,7 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from tiny_models import Classifier, loaders, mlp
 
 from emergence_lightning import EmergenceCallback, PruneAndBranchCallback
-from emergence_lightning.tensorboard_views import (
+from emergence_lightning.callbacks.tensorboard_views import (
     TRAIN_ACCURACY,
     VAL_ACCURACY,
     branch_overlay_layout,

@@ -2,13 +2,13 @@
 
 - :mod:`.plan`: which branches (names, kinds, amounts) and how they are pruned.
 - :mod:`.fork_state`: the parent's state at the fork (counters, optimizer, schedulers, RNG).
-- :mod:`.runner`: trains each branch (seeding, data order, failure isolation); the saved fork.
 - :mod:`.store`: result files, the experiment record, the saved fork, resume, atomic writes.
 - :mod:`.table`: the summary text and ``summary.csv`` columns.
-- :mod:`.trainer_factory`: the one place that reads a parent Trainer's settings.
 
 The pure pruning helpers live in :mod:`emergence_lightning.pruning`; the names below are
-re-exported here for code written against the earlier layout.
+re-exported here for code written against the earlier layout. What drives Trainers (the branch
+runner, the trainer factory, the ``branch`` command) lives with the callbacks, in
+:mod:`emergence_lightning.callbacks`.
 """
 
 from emergence_lightning.branching.monitor import epochs_to_fraction_of_final, pick_monitor
@@ -36,14 +36,6 @@ from emergence_lightning.pruning import (
 )
 
 
-def __getattr__(name: str):
-    # Lazily: the runner imports Lightning and the callbacks, which import this package.
-    if name in ("run_saved_branches", "saved_plan"):
-        from emergence_lightning.branching import runner
-
-        return getattr(runner, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 __all__ = [
     "PRUNABLE_TYPES",
@@ -67,6 +59,4 @@ __all__ = [
     "pruned_name",
     "random_pruned_name",
     "reinitialize",
-    "run_saved_branches",
-    "saved_plan",
 ]

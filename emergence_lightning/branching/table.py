@@ -1,6 +1,6 @@
 """The branch results as a text table (what ``verbose`` prints) and as ``summary.csv`` rows.
 
-No Lightning import. The columns are those of the results :class:`~emergence_lightning.branching.runner.BranchRunner` returns.
+No Lightning import. The columns are those of the results :class:`~emergence_lightning.callbacks.branch_runner.BranchRunner` returns.
 """
 
 from __future__ import annotations

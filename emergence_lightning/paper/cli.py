@@ -8,8 +8,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from emergence_lightning.branching.command import add_branch_command, run_branch_command
-from emergence_lightning.predictor.cli import (
+from emergence_lightning.callbacks.branch_command import add_branch_command, run_branch_command
+from emergence_lightning.paper.predictor.cli import (
     add_predictor_arguments,
     add_rank_command,
     run_rank,
@@ -153,10 +153,10 @@ def _parser() -> argparse.ArgumentParser:
         "--source", default="/usr/share/datasets/fashion-mnist", help="the Debian package's gzipped IDX files"
     )
 
-    add_predictor_arguments(reproduce)  # emergence_lightning.predictor.cli
+    add_predictor_arguments(reproduce)  # emergence_lightning.paper.predictor.cli
     add_rank_command(command)
 
-    add_branch_command(command)  # emergence_lightning.branching.command
+    add_branch_command(command)  # emergence_lightning.callbacks.branch_command
 
     report = command("report", "figures and a table from any run's TensorBoard logs", REPORT_EXAMPLES)
     report.add_argument("log_dir", help="a folder of TensorBoard event files, e.g. lightning_logs/version_0")
@@ -177,7 +177,7 @@ def _print_report(
     log_dir: Path, out: str | None = None, metrics: Sequence[str] | None = None, prefix: str = "emergence"
 ) -> None:
     try:
-        from emergence_lightning.report import make_report
+        from emergence_lightning.paper.report import make_report
     except ModuleNotFoundError as error:  # matplotlib: not part of the core install
         raise ModuleNotFoundError(
             f"`emergence-lightning report` needs {error.name!r}, which the `paper` extra installs: "
@@ -198,7 +198,7 @@ def _print_report(
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "prepare-fashion-mnist":
-        from emergence_lightning.data import prepare_debian_fashion_mnist
+        from emergence_lightning.paper.data import prepare_debian_fashion_mnist
 
         try:
             folder = prepare_debian_fashion_mnist(args.data_dir, source=args.source)
@@ -223,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import torch
 
-    from emergence_lightning import experiments
+    from emergence_lightning.paper import experiments
 
     log_dir = _writable_dir(args.log_dir)
     if args.threads < 1:

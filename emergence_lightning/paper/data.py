@@ -371,7 +371,7 @@ class FashionMNISTDataModule(_TorchvisionDataModule):
         dataset_class,
         folder,
         " Offline on Debian/Ubuntu: `apt-get update && apt-get install -y dataset-fashion-mnist`, then "
-        "`emergence_lightning.data.prepare_debian_fashion_mnist(data_dir)` decompresses "
+        "`emergence_lightning.paper.data.prepare_debian_fashion_mnist(data_dir)` decompresses "
         f"{DEBIAN_FASHION_MNIST}/*.gz into place.",
     )
     mean = (0.2860,)

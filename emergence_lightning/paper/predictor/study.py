@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from emergence_lightning.predictor.space import Candidate
-from emergence_lightning.predictor.study_data import StudyData
-from emergence_lightning.predictor.training import RunConfig, train_run
+from emergence_lightning.paper.predictor.space import Candidate
+from emergence_lightning.paper.predictor.study_data import StudyData
+from emergence_lightning.paper.predictor.training import RunConfig, train_run
 
 TrainRun = Callable[[Candidate, int, StudyData, RunConfig], dict[str, Any]]
 

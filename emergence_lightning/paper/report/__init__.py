@@ -30,9 +30,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from tensorboard.backend.event_processing import event_accumulator
 
-from emergence_lightning.report_plot import ACC_CHANGE, PARENT, Plotter
-from emergence_lightning.report_table import TABLE_COLUMNS, summary_table, write_tables  # noqa: F401 (re-exported)
-from emergence_lightning.report_tags import choose_tags, missing_reason, parse_metrics, used_tags
+from emergence_lightning.paper.report.plot import ACC_CHANGE, PARENT, Plotter
+from emergence_lightning.paper.report.table import TABLE_COLUMNS, summary_table, write_tables  # noqa: F401 (re-exported)
+from emergence_lightning.paper.report.tags import choose_tags, missing_reason, parse_metrics, used_tags
 
 EVENT_GLOB = "events.out.tfevents*"
 SEED_COMPONENT = re.compile(r"seed-\d+")
@@ -162,7 +162,7 @@ def _run_curves(
     """Per run: every tag as a curve, plus the change in training accuracy and per-layer active shares.
 
     The run's accuracy and loss tags (``train_acc_epoch``, ``val/acc``...; see
-    :mod:`emergence_lightning.report_tags`) are also stored under their role's name (``train_acc``,
+    :mod:`emergence_lightning.paper.report.tags`) are also stored under their role's name (``train_acc``,
     ``val_acc``, ``train_loss``, ``val_loss``); ``chosen``, when given, receives run -> role -> tag.
     """
     by_run_tag: dict[str, dict[str, list[Scalar]]] = defaultdict(lambda: defaultdict(list))

@@ -24,7 +24,7 @@ from emergence_lightning.predictor.stats import (
     size_bins,
     spearman_rho,
 )
-from emergence_lightning.predictor.study import final_accuracy, proxy_values
+from emergence_lightning.paper.predictor.study import final_accuracy, proxy_values
 
 COLUMNS = (
     "proxy",
