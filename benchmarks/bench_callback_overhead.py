@@ -30,9 +30,20 @@ from dataclasses import dataclass
 
 import lightning.pytorch as pl
 import torch
+from bench_models import (
+    FIT_SIZES,
+    MODELS,
+    TINY,
+    WINDOW_SIZES,
+    Classifier,
+    FirstMarks,
+    LastMarks,
+    build,
+    load,
+    loaders,
+    span,
+)
 
-from bench_models import FIT_SIZES, MODELS, TINY, WINDOW_SIZES, Classifier, FirstMarks, LastMarks, build, load
-from bench_models import loaders, span
 from emergence_lightning import EmergenceCallback
 
 # (training samples, validation samples): 4:1 as the issue's 20k / 5k, sized for about 8 s a fit here.
@@ -56,7 +67,8 @@ def fit_once(  # type: ignore[no-untyped-def]
     name: str, size, data: tuple[int, int], epochs: int, case: str, accelerator: str = "cpu"
 ) -> Fit:
     """One fit; on a GPU the clock stops once its queued kernels are done (the spans then time
-    only the launches: read the whole fit)."""
+    only the launches: read the whole fit).
+    """
     train, val = loaders(name, size, *data)
     first, last = FirstMarks(), LastMarks()
     emergence = [] if case == "without" else [EmergenceCallback(measure_at_start=case == "default")]
@@ -122,11 +134,15 @@ def report(name: str, rounds: list[dict[str, Fit]], epochs: int, data: tuple[int
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=5, help="rounds of the three fits (>= 5)")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: resists a busy machine)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (default 1: resists a busy machine)"
+    )
     sizes = parser.add_mutually_exclusive_group()
     sizes.add_argument("--full", action="store_true", help="the issue's sizes: 20k/5k samples, widths 64-256")
     sizes.add_argument("--tiny", action="store_true", help="tiny models and data (a smoke test, no figure)")
@@ -136,7 +152,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)  # no "GPU available" lines per fit
     warnings.filterwarnings("ignore", message=".*(does not have many workers|LeafSpec).*")
-    print(f"torch {torch.__version__}, lightning {pl.__version__}, {args.threads} thread(s); {load()}", flush=True)
+    print(
+        f"torch {torch.__version__}, lightning {pl.__version__}, {args.threads} thread(s); {load()}",
+        flush=True,
+    )
     for name in args.models:
         if args.tiny:
             size, data = TINY, (16, 8)

@@ -19,9 +19,8 @@ import time
 
 import torch
 from torch import nn
-from torchvision.models import VisionTransformer
-
 from torch.nn.utils import prune
+from torchvision.models import VisionTransformer
 
 from emergence_lightning.pruning import masks, prune_model
 
@@ -36,7 +35,9 @@ def cnn() -> nn.Module:
 
 
 def vit() -> nn.Module:
-    return VisionTransformer(image_size=32, patch_size=4, num_layers=4, num_heads=4, hidden_dim=64, mlp_dim=128, num_classes=10)
+    return VisionTransformer(
+        image_size=32, patch_size=4, num_layers=4, num_heads=4, hidden_dim=64, mlp_dim=128, num_classes=10
+    )
 
 
 def steps_per_second(make, fast: bool, steps: int, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -68,7 +69,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     x, y = torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
-    print(f"torch {torch.__version__}, 1 thread, batch 64, 3x32x32, 50 % pruned per tensor, {args.steps} steps x {args.repeats}")
+    print(
+        f"torch {torch.__version__}, 1 thread, batch 64, 3x32x32, 50 % pruned per tensor, {args.steps} steps x {args.repeats}"
+    )
     for name, make in (("cnn", cnn), ("vit", vit)):
         rates: dict[bool, list[float]] = {False: [], True: []}
         for repeat in range(args.repeats):

@@ -23,10 +23,10 @@ import statistics
 import time
 
 import torch
+from bench_models import MODELS, TINY, WINDOW_SIZES, build, inputs, load
 from torch import nn
 from torch.nn.modules import module as module_hooks
 
-from bench_models import MODELS, TINY, WINDOW_SIZES, build, inputs, load
 from emergence_lightning.measure import ActivityTracker
 
 STATISTICS = ("mean", "fraction", "max")
@@ -36,7 +36,8 @@ def pass_seconds(
     model: nn.Module, batches: list[torch.Tensor], tracker: ActivityTracker | None
 ) -> tuple[float, float]:
     """One eval pass over ``batches``; with a tracker, inside one measurement window. Returns the
-    wall-clock and the process CPU seconds (the CPU time resists other processes on the machine)."""
+    wall-clock and the process CPU seconds (the CPU time resists other processes on the machine).
+    """
     start, cpu = time.perf_counter(), time.process_time()
     with torch.no_grad():
         if tracker is None:
@@ -75,7 +76,9 @@ def leftovers() -> str:
     return f"global module hooks left {hooks}, torch function modes left {modes}"
 
 
-def ratio_line(label: str, base: list[tuple[float, float]], other: list[tuple[float, float]], pairs: int) -> str:
+def ratio_line(
+    label: str, base: list[tuple[float, float]], other: list[tuple[float, float]], pairs: int
+) -> str:
     """Median times and median ratio of the pairs, by wall clock and by CPU time."""
     parts = []
     for clock, index in (("wall", 0), ("cpu", 1)):
@@ -89,13 +92,19 @@ def ratio_line(label: str, base: list[tuple[float, float]], other: list[tuple[fl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--pairs", type=int, default=7)
     parser.add_argument("--batches", type=int, default=2, help="forward passes per window (default 2)")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--statistics", nargs="+", choices=STATISTICS, default=list(STATISTICS))
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: resists a busy machine)")
-    parser.add_argument("--tiny", action="store_true", help="tiny models and batches (a smoke test, no figure)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (default 1: resists a busy machine)"
+    )
+    parser.add_argument(
+        "--tiny", action="store_true", help="tiny models and batches (a smoke test, no figure)"
+    )
     args = parser.parse_args()
     if args.pairs < 5:
         parser.error(f"`--pairs` must be >= 5 for a median, got {args.pairs}.")
@@ -111,14 +120,18 @@ def main() -> None:
         for statistic in args.statistics:
             tracker = ActivityTracker(model, statistic=statistic)
             closed, opened = paired(
-                lambda: pass_seconds(model, batches, None), lambda: pass_seconds(model, batches, tracker), args.pairs
+                lambda: pass_seconds(model, batches, None),
+                lambda: pass_seconds(model, batches, tracker),
+                args.pairs,
             )
             measurement = tracker.compute()
             layers = len(measurement.n) if measurement else 0
             label = f"{name:<11} {statistic:<8} {layers:>3} layers, window closed vs open"
             print(ratio_line(label, closed, opened, args.pairs), flush=True)
         untouched, tracked = paired(
-            lambda: pass_seconds(never_tracked, batches, None), lambda: pass_seconds(model, batches, None), args.pairs
+            lambda: pass_seconds(never_tracked, batches, None),
+            lambda: pass_seconds(model, batches, None),
+            args.pairs,
         )
         label = f"{name:<11} outside windows: never-tracked copy vs tracked model"
         print(f"{ratio_line(label, untouched, tracked, args.pairs)}; {leftovers()}", flush=True)

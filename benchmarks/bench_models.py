@@ -49,7 +49,9 @@ def resnet18(classes: int = 10) -> nn.Module:
 class Transformer(nn.Module):
     """Token embedding + nn.TransformerEncoder (functional ReLU inside each layer) + mean-pool head."""
 
-    def __init__(self, d: int = 128, layers: int = 4, heads: int = 4, vocab: int = 1000, classes: int = 10) -> None:
+    def __init__(
+        self, d: int = 128, layers: int = 4, heads: int = 4, vocab: int = 1000, classes: int = 10
+    ) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, d)
         layer = nn.TransformerEncoderLayer(d, heads, dim_feedforward=4 * d, batch_first=True)
@@ -106,10 +108,14 @@ def inputs(name: str, size: Size, count: int, seed: int = 0) -> torch.Tensor:
 def loaders(name: str, size: Size, train: int, val: int) -> tuple[DataLoader, DataLoader]:
     """Seeded training and validation loaders of random inputs and labels."""
     generator = torch.Generator().manual_seed(1)
-    train_set = TensorDataset(inputs(name, size, train, 1), torch.randint(0, 10, (train,), generator=generator))
+    train_set = TensorDataset(
+        inputs(name, size, train, 1), torch.randint(0, 10, (train,), generator=generator)
+    )
     val_set = TensorDataset(inputs(name, size, val, 2), torch.randint(0, 10, (val,), generator=generator))
     return (
-        DataLoader(train_set, batch_size=size.batch, shuffle=True, generator=torch.Generator().manual_seed(3)),
+        DataLoader(
+            train_set, batch_size=size.batch, shuffle=True, generator=torch.Generator().manual_seed(3)
+        ),
         DataLoader(val_set, batch_size=size.batch),
     )
 
@@ -138,7 +144,8 @@ class Classifier(pl.LightningModule):
 
 class Marks(Callback):
     """Clock readings at Lightning hooks. Put a ``FirstMarks`` first and a ``LastMarks`` last in the
-    callbacks, and the spans between them hold every other callback's work in those hooks."""
+    callbacks, and the spans between them hold every other callback's work in those hooks.
+    """
 
     def __init__(self) -> None:
         self.times: dict[str, list[tuple[float, float]]] = {}

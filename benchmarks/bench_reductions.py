@@ -21,8 +21,8 @@ from contextlib import contextmanager
 from types import ModuleType
 
 import torch
-
 from bench_models import MODELS, Size, build, load
+
 from emergence_lightning.measure import ActivityTracker
 from emergence_lightning.measure import statistics as current
 from emergence_lightning.measure import tracker as tracker_module
@@ -67,7 +67,8 @@ def reductions(versions: dict[str, ModuleType], rounds: int, shape: tuple[int, .
 @contextmanager
 def using(version: ModuleType):  # type: ignore[no-untyped-def]
     """The tracker builds its scratch and per-layer statistics from ``version`` of statistics.py
-    (a layer's statistic is made when the layer is first seen: warm the tracker up inside)."""
+    (a layer's statistic is made when the layer is first seen: warm the tracker up inside).
+    """
     names = ("NodeStatistic", "Scratch")
     kept = {name: getattr(tracker_module, name) for name in names}
     for name in names:
@@ -112,13 +113,20 @@ def fixed_cost(versions: dict[str, ModuleType], rounds: int) -> None:
                 taken[case].append(run(tracker))
         base = statistics.median(taken["closed"])
         extra = ", ".join(
-            f"{case} {1e6 * (statistics.median(v) - base):.0f} us" for case, v in taken.items() if case != "closed"
+            f"{case} {1e6 * (statistics.median(v) - base):.0f} us"
+            for case, v in taken.items()
+            if case != "closed"
         )
-        print(f"  {name:<11} closed {1e6 * base:6.0f} us per forward pass; an open window adds: {extra}", flush=True)
+        print(
+            f"  {name:<11} closed {1e6 * base:6.0f} us per forward pass; an open window adds: {extra}",
+            flush=True,
+        )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--baseline", help="another statistics.py to time beside the current one")
     parser.add_argument("--rounds", type=int, default=25)
     args = parser.parse_args()

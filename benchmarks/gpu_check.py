@@ -30,11 +30,11 @@ from contextlib import contextmanager
 
 import lightning.pytorch as pl
 import torch
+from bench_callback_overhead import CASES, FULL_DATA, fit_once
+from bench_models import MODELS, TINY, WINDOW_SIZES, Classifier, Size, build, inputs, load
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, TensorDataset
 
-from bench_callback_overhead import CASES, FULL_DATA, fit_once
-from bench_models import MODELS, TINY, WINDOW_SIZES, Classifier, Size, build, inputs, load
 from emergence_lightning import EmergenceCallback
 from emergence_lightning.functional import emergence
 from emergence_lightning.measure import measure
@@ -132,7 +132,10 @@ def guarded_fit(size: Size, data: tuple[int, int], device: torch.device, with_ca
     for count, seed in zip(data, (1, 2)):  # the data live on the device: no copy in a step
         x = inputs("convnet", size, count, seed).to(device)
         sets.append(TensorDataset(x, torch.randint(0, 10, (count,), generator=generator).to(device)))
-    train, val = DataLoader(sets[0], batch_size=size.batch, shuffle=True), DataLoader(sets[1], batch_size=size.batch)
+    train, val = (
+        DataLoader(sets[0], batch_size=size.batch, shuffle=True),
+        DataLoader(sets[1], batch_size=size.batch),
+    )
     callback = EmergenceCallback() if with_callback else None
     guard = GuardOn(cuda, callback)
     trainer = pl.Trainer(
@@ -187,7 +190,8 @@ def overhead(name: str, size: Size, data: tuple[int, int], rounds: int, accelera
         fits.append({case: fit_once(name, size, data, 2, case, accelerator) for case in order})
     base = statistics.median(f["without"].fit[0] for f in fits)
     ratios = {
-        case: statistics.median(f[case].fit[0] / f["without"].fit[0] for f in fits) for case in ("default", "no_epoch0")
+        case: statistics.median(f[case].fit[0] / f["without"].fit[0] for f in fits)
+        for case in ("default", "no_epoch0")
     }
     note = " (dry run: not a figure)" if accelerator == "cpu" else ""
     print(
@@ -199,10 +203,18 @@ def overhead(name: str, size: Size, data: tuple[int, int], rounds: int, accelera
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dry-run", action="store_true", help="CPU and tiny sizes: every code path but CUDA's")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of overhead fits (>= 5; any with --dry-run)")
-    parser.add_argument("--models", nargs="+", choices=MODELS, help="overhead models (default: all; conv net dry)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="CPU and tiny sizes: every code path but CUDA's"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="rounds of overhead fits (>= 5; any with --dry-run)"
+    )
+    parser.add_argument(
+        "--models", nargs="+", choices=MODELS, help="overhead models (default: all; conv net dry)"
+    )
     args = parser.parse_args()
     if args.rounds < (1 if args.dry_run else 5):
         parser.error(f"`--rounds` must be >= 5 for a median (>= 1 with --dry-run), got {args.rounds}.")
@@ -231,7 +243,9 @@ def main() -> int:
     sync_data = (16, 8) if args.dry_run else (2048, 512)
     control = guarded_fit(sync_size, sync_data, device, with_callback=False)
     if not control:
-        print("sync check: the control fit already synchronises (Lightning or the model), so it cannot test the callback")
+        print(
+            "sync check: the control fit already synchronises (Lightning or the model), so it cannot test the callback"
+        )
     ok &= control and guarded_fit(sync_size, sync_data, device, with_callback=True)
 
     for name in models:

@@ -84,12 +84,16 @@ def emergence(
             raise ValueError(f"`m` is used by variant='paper' only, got m={m!r} with variant={variant!r}.")
         m = _check_counts("m", m)
         if len(m) != len(n):
-            raise ValueError(f"`m` must have the same length as `n`, got len(m)={len(m)} and len(n)={len(n)}.")
+            raise ValueError(
+                f"`m` must have the same length as `n`, got len(m)={len(m)} and len(n)={len(n)}."
+            )
 
     # One backward sweep: reach[j] = number of paths from layer j's nodes (any node) forward to a
     # later active node, so E = sum_i dead_i * reach_from_next_layer. O(N) big-int operations.
     total = 0
-    paths_from_next = 0  # paths that start at one node of layer i+1 and end at an active node, counting the start
+    paths_from_next = (
+        0  # paths that start at one node of layer i+1 and end at an active node, counting the start
+    )
     for i in range(len(n) - 1, -1, -1):
         total += (n[i] - a[i]) * paths_from_next
         if variant == "paper":

@@ -51,19 +51,25 @@ def train_parent(args: argparse.Namespace, only: list[str] | None) -> PruneAndBr
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
-    trainer.fit(PaperMLP(lr=args.lr), datamodule=MNIST5kDataModule(batch_size=args.batch_size, seed=args.seed))
+    trainer.fit(
+        PaperMLP(lr=args.lr), datamodule=MNIST5kDataModule(batch_size=args.batch_size, seed=args.seed)
+    )
     return branches
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--log-dir", default="runs/parallel")
     parser.add_argument("--epochs-before", type=int, default=5)
     parser.add_argument("--epochs-after", type=int, default=15)
     parser.add_argument("--amounts", type=float, nargs="+", default=[0.5])
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--limit-batches", type=float, default=1.0, help="fraction (or count, if > 1) of batches")
+    parser.add_argument(
+        "--limit-batches", type=float, default=1.0, help="fraction (or count, if > 1) of batches"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--serial", action="store_true", help="every branch in this process (to compare)")
     parser.add_argument("--no-report", action="store_true", help="skip the figures")
@@ -78,7 +84,9 @@ def main() -> int:
     train_parent(args, only=[])  # trains the parent, saves the fork, trains no branch
     names = ["control", *(pruned_name(amount) for amount in args.amounts)]
     jobs = [
-        subprocess.Popen([sys.executable, "-m", "emergence_lightning.paper.cli", "branch", args.log_dir, "--name", name])
+        subprocess.Popen(
+            [sys.executable, "-m", "emergence_lightning.paper.cli", "branch", args.log_dir, "--name", name]
+        )
         for name in names
     ]  # all at once, as a cluster would run them
     failed = [name for name, job in zip(names, jobs) if job.wait() != 0]

@@ -218,7 +218,9 @@ def test_output_without_node_dimension_is_named_and_skipped():
             h = torch.relu(self.fc(x))
             return h * torch.sigmoid(h.sum(1)).unsqueeze(1)
 
-    with pytest.warns(RuntimeWarning, match=r"Layer 'sigmoid\(\)' produced a tensor of shape \(3,\).*not measured"):
+    with pytest.warns(
+        RuntimeWarning, match=r"Layer 'sigmoid\(\)' produced a tensor of shape \(3,\).*not measured"
+    ):
         result = measure(Gate(), [torch.randn(3, 4)])
     assert result.names == ["relu()"]
 

@@ -19,8 +19,9 @@ import copy
 import math
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import lightning.pytorch as pl
 import pytest
@@ -39,8 +40,8 @@ from emergence_lightning import (
     measure,
     relative_emergence,
 )
-from emergence_lightning.paper.cli import main
 from emergence_lightning.connectivity import build_edges, path_emergence
+from emergence_lightning.paper.cli import main
 from emergence_lightning.paper.data import MNIST5kDataModule, MNISTDataModule
 from emergence_lightning.paper.models import PaperCNN, PaperMLP
 
@@ -316,7 +317,9 @@ def dict_loaders():
     def as_dicts(rows):
         return [{"x": x, "y": y} for x, y in zip(*rows.tensors)]
 
-    return DataLoader(as_dicts(blobs(48)), batch_size=16), DataLoader(as_dicts(blobs(16, seed=1)), batch_size=16)
+    return DataLoader(as_dicts(blobs(48)), batch_size=16), DataLoader(
+        as_dicts(blobs(16, seed=1)), batch_size=16
+    )
 
 
 class NoLinear(Recorder):
@@ -411,7 +414,10 @@ def test_spawned_strategy_is_refused_in_setup(tmp_path):
         strategy="ddp_spawn", accelerator="cpu", devices=1, max_epochs=3, logger=False, enable_progress_bar=False,
         default_root_dir=tmp_path,
     )  # fmt: skip
-    with pytest.raises(ValueError, match=r"must be single-device or `strategy='ddp'`.*got DDPStrategy\(start_method='spawn'\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"must be single-device or `strategy='ddp'`.*got DDPStrategy\(start_method='spawn'\)",
+    ):
         callback.setup(trainer, Recorder(mlp()), "fit")
     # naming the branches' strategy is the way out
     with pytest.warns(UserWarning, match=r"the Trainer has no logger, so the branches log nothing"):
@@ -443,8 +449,14 @@ def keep_threads():
 @pytest.mark.parametrize(
     ("argv", "match"),
     [
-        (["reproduce", "mlp-prune", "--amounts", "0.3,1.5"], r"amounts must be fractions in \[0, 1\), got '0.3,1.5'"),
-        (["reproduce", "mlp-prune", "--amounts", "a,b"], r"amounts must be comma-separated numbers, got 'a,b'"),
+        (
+            ["reproduce", "mlp-prune", "--amounts", "0.3,1.5"],
+            r"amounts must be fractions in \[0, 1\), got '0.3,1.5'",
+        ),
+        (
+            ["reproduce", "mlp-prune", "--amounts", "a,b"],
+            r"amounts must be comma-separated numbers, got 'a,b'",
+        ),
         (["reproduce", "cnn", "--channels", "16,-2"], r"widths must be positive integers, got '16,-2'"),
         (["reproduce", "cnn", "--hidden", "64x"], r"widths must be comma-separated integers, got '64x'"),
         (["demo", "--epochs-before", "two"], r"argument --epochs-before: invalid int value: 'two'"),
@@ -469,7 +481,9 @@ def test_cli_rejects_bad_values_while_parsing(argv, match, capsys):
     ],
 )
 def test_cli_reports_bad_settings_before_training(argv, match, tmp_path, capsys, keep_threads):
-    code = main(["reproduce", "mlp-prune", "--dataset", "mnist5k", "--log-dir", str(tmp_path), "--no-progress", *argv])
+    code = main(
+        ["reproduce", "mlp-prune", "--dataset", "mnist5k", "--log-dir", str(tmp_path), "--no-progress", *argv]
+    )
     assert code == 2
     assert re.search(match, capsys.readouterr().err)
     assert not list(tmp_path.rglob("events.out.tfevents*"))  # nothing trained
@@ -491,7 +505,8 @@ def fit(tmp_path, model, callback, max_epochs=2, data=None):
     train, val = data or loaders(samples=48, val_samples=24)
     with warnings.catch_warnings():
         warnings.filterwarnings(
-            "ignore", message=r".*(num_workers|returned `None`|LeafSpec).*"  # Lightning's notes, not ours
+            "ignore",
+            message=r".*(num_workers|returned `None`|LeafSpec).*",  # Lightning's notes, not ours
         )
         trainer.fit(model, train, val)
     assert hooks(model) == 0  # the tracker's hooks are gone after every fit
@@ -500,7 +515,9 @@ def fit(tmp_path, model, callback, max_epochs=2, data=None):
 
 def brute_force_emergence(n: list[int], a: list[int]) -> int:
     """The design's double sum, written out: dead nodes of i times active nodes of j times the widths between."""
-    return sum((n[i] - a[i]) * a[j] * math.prod(n[i + 1 : j]) for i in range(len(n)) for j in range(i + 1, len(n)))
+    return sum(
+        (n[i] - a[i]) * a[j] * math.prod(n[i + 1 : j]) for i in range(len(n)) for j in range(i + 1, len(n))
+    )
 
 
 def independent(layer_outputs: Callable[[torch.Tensor], list[torch.Tensor]], val: DataLoader, threshold=0.05):
@@ -551,10 +568,14 @@ class NoParameters(pl.LightningModule):
 def test_odd_model_without_parameters(tmp_path):
     model = NoParameters()
     callback = EmergenceCallback()
-    with pytest.warns(UserWarning, match=r"NoParameters has no trainable parameter: relative emergence is logged as NaN"):
+    with pytest.warns(
+        UserWarning, match=r"NoParameters has no trainable parameter: relative emergence is logged as NaN"
+    ):
         _, val = fit(tmp_path, model, callback)
     assert [record["epoch"] for record in callback.history] == [0, 1, 2]
-    n, a, E = independent(lambda x: [model.act1(x - model.shift), model.act2(model.act1(x - model.shift))], val)
+    n, a, E = independent(
+        lambda x: [model.act1(x - model.shift), model.act2(model.act1(x - model.shift))], val
+    )
     for record in callback.history:
         assert (record["n"], record["a"], record["E"]) == (n, a, E)
         assert record["parameters"] == 0
@@ -771,7 +792,11 @@ def test_odd_model_with_nan_output(tmp_path):
     # epoch 0: one NaN logit; the NaN gradients then reach every weight that had a gradient
     ours = [str(w.message) for w in caught if "NaN or inf" in str(w.message)]
     assert ours[0] == "Layer '<output>': 1 of 3 nodes produced NaN or inf; they are counted as inactive."
-    assert sorted(message.split(":")[0] for message in ours) == ["Layer '<output>'", "Layer 'act1'", "Layer 'act2'"]
+    assert sorted(message.split(":")[0] for message in ours) == [
+        "Layer '<output>'",
+        "Layer 'act1'",
+        "Layer 'act2'",
+    ]
     first, *later = callback.history
     assert first["layers"] == ["act1", "act2", "<output>"] and first["a"][-1] <= 2  # the NaN node is inactive
     for record in later:

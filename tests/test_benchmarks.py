@@ -43,13 +43,24 @@ def test_gpu_check_dry_run():
     # 16 training samples at batch 4 for 2 epochs: 8 steps, no window open in any; epoch 0 + 2 epochs measured.
     assert "sync check (with EmergenceCallback): 8 training steps" in output, output
     assert "steps with a window open: 0; measurements: 3: OK" in output, output
-    assert re.search(r"overhead convnet: .* median ratio at defaults \d+\.\d{4}, with measure_at_start=False", output)
+    assert re.search(
+        r"overhead convnet: .* median ratio at defaults \d+\.\d{4}, with measure_at_start=False", output
+    )
     assert output.rstrip().endswith("RESULT: PASS"), output
 
 
 def test_window_benchmark_leaves_no_hook_or_mode_behind():
     output = run_script(
-        "benchmarks/bench_measure_window.py", "--tiny", "--models", "convnet", "--statistics", "fraction", "--pairs", "5"
+        "benchmarks/bench_measure_window.py",
+        "--tiny",
+        "--models",
+        "convnet",
+        "--statistics",
+        "fraction",
+        "--pairs",
+        "5",
     )
-    assert re.search(r"convnet\s+fraction\s+6 layers, window closed vs open: wall .* median ratio \d", output), output
+    assert re.search(
+        r"convnet\s+fraction\s+6 layers, window closed vs open: wall .* median ratio \d", output
+    ), output
     assert "global module hooks left 0, torch function modes left 0" in output, output

@@ -42,7 +42,10 @@ class MomentumStepLR(pl.LightningModule):
             optimizer = torch.optim.Adam(self.parameters(), lr=0.01)
         else:
             optimizer = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
-        return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.5)}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.5),
+        }
 
     def train_dataloader(self):
         return DataLoader(blobs(96, seed=0), batch_size=16, shuffle=True)
@@ -61,7 +64,9 @@ class LearningRates(pl.Callback):
 
     def on_train_epoch_start(self, trainer, pl_module):
         key = Path(trainer.log_dir).name if trainer.log_dir else "?"
-        LearningRates.seen.setdefault(key, {})[trainer.current_epoch] = trainer.optimizers[0].param_groups[0]["lr"]
+        LearningRates.seen.setdefault(key, {})[trainer.current_epoch] = trainer.optimizers[0].param_groups[0][
+            "lr"
+        ]
 
 
 def _trainer(tmp_path: Path, callbacks: list, max_epochs: int = 4) -> pl.Trainer:
@@ -78,7 +83,9 @@ def _unforked(tmp_path: Path, adam: bool, seen: dict) -> dict[str, torch.Tensor]
 def _forked(tmp_path: Path, adam: bool, seen: dict, **kwargs) -> PruneAndBranchCallback:
     pl.seed_everything(0, verbose=False)
     callback = PruneAndBranchCallback(branch_epoch=2, amounts=(0.5,), verbose=False, **kwargs)
-    _trainer(tmp_path / "forked", [EmergenceCallback(), LearningRates(seen), callback]).fit(MomentumStepLR(adam))
+    _trainer(tmp_path / "forked", [EmergenceCallback(), LearningRates(seen), callback]).fit(
+        MomentumStepLR(adam)
+    )
     return callback
 
 
@@ -130,7 +137,8 @@ def test_pruned_entries_start_the_branch_without_momentum():
     parent_momentum = optimizer.state[parent[0].weight]["momentum_buffer"]
     assert torch.equal(momentum, parent_momentum * mask)
     assert torch.equal(
-        branch_optimizer.state[branch[0].bias]["momentum_buffer"], optimizer.state[parent[0].bias]["momentum_buffer"]
+        branch_optimizer.state[branch[0].bias]["momentum_buffer"],
+        optimizer.state[parent[0].bias]["momentum_buffer"],
     )
 
 

@@ -35,7 +35,10 @@ class Snapshots(pl.Callback):
         return weights
 
     def on_train_start(self, trainer, pl_module):
-        Snapshots.runs[Path(trainer.log_dir).name] = {"start": self._effective(pl_module), "masks": masks(pl_module)}
+        Snapshots.runs[Path(trainer.log_dir).name] = {
+            "start": self._effective(pl_module),
+            "masks": masks(pl_module),
+        }
 
     def on_train_end(self, trainer, pl_module):
         Snapshots.runs[Path(trainer.log_dir).name]["end"] = self._effective(pl_module)
@@ -96,7 +99,9 @@ def test_only_frozen_weights_is_refused_with_the_count():
 
 
 def _vit() -> VisionTransformer:
-    return VisionTransformer(image_size=8, patch_size=4, num_layers=2, num_heads=2, hidden_dim=8, mlp_dim=16, num_classes=3)
+    return VisionTransformer(
+        image_size=8, patch_size=4, num_layers=2, num_heads=2, hidden_dim=8, mlp_dim=16, num_classes=3
+    )
 
 
 def test_attention_weights_are_pruned_in_a_vit():

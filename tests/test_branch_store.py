@@ -11,9 +11,9 @@ import torch
 from tensorboard.backend.event_processing import event_accumulator
 from tiny_models import Classifier, loaders, mlp
 
-from emergence_lightning.paper import experiments
 from emergence_lightning.branching.store import EXPERIMENT_FILE, ExperimentMismatchError
 from emergence_lightning.callbacks.prune_and_branch import PruneAndBranchCallback
+from emergence_lightning.paper import experiments
 
 
 def _fit(root: Path, net_seed: int = 0, hidden=(16, 12), **kwargs) -> PruneAndBranchCallback:
@@ -53,7 +53,10 @@ def test_a_rerun_of_the_same_experiment_resumes_it(tmp_path):
 def test_another_architecture_in_the_same_folder_is_refused_before_training(tmp_path):
     _fit(tmp_path)
     directory = tmp_path / "branches"
-    with pytest.raises(ExperimentMismatchError, match=rf"{directory} holds the branches of another experiment.*architecture `tensors`"):
+    with pytest.raises(
+        ExperimentMismatchError,
+        match=rf"{directory} holds the branches of another experiment.*architecture `tensors`",
+    ):
         _fit(tmp_path, hidden=(4,))
 
 
@@ -67,7 +70,10 @@ def test_other_weights_at_the_fork_are_refused_at_the_fork(tmp_path):
 @pytest.mark.filterwarnings("ignore:PruneAndBranchCallback. the Trainer has no logger")
 def test_other_settings_are_named_in_the_refusal(tmp_path):
     _fit(tmp_path)
-    with pytest.raises(ExperimentMismatchError, match=r"settings `pruning_fn`: 'l1_unstructured' there, 'random_unstructured' now"):
+    with pytest.raises(
+        ExperimentMismatchError,
+        match=r"settings `pruning_fn`: 'l1_unstructured' there, 'random_unstructured' now",
+    ):
         _fit(tmp_path, pruning_fn="random_unstructured")
 
 

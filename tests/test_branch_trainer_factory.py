@@ -12,14 +12,14 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tiny_models import Classifier, loaders, mlp, quiet_trainer
 
 from emergence_lightning.branching.plan import BranchSpec
+from emergence_lightning.callbacks.emergence import EmergenceCallback
+from emergence_lightning.callbacks.prune_and_branch import PruneAndBranchCallback
 from emergence_lightning.callbacks.trainer_factory import (
     PRIVATE_ATTRIBUTES,
     TENSORBOARD_PLACEHOLDER_FLAG,
     check_lightning_attributes,
     skip_placeholder_hp_metric,
 )
-from emergence_lightning.callbacks.emergence import EmergenceCallback
-from emergence_lightning.callbacks.prune_and_branch import PruneAndBranchCallback
 
 
 def _trainer(root: Path, callbacks: list, max_epochs: int = 3) -> pl.Trainer:
@@ -49,7 +49,10 @@ class _MovedCounter:
 def test_a_moved_attribute_fails_loudly_naming_it(monkeypatch):
     trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
     monkeypatch.setattr(trainer.fit_loop, "epoch_loop", _MovedCounter())
-    with pytest.raises(RuntimeError, match=r"reads `Trainer\.fit_loop\.epoch_loop\._batches_that_stepped`, which Lightning .* \(`_batches_that_stepped` is missing\).*`trainer_factory=`"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"reads `Trainer\.fit_loop\.epoch_loop\._batches_that_stepped`, which Lightning .* \(`_batches_that_stepped` is missing\).*`trainer_factory=`",
+    ):
         check_lightning_attributes(trainer)
 
 
@@ -98,13 +101,18 @@ def test_a_factory_that_drops_the_callbacks_fails_the_branch_clearly(tmp_path):
         return pl.Trainer(**{**kwargs, "callbacks": []})
 
     callback = PruneAndBranchCallback(branch_epoch=1, amounts=(0.5,), verbose=False, trainer_factory=factory)
-    with pytest.warns(UserWarning, match=r"branch 'control' failed: ValueError: `trainer_factory` returned a Trainer without the callbacks"):
+    with pytest.warns(
+        UserWarning,
+        match=r"branch 'control' failed: ValueError: `trainer_factory` returned a Trainer without the callbacks",
+    ):
         _trainer(tmp_path, [callback]).fit(Classifier(mlp(), lr=0.1), *loaders())
     assert [r["status"] for r in callback.results] == ["failed", "failed"]
 
 
 def test_bad_trainer_factory_argument():
-    with pytest.raises(TypeError, match=r"`trainer_factory` must be callable as factory\(spec, kwargs\), got 'pl.Trainer'"):
+    with pytest.raises(
+        TypeError, match=r"`trainer_factory` must be callable as factory\(spec, kwargs\), got 'pl.Trainer'"
+    ):
         PruneAndBranchCallback(trainer_factory="pl.Trainer")
 
 

@@ -9,7 +9,9 @@ from emergence_lightning.paper.cli import main
 @pytest.mark.slow
 def test_demo_path_runs_end_to_end(tmp_path, capsys):
     # the README's demo with the shortest schedule: fork after 1 epoch, 1 epoch per branch
-    code = main(["demo", "--log-dir", str(tmp_path), "--epochs-before", "1", "--epochs-after", "1", "--no-progress"])
+    code = main(
+        ["demo", "--log-dir", str(tmp_path), "--epochs-before", "1", "--epochs-after", "1", "--no-progress"]
+    )
     assert code == 0
     out = capsys.readouterr().out
     root = tmp_path / "mlp-prune" / "seed-0"
@@ -69,7 +71,9 @@ def test_report_on_folder_without_event_files(tmp_path, capsys):
 
 
 def test_prepare_fashion_mnist_without_debian_files(tmp_path, capsys):
-    assert main(["prepare-fashion-mnist", "--data-dir", str(tmp_path), "--source", str(tmp_path / "none")]) == 2
+    assert (
+        main(["prepare-fashion-mnist", "--data-dir", str(tmp_path), "--source", str(tmp_path / "none")]) == 2
+    )
     assert "apt-get install -y dataset-fashion-mnist" in capsys.readouterr().err
 
 

@@ -176,7 +176,13 @@ def test_hparams_has_a_row_per_run_named_with_its_settings_and_metrics(tensorboa
     assert "Number of matching session groups: 4" in text  # the parent and three branches
     # The table's columns: TensorBoard shows the first five hyperparameters (by name) and metrics.
     header = lines[lines.index("Trial ID") : lines.index("seed-0")]
-    for column in ("branch/name", "branch/amount", "branch/pruning_fn", "summary/final_val_acc", "summary/log10_E_end"):
+    for column in (
+        "branch/name",
+        "branch/amount",
+        "branch/pruning_fn",
+        "summary/final_val_acc",
+        "summary/log10_E_end",
+    ):
         assert column in header, header
     browser.save_screenshot(str(screenshots / "dashboard-hparams.png"))
     browser.set_window_size(1400, 1300)

@@ -38,7 +38,9 @@ def test_two_processes_equal_one_on_uneven_validation_set(tmp_path, statistic):
     assert len(list((tmp_path / "tb").rglob("events.out.tfevents*"))) == 1
     scalars = read_scalars(tmp_path / "tb")
     assert [value for _, value in sorted(scalars["emergence/epoch"])] == [0, 1, 2]
-    assert [value for _, value in sorted(scalars["emergence/E"])] == [float(r["E"]) for r in double["history"]]
+    assert [value for _, value in sorted(scalars["emergence/E"])] == [
+        float(r["E"]) for r in double["history"]
+    ]
 
 
 @pytest.mark.slow

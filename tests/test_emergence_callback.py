@@ -126,7 +126,9 @@ def test_hooks_detached_outside_measurement_and_after_fit(tmp_path):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             assert all(not m._forward_hooks for m in pl_module.modules())
 
-    make_trainer(tmp_path, [EmergenceCallback(), CheckNoHooksWhileTraining()], max_epochs=2).fit(model, train, val)
+    make_trainer(tmp_path, [EmergenceCallback(), CheckNoHooksWhileTraining()], max_epochs=2).fit(
+        model, train, val
+    )
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
@@ -155,7 +157,9 @@ def test_train_mode_untouched_by_epoch_zero_pass(tmp_path):
             seen.append({name: m.training for name, m in pl_module.named_modules()})
 
     # RecordModes runs after EmergenceCallback's on_train_start, which runs a forward pass in eval mode
-    make_trainer(tmp_path, [EmergenceCallback(), RecordModes()], max_epochs=1).fit(Classifier(mlp()), train, val)
+    make_trainer(tmp_path, [EmergenceCallback(), RecordModes()], max_epochs=1).fit(
+        Classifier(mlp()), train, val
+    )
     assert all(seen[0].values())
 
 
@@ -195,7 +199,9 @@ def test_empty_first_validation_dataloader_warns_once(tmp_path):
     train, val = loaders()
     empty = DataLoader(torch.utils.data.TensorDataset(torch.zeros(0, 8), torch.zeros(0, dtype=torch.long)))
     callback = EmergenceCallback(measure_at_start=False)
-    with pytest.warns(UserWarning, match=r"the first validation dataloader gave no batch.*`probe_dataloader=`") as seen:
+    with pytest.warns(
+        UserWarning, match=r"the first validation dataloader gave no batch.*`probe_dataloader=`"
+    ) as seen:
         make_trainer(tmp_path, [callback], max_epochs=2).fit(TwoValidationLoaders(mlp()), train, [empty, val])
     assert callback.history == []
     assert len([w for w in seen if "first validation dataloader" in str(w.message)]) == 1
@@ -204,7 +210,9 @@ def test_empty_first_validation_dataloader_warns_once(tmp_path):
 def test_sanity_check_is_not_measured(tmp_path):
     train, val = loaders()
     callback = EmergenceCallback(measure_at_start=False)
-    make_trainer(tmp_path, [callback], max_epochs=1, num_sanity_val_steps=2).fit(Classifier(mlp()), train, val)
+    make_trainer(tmp_path, [callback], max_epochs=1, num_sanity_val_steps=2).fit(
+        Classifier(mlp()), train, val
+    )
     assert [r["epoch"] for r in callback.history] == [1]
     assert callback.history[0]["samples"] == 40
 
@@ -237,7 +245,9 @@ def test_stop_at_zero_warns_when_E_is_zero_before_training(tmp_path):
     train, val = loaders()
     callback = EmergenceCallback(stop_at_zero=True, patience=1)
     trainer = make_trainer(tmp_path, [callback], max_epochs=1)
-    with pytest.warns(UserWarning, match=r"E is already 0 before training .*will stop after the next 2 measurements"):
+    with pytest.warns(
+        UserWarning, match=r"E is already 0 before training .*will stop after the next 2 measurements"
+    ):
         trainer.fit(Classifier(mlp(hidden=(16,))), train, val)
     assert callback.history[0]["epoch"] == 0 and callback.history[0]["E"] == 0
 
@@ -271,7 +281,10 @@ def test_state_dict_round_trip_continues_history(tmp_path):
     trainer.fit(Classifier(mlp()), train, val, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert [r["epoch"] for r in resumed.history] == [0, 1, 2, 3, 4]
     assert resumed.history[:3] == first.history
-    assert resumed.state_key == "EmergenceCallback{'threshold': 0.05, 'statistic': 'mean', 'variant': 'paper', 'prefix': 'emergence'}"
+    assert (
+        resumed.state_key
+        == "EmergenceCallback{'threshold': 0.05, 'statistic': 'mean', 'variant': 'paper', 'prefix': 'emergence'}"
+    )
 
 
 def test_tensorboard_histograms_layout_and_hparams(tmp_path):
@@ -316,7 +329,9 @@ def test_no_parameters_logs_nan_relative(tmp_path):
 
 def test_model_without_trackable_layer_fails_before_training(tmp_path):
     model = Classifier(nn.Sequential(nn.Linear(8, 3)))
-    with pytest.raises(ValueError, match=r"Classifier ran, but no activation was found in its forward pass.*layers=\["):
+    with pytest.raises(
+        ValueError, match=r"Classifier ran, but no activation was found in its forward pass.*layers=\["
+    ):
         make_trainer(tmp_path, [EmergenceCallback()], max_epochs=1).fit(model, *loaders())
 
 
@@ -405,7 +420,9 @@ def test_weights_connectivity_on_untraceable_model_warns_and_keeps_dense(tmp_pat
 
 
 def test_bad_connectivity():
-    with pytest.raises(ValueError, match=r"`connectivity` must be one of \('dense', 'weights'\), got 'sparse'"):
+    with pytest.raises(
+        ValueError, match=r"`connectivity` must be one of \('dense', 'weights'\), got 'sparse'"
+    ):
         EmergenceCallback(connectivity="sparse")
 
 
@@ -419,7 +436,9 @@ class MeasureMidEpoch(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.current_epoch == 0 and batch_idx == 2:
             self.snapshots.append(copy.deepcopy(pl_module.net).eval())
-            self.records.append(self.emergence_callback.measure_now(trainer, pl_module, epoch=0.5, **self.kwargs))
+            self.records.append(
+                self.emergence_callback.measure_now(trainer, pl_module, epoch=0.5, **self.kwargs)
+            )
             self.stopped.append(trainer.should_stop)
 
 
@@ -447,7 +466,11 @@ def test_measure_now_records_logs_and_equals_independent_computation(tmp_path):
     with pytest.raises(AttributeError, match="cannot assign"):
         record.E = 0  # frozen
     # history: the epoch-0 pass, the asked-for one, the epoch-1 validation; typed twins via records()
-    assert [(r["epoch"], r["before_training"]) for r in callback.history] == [(0, True), (0.5, False), (1, False)]
+    assert [(r["epoch"], r["before_training"]) for r in callback.history] == [
+        (0, True),
+        (0.5, False),
+        (1, False),
+    ]
     assert [r.epoch for r in callback.records()] == [0, 0.5, 1]
     assert callback.records()[1] == record
     scalars = read_scalars(trainer.logger.log_dir)

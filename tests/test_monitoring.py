@@ -1,7 +1,8 @@
 """The README's monitoring recipe on a real torchvision CNN: EarlyStopping and ModelCheckpoint on
 `emergence/log10_E`. E of mobilenet_v3_small is about 1e82: inf in float32 (TensorBoard, and
 EarlyStopping's `check_finite` on a float32 value stops after one epoch), finite as log10(E + 1).
-The stopping threshold 0.1 separates E = 0 (log10 1 = 0) from every E >= 1 (log10 2 = 0.301)."""
+The stopping threshold 0.1 separates E = 0 (log10 1 = 0) from every E >= 1 (log10 2 = 0.301).
+"""
 
 from __future__ import annotations
 

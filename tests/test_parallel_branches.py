@@ -21,8 +21,8 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from tiny_models import Classifier, loaders, mlp
 
-from emergence_lightning.callbacks import run_saved_branches, saved_plan
 from emergence_lightning.branching.store import FORK_FILE
+from emergence_lightning.callbacks import run_saved_branches, saved_plan
 from emergence_lightning.callbacks.emergence import EmergenceCallback
 from emergence_lightning.callbacks.prune_and_branch import PruneAndBranchCallback
 from emergence_lightning.paper.cli import main as cli
@@ -105,11 +105,18 @@ def test_only_with_a_saved_fork_starts_from_it_without_retraining_the_parent(tmp
     assert _equal(_weights(tmp_path / "split", "pruned-50"), _weights(tmp_path / "serial", "pruned-50"))
     assert job.fork == serial.fork  # the same fork point (epoch, step, weights' fingerprint)
     assert _scalar_steps(tmp_path / "split", "emergence/E") == parent_steps  # no second parent curve
-    assert saved_plan(tmp_path / "split") == [("control", "finished"), ("pruned-30", "not run"), ("pruned-50", "finished")]
+    assert saved_plan(tmp_path / "split") == [
+        ("control", "finished"),
+        ("pruned-30", "not run"),
+        ("pruned-50", "finished"),
+    ]
 
 
 def test_unknown_branch_names_are_refused(tmp_path, capsys):
-    with pytest.raises(ValueError, match=r"`only` names \['pruned-40'\], which are no branches of this plan; the branches are \['control', 'pruned-30', 'pruned-50'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"`only` names \['pruned-40'\], which are no branches of this plan; the branches are \['control', 'pruned-30', 'pruned-50'\]",
+    ):
         PruneAndBranchCallback(amounts=(0.3, 0.5), only=["pruned-40"])
     with pytest.raises(TypeError, match=r"`only` must be None or a sequence of branch names, got 'control'"):
         PruneAndBranchCallback(only="control")
@@ -130,7 +137,9 @@ def test_the_example_runs_two_branches_as_two_processes_and_merges_them(tmp_path
         capture_output=True, text=True, env=env, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    assert re.search(r"\bcontrol  finished\n +pruned-50  finished\n", done.stdout), done.stdout[-2000:]  # `branch --list`
+    assert re.search(r"\bcontrol  finished\n +pruned-50  finished\n", done.stdout), done.stdout[
+        -2000:
+    ]  # `branch --list`
     # The same experiment with both branches in this process (one thread, as the jobs), to compare.
     spec = importlib.util.spec_from_file_location("parallel_branches", EXAMPLE)
     example = importlib.util.module_from_spec(spec)

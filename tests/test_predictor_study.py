@@ -15,11 +15,15 @@ from emergence_lightning import EmergenceCallback
 from emergence_lightning.paper.predictor.analysis import COLUMNS, correlation_table, write_tables
 from emergence_lightning.paper.predictor.plots import scatter_grid
 from emergence_lightning.paper.predictor.space import Candidate
-from emergence_lightning.predictor.stats import kendall_tau, spearman_rho
-from emergence_lightning.paper.predictor.stopping import compare_rules, early_stopping_epoch, stop_at_zero_epoch
+from emergence_lightning.paper.predictor.stopping import (
+    compare_rules,
+    early_stopping_epoch,
+    stop_at_zero_epoch,
+)
 from emergence_lightning.paper.predictor.study import run_study
 from emergence_lightning.paper.predictor.study_data import StudyData
 from emergence_lightning.paper.predictor.training import RunConfig
+from emergence_lightning.predictor.stats import kendall_tau, spearman_rho
 
 CLASSES = 4
 

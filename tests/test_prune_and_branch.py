@@ -24,7 +24,6 @@ from tiny_models import Classifier, blobs, loaders, mlp
 from torch import nn
 from torch.utils.data import DataLoader
 
-from emergence_lightning.measure import measure
 from emergence_lightning.branching import (
     apply_masks,
     check_amounts,
@@ -38,12 +37,13 @@ from emergence_lightning.branching import (
     prune_model,
     reinitialize,
 )
-from emergence_lightning.callbacks.emergence import EmergenceCallback
 from emergence_lightning.branching.store import RESULT_FILE
 from emergence_lightning.branching.table import PATH_COLUMNS, SUMMARY_COLUMNS
-from emergence_lightning.callbacks.trainer_factory import check_strategy
+from emergence_lightning.callbacks.emergence import EmergenceCallback
 from emergence_lightning.callbacks.prune_and_branch import PruneAndBranchCallback
+from emergence_lightning.callbacks.trainer_factory import check_strategy
 from emergence_lightning.connectivity import build_edges, path_emergence
+from emergence_lightning.measure import measure
 from emergence_lightning.pruning import count_parameters
 
 DDP_SCRIPT = Path(__file__).parent / "scripts" / "ddp_branching.py"
@@ -282,6 +282,7 @@ def test_structured_pruning_removes_whole_nodes(tmp_path):
     final = torch.load(by_name(callback)["pruned-50"]["state_dict"])
     for layer, width, fan_in in (("net.0", 16, 8), ("net.2", 12, 16)):
         weight, bias = final[f"{layer}.weight"], final[f"{layer}.bias"]
+        assert tuple(weight.shape) == (width, fan_in)
         removed = (weight == 0).all(dim=1)
         assert int(removed.sum()) == width // 2
         assert bool((bias[removed] == 0).all())  # a removed node outputs exactly zero
@@ -457,7 +458,13 @@ def test_tensorboard_runs_overlay(tmp_path):
     root = tmp_path / "runs" / "branches"
     control, pruned = read_scalars(root / "control"), read_scalars(root / "pruned-50")
     assert control.keys() == pruned.keys()
-    assert {"emergence/E", "emergence/relative", "val_acc", "epoch", "summary/final_val_acc"} <= control.keys()
+    assert {
+        "emergence/E",
+        "emergence/relative",
+        "val_acc",
+        "epoch",
+        "summary/final_val_acc",
+    } <= control.keys()
     # The parent validated at step 5 (end of epoch 1); the branches go on where it would have.
     assert [s for s, _ in read_scalars_of_run(tmp_path / "runs")["val_acc"]] == [5]
     assert [s for s, _ in control["val_acc"]] == [s for s, _ in pruned["val_acc"]] == [11, 17]
@@ -477,7 +484,9 @@ def test_tensorboard_runs_overlay(tmp_path):
         )
         assert start.hparams["branch/amount"].number_value == pytest.approx(amount)
         assert start.hparams["branch/name"].string_value == name
-        assert start.hparams["emergence/threshold"].number_value == pytest.approx(EmergenceCallback().threshold)
+        assert start.hparams["emergence/threshold"].number_value == pytest.approx(
+            EmergenceCallback().threshold
+        )
         experiment = hparams_metadata.parse_experiment_plugin_data(content[hparams_metadata.EXPERIMENT_TAG])
         # TensorBoard takes every column from one run's entry: each run lists the same ones.
         run_columns = (
@@ -801,7 +810,9 @@ def test_check_amounts():
         TypeError, match=r"`amounts` must be a non-empty sequence of fractions in \[0, 1\), got 'ab'"
     ):
         check_amounts("ab")
-    with pytest.raises(ValueError, match=r"got 30 in \(30, 50, 70\)\. Percents\? Did you mean \(0\.3, 0\.5, 0\.7\)\?"):
+    with pytest.raises(
+        ValueError, match=r"got 30 in \(30, 50, 70\)\. Percents\? Did you mean \(0\.3, 0\.5, 0\.7\)\?"
+    ):
         check_amounts((30, 50, 70))
     with pytest.raises(ValueError, match=r"got 1\.2 in \(0\.3, 1\.2\)\.$"):  # no hint: not all percents
         check_amounts((0.3, 1.2))
@@ -857,10 +868,11 @@ def test_monitor_and_convergence_helpers():
         epochs_to_fraction_of_final([1.0], mode="best")
 
 
-
 def test_lightning_cli_save_config_callback_is_left_out_of_the_branches_silently(tmp_path, recwarn):
     """A real LightningCLI fit: its SaveConfigCallback (holding the CLI's parser) is not copied, with no warning."""
-    pytest.importorskip("jsonargparse", reason="LightningCLI needs jsonargparse (the `test` extra installs it)")
+    pytest.importorskip(
+        "jsonargparse", reason="LightningCLI needs jsonargparse (the `test` extra installs it)"
+    )
     import runpy
 
     import yaml
@@ -868,7 +880,9 @@ def test_lightning_cli_save_config_callback_is_left_out_of_the_branches_silently
     example = Path(__file__).resolve().parents[1] / "examples" / "lightning_cli"
     config = yaml.safe_load((example / "config.yaml").read_text())
     config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path)
-    config["trainer"].update(max_epochs=2, limit_train_batches=2, limit_val_batches=1, enable_progress_bar=False)
+    config["trainer"].update(
+        max_epochs=2, limit_train_batches=2, limit_val_batches=1, enable_progress_bar=False
+    )
     config["trainer"]["callbacks"][1]["init_args"].update(branch_epoch=1, amounts=[0.5], verbose=False)
     config["model"]["init_args"]["hidden"] = [8]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))

@@ -10,8 +10,8 @@ from matplotlib.image import imread
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.tensorboard import SummaryWriter
 
-from emergence_lightning.paper import report
 from emergence_lightning.callbacks import EmergenceCallback
+from emergence_lightning.paper import report
 from emergence_lightning.paper.models import PaperMLP
 from emergence_lightning.paper.report import find_runs, load_scalars, make_report
 

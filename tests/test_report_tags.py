@@ -9,8 +9,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.tensorboard import SummaryWriter
 
-from emergence_lightning.paper import report
 from emergence_lightning.callbacks import EmergenceCallback
+from emergence_lightning.paper import report
 from emergence_lightning.paper.cli import main
 from emergence_lightning.paper.report import load_scalars, make_report
 from emergence_lightning.paper.report.tags import choose_tags, classify, parse_metrics
@@ -174,7 +174,8 @@ def test_metric_option_picks_the_series(tmp_path, capsys):
     # run, name, epochs, last epoch, final `score` (training), final and best `val/score`
     assert "| run | run | 2 | 2 | 0.6000 | 0.5000 | 0.5000 |" in capsys.readouterr().out
     with pytest.raises(
-        ValueError, match=r"`metrics` \(--metric\) tag\(s\) \['nope'\] are in no run .*'score'",
+        ValueError,
+        match=r"`metrics` \(--metric\) tag\(s\) \['nope'\] are in no run .*'score'",
     ):
         make_report(tmp_path, metrics=["nope"])
     assert main(["report", str(tmp_path), "--metric", "nope"]) == 2

@@ -89,7 +89,8 @@ def fixed_weights_fit(
     tmp_path: Path, net: nn.Module, precision: str = "32-true", accelerator: str = "cpu"
 ) -> tuple[EmergenceCallback, Measurement, set[torch.dtype]]:
     """Fits a copy of ``net`` with lr = 0 (epoch 0 and epoch 1 see the same weights); returns the
-    callback, the last window's per-node measurement and the dtypes the first tracked layer produced."""
+    callback, the last window's per-node measurement and the dtypes the first tracked layer produced.
+    """
     model = Classifier(copy.deepcopy(net), lr=0.0)
     dtypes: set[torch.dtype] = set()
     handle = model.net[1].register_forward_hook(lambda module, args, output: dtypes.add(output.dtype))
@@ -160,7 +161,8 @@ def test_gpu_measures_as_cpu(tmp_path, accelerator):
 @pytest.fixture
 def fresh_dynamo():
     """Dynamo's caches are per code object and process-wide: after 8 compilations of one `forward`
-    it silently runs eagerly, so every compiling test starts (and leaves) them empty."""
+    it silently runs eagerly, so every compiling test starts (and leaves) them empty.
+    """
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()
@@ -169,7 +171,8 @@ def fresh_dynamo():
 
 class CountingBackend:
     """A torch.compile backend that runs the captured graph as it is and counts the runs: proof that
-    compiled code ran (with the same arithmetic as eager, so E must match exactly)."""
+    compiled code ran (with the same arithmetic as eager, so E must match exactly).
+    """
 
     def __init__(self) -> None:
         self.runs = 0

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from emergence_lightning.measure.statistics import Scratch, NodeStatistic
+from emergence_lightning.measure.statistics import NodeStatistic, Scratch
 
 THETA = 0.05
 
@@ -32,7 +32,9 @@ LAYOUTS = [
 
 def _reference(batches: list[torch.Tensor], batch_dim: int, node_dim: int) -> dict[str, torch.Tensor]:
     """Per node, in float64: sum, count above THETA, max, and the number of values seen."""
-    rows = [b.double().movedim((batch_dim, node_dim), (0, -1)).reshape(-1, b.shape[node_dim]) for b in batches]
+    rows = [
+        b.double().movedim((batch_dim, node_dim), (0, -1)).reshape(-1, b.shape[node_dim]) for b in batches
+    ]
     values = torch.cat(rows)
     return {
         "sum": values.sum(0),

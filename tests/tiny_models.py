@@ -9,7 +9,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 
-def blobs(samples: int = 96, features: int = 8, classes: int = 3, seed: int = 0, image: bool = False) -> TensorDataset:
+def blobs(
+    samples: int = 96, features: int = 8, classes: int = 3, seed: int = 0, image: bool = False
+) -> TensorDataset:
     """Separable Gaussian blobs, as vectors or as (1, 8, 8) images."""
     generator = torch.Generator().manual_seed(seed)
     labels = torch.arange(samples) % classes

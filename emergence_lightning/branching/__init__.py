@@ -35,8 +35,6 @@ from emergence_lightning.pruning import (
     reinitialize,
 )
 
-
-
 __all__ = [
     "PRUNABLE_TYPES",
     "PRUNING_FUNCTIONS",

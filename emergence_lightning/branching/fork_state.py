@@ -126,7 +126,9 @@ def load_optimizer(
                 if mask is not None:
                     entry = {
                         key: value * mask.to(value.dtype)
-                        if isinstance(value, Tensor) and value.shape == tensor.shape and value.is_floating_point()
+                        if isinstance(value, Tensor)
+                        and value.shape == tensor.shape
+                        and value.is_floating_point()
                         else value
                         for key, value in entry.items()
                     }

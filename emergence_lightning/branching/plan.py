@@ -116,7 +116,9 @@ def check_only(only: Any, specs: Sequence[BranchSpec]) -> tuple[str, ...] | None
     valid = [spec.name for spec in specs]
     unknown = [name for name in names if name not in valid]
     if unknown:
-        raise ValueError(f"`only` names {unknown!r}, which are no branches of this plan; the branches are {valid!r}.")
+        raise ValueError(
+            f"`only` names {unknown!r}, which are no branches of this plan; the branches are {valid!r}."
+        )
     return names
 
 
@@ -169,7 +171,9 @@ def random_pruned_name(amount: float) -> str:
     return f"random-pruned-{percent(amount)}"
 
 
-def check_epochs(branch_epoch: int, max_epochs: Any, min_epochs: Any, trainer_kwargs: Mapping[str, Any]) -> None:
+def check_epochs(
+    branch_epoch: int, max_epochs: Any, min_epochs: Any, trainer_kwargs: Mapping[str, Any]
+) -> None:
     """The parent trains ``branch_epoch`` epochs and the branches at least one more."""
     if max_epochs is None or max_epochs < 0 or branch_epoch > max_epochs:
         raise ValueError(

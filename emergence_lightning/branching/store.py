@@ -117,12 +117,16 @@ def check_experiment(directory: Path, record: Mapping[str, Any], weights: bool =
     try:
         recorded = json.loads(path.read_text())
     except (OSError, ValueError) as error:
-        raise ExperimentMismatchError(f"{path} cannot be read ({error}); delete it or use another log directory.") from error
+        raise ExperimentMismatchError(
+            f"{path} cannot be read ({error}); delete it or use another log directory."
+        ) from error
     found = differences(recorded, record, weights=weights)
     if found:
         raise ExperimentMismatchError(
             f"{directory} holds the branches of another experiment; its results would be mixed up with this "
-            "one's: " + "; ".join(found) + ". Use another log directory (a new logger version) or delete that folder."
+            "one's: "
+            + "; ".join(found)
+            + ". Use another log directory (a new logger version) or delete that folder."
         )
 
 
@@ -183,7 +187,9 @@ def clear_stale_run(run_dir: Path) -> list[Path]:
     return removed
 
 
-def write_summary(directory: Path, csv_text: str, results: Sequence[Mapping[str, Any]], header: Mapping[str, Any]) -> None:
+def write_summary(
+    directory: Path, csv_text: str, results: Sequence[Mapping[str, Any]], header: Mapping[str, Any]
+) -> None:
     """Writes ``summary.csv`` (``csv_text``) and ``summary.json`` (``header`` and every result)."""
     atomic_write_text(directory / SUMMARY_CSV, csv_text)
     summary = {**dict(header), "branches": [jsonable(dict(result)) for result in results]}

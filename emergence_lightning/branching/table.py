@@ -55,7 +55,9 @@ def csv_text(results: Sequence[Mapping[str, Any]]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows({column: _csv_value(result.get(column)) for column in SUMMARY_COLUMNS} for result in results)
+    writer.writerows(
+        {column: _csv_value(result.get(column)) for column in SUMMARY_COLUMNS} for result in results
+    )
     return buffer.getvalue()
 
 

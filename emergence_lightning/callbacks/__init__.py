@@ -12,4 +12,10 @@ from emergence_lightning.callbacks.emergence import EmergenceCallback
 from emergence_lightning.callbacks.emergence_record import EmergenceRecord
 from emergence_lightning.callbacks.prune_and_branch import PruneAndBranchCallback
 
-__all__ = ["EmergenceCallback", "EmergenceRecord", "PruneAndBranchCallback", "run_saved_branches", "saved_plan"]
+__all__ = [
+    "EmergenceCallback",
+    "EmergenceRecord",
+    "PruneAndBranchCallback",
+    "run_saved_branches",
+    "saved_plan",
+]

@@ -25,7 +25,9 @@ then, once all have ended:  emergence-lightning report RUN_DIR"""
 
 def add_branch_command(command: Callable[[str, str, str], argparse.ArgumentParser]) -> None:
     """Adds the ``branch`` subcommand (``command(name, help, epilog)`` makes a subparser)."""
-    branch = command("branch", "train branches by name from a run's saved fork (one job per branch)", BRANCH_EXAMPLES)
+    branch = command(
+        "branch", "train branches by name from a run's saved fork (one job per branch)", BRANCH_EXAMPLES
+    )
     branch.add_argument("run_dir", help="the run whose branches/ holds fork.pt (or that branches folder)")
     branch.add_argument(
         "--name",
@@ -36,7 +38,9 @@ def add_branch_command(command: Callable[[str, str, str], argparse.ArgumentParse
     )
     branch.add_argument("--accelerator", default=None, help="Lightning's accelerator (default: the parent's)")
     branch.add_argument("--devices", default=None, help="Lightning's devices (default: 1)")
-    branch.add_argument("--no-resume", action="store_true", help="train a named branch again even if it finished")
+    branch.add_argument(
+        "--no-resume", action="store_true", help="train a named branch again even if it finished"
+    )
     branch.add_argument(
         "--list",
         action="store_true",
@@ -68,7 +72,9 @@ def run_branch_command(args: Any) -> int:
             kwargs["accelerator"] = args.accelerator
         if args.devices is not None:
             kwargs["devices"] = int(args.devices) if args.devices.isdigit() else args.devices
-        results = run_saved_branches(args.run_dir, args.name, trainer_kwargs=kwargs, resume=not args.no_resume)
+        results = run_saved_branches(
+            args.run_dir, args.name, trainer_kwargs=kwargs, resume=not args.no_resume
+        )
     except (FileNotFoundError, ValueError, store.ExperimentMismatchError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -31,8 +31,8 @@ from emergence_lightning.branching.plan import BranchSpec
 from emergence_lightning.callbacks import lightning_state as state
 from emergence_lightning.callbacks.emergence import EmergenceCallback
 from emergence_lightning.callbacks.emergence_record import EmergenceRecord
-from emergence_lightning.pruning import count_parameters, masks
 from emergence_lightning.callbacks.tensorboard_views import run_hparams, summary_metrics, write_run_summary
+from emergence_lightning.pruning import count_parameters, masks
 
 
 class BranchRecorder(Callback):
@@ -91,7 +91,9 @@ class BranchRecorder(Callback):
                 trainer, pl_module, epoch=trainer.current_epoch, before_training=False, log=True
             )
         if self.fork_state is not None:
-            restore_rng(self.fork_state.rng)  # last: the first batch draws exactly as the unforked run's would
+            restore_rng(
+                self.fork_state.rng
+            )  # last: the first batch draws exactly as the unforked run's would
 
     @override
     def on_train_batch_end(
@@ -125,7 +127,9 @@ class BranchRecorder(Callback):
         self._log_summary(trainer, "finished")
 
     @override
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
         self._log_summary(trainer, "failed")
 
     def _record(self, trainer: pl.Trainer) -> None:
@@ -159,7 +163,9 @@ class BranchRecorder(Callback):
             "best_epoch": epochs[values.index(best)] if best is not None else None,
             "epochs_to_99": epochs_to_fraction_of_final(values, 0.99, self.mode) if values else None,
             "epochs": (self.final_epoch - self.fork.epoch) if self.final_epoch is not None else 0,
-            "setup_s": round(self.train_started - self.started, 3) if self.train_started is not None else None,
+            "setup_s": round(self.train_started - self.started, 3)
+            if self.train_started is not None
+            else None,
             "history": {
                 "epoch": epochs,
                 "value": values,
@@ -181,6 +187,7 @@ class BranchRecorder(Callback):
         # A failing logger gets a warning: the summary must not hide the branch's own error.
         metrics = summary_metrics(self.monitor, figures, path_exact)
         write_run_summary(trainer.loggers, trainer.global_step, params, metrics)
+
 
 def _load_fork_state(trainer: pl.Trainer, pl_module: pl.LightningModule, fork_state: ForkState) -> None:
     """Loads the parent's optimizer and LR scheduler state into the branch's (pruned entries' state zeroed)."""

@@ -35,6 +35,9 @@ from emergence_lightning.branching.plan import (
     select,
 )
 from emergence_lightning.branching.table import csv_text, summary_table
+from emergence_lightning.callbacks.branch_recorder import BranchRecorder
+from emergence_lightning.callbacks.emergence import EmergenceCallback
+from emergence_lightning.callbacks.tensorboard_views import branch_overlay_layout, write_custom_scalars
 from emergence_lightning.callbacks.trainer_factory import (
     TrainerFactory,
     branch_loggers,
@@ -43,10 +46,7 @@ from emergence_lightning.callbacks.trainer_factory import (
     continue_from,
     fresh_callbacks,
 )
-from emergence_lightning.callbacks.branch_recorder import BranchRecorder
-from emergence_lightning.callbacks.emergence import EmergenceCallback
 from emergence_lightning.pruning import count_parameters, masks, permanent_state_dict
-from emergence_lightning.callbacks.tensorboard_views import branch_overlay_layout, write_custom_scalars
 
 
 @dataclass
@@ -91,14 +91,18 @@ class BranchRunner:
         self.strategy = strategy
         self.is_global_zero = strategy is None or strategy.is_global_zero
 
-    def run(self, specs: Sequence[BranchSpec], previous: Mapping[str, dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    def run(
+        self, specs: Sequence[BranchSpec], previous: Mapping[str, dict[str, Any]]
+    ) -> Iterator[dict[str, Any]]:
         """Yields each branch's result in turn: read back from ``previous`` (resumed), or trained now."""
         with _PreserveSeedEnvironment(), isolate_rng():
             for spec in specs:
                 if spec.name in previous:
                     result = {**previous[spec.name], "resumed": True}
                 else:
-                    _restore_generators(self.fork.generators)  # every branch sees the parent's next data order
+                    _restore_generators(
+                        self.fork.generators
+                    )  # every branch sees the parent's next data order
                     result = self.run_branch(spec)
                 yield result
                 self._barrier("prune-and-branch")
@@ -111,7 +115,9 @@ class BranchRunner:
         if self.is_global_zero:
             removed = store.clear_stale_run(run_dir)
             if removed:
-                rank_zero_info(f"PruneAndBranchCallback: rerunning {spec.name}; removed {len(removed)} stale file(s).")
+                rank_zero_info(
+                    f"PruneAndBranchCallback: rerunning {spec.name}; removed {len(removed)} stale file(s)."
+                )
         self._barrier("prune-and-branch-clear")
         result: dict[str, Any] = {
             "name": spec.name,
@@ -155,7 +161,9 @@ class BranchRunner:
                 started,
             )
             loggers = branch_loggers(setup.logger_kinds, self.directory, spec.name)
-            kwargs = branch_trainer_kwargs(setup.settings, setup.trainer_kwargs, [*callbacks, recorder], loggers)
+            kwargs = branch_trainer_kwargs(
+                setup.settings, setup.trainer_kwargs, [*callbacks, recorder], loggers
+            )
             branch_trainer = (setup.trainer_factory or build_trainer)(spec, kwargs)
             if not any(callback is recorder for callback in branch_trainer.callbacks):
                 raise ValueError(
@@ -175,7 +183,9 @@ class BranchRunner:
         result.update(status=status, error=error, wall_time_s=round(time.perf_counter() - started, 3))
         result["state_dict"] = None
         if status == "finished" and model is not None and self.is_global_zero:
-            result["state_dict"] = str(store.save_final_weights(self.directory, spec.name, permanent_state_dict(model)))
+            result["state_dict"] = str(
+                store.save_final_weights(self.directory, spec.name, permanent_state_dict(model))
+            )
         if self.is_global_zero:
             store.write_result(self.directory, result)
         return result
@@ -185,7 +195,12 @@ class BranchRunner:
             self.strategy.barrier(name)
 
 
-def write_summary(directory: Path, plan: Sequence[BranchSpec], results: Sequence[Mapping[str, Any]], header: Mapping[str, Any]) -> list[dict[str, Any]]:
+def write_summary(
+    directory: Path,
+    plan: Sequence[BranchSpec],
+    results: Sequence[Mapping[str, Any]],
+    header: Mapping[str, Any],
+) -> list[dict[str, Any]]:
     """Writes ``summary.csv``/``summary.json`` over every planned branch with a result, here or on disk.
 
     Branches trained by other processes (parallel jobs) are merged in from their ``result.json``;
@@ -264,10 +279,14 @@ def run_saved_branches(
     wanted = None if names is None else list(names)
     unknown = [name for name in wanted or [] if name not in valid]
     if unknown:
-        raise ValueError(f"`names` holds {unknown!r}, which are no branches of {directory}; the branches are {valid!r}.")
+        raise ValueError(
+            f"`names` holds {unknown!r}, which are no branches of {directory}; the branches are {valid!r}."
+        )
     specs = select(setup.plan, wanted)
     header = summary_header(fork, setup.pruning)
-    finished = store.read_finished(directory, specs, fork.point.fingerprint, fork.point.epoch, setup.pruning.pruning_fn)
+    finished = store.read_finished(
+        directory, specs, fork.point.fingerprint, fork.point.epoch, setup.pruning.pruning_fn
+    )
     if wanted is None:
         specs = [spec for spec in specs if spec.name not in finished]
     previous = finished if resume else {}

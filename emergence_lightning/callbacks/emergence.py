@@ -28,6 +28,11 @@ from emergence_lightning.callbacks.emergence_metrics import (
 from emergence_lightning.callbacks.emergence_record import EmergenceRecord
 from emergence_lightning.callbacks.path_exact import PathExactCounter
 from emergence_lightning.callbacks.probe import ProbeStep, batch_input, default_probe_step, run_step
+from emergence_lightning.callbacks.tensorboard_views import (
+    emergence_layout,
+    write_activity_histograms,
+    write_custom_scalars,
+)
 from emergence_lightning.functional import (
     emergence,
     log10_emergence,
@@ -35,11 +40,6 @@ from emergence_lightning.functional import (
 )
 from emergence_lightning.measure import ActivityTracker, Measurement
 from emergence_lightning.pruning import count_parameters
-from emergence_lightning.callbacks.tensorboard_views import (
-    emergence_layout,
-    write_activity_histograms,
-    write_custom_scalars,
-)
 
 __all__ = ["EmergenceCallback", "batch_input", "default_probe_step", "zero_streak"]
 
@@ -213,7 +213,9 @@ class EmergenceCallback(Callback):
             )
 
     @override
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
         self._failed = True
         self._close_window()
 
@@ -245,7 +247,9 @@ class EmergenceCallback(Callback):
             batches, sampler = state.start_batches(trainer, self._source, self.probe_dataloader)
             measurement = self._run_probe(trainer, pl_module, batches, sampler)
             if measurement is not None:
-                self._record(trainer, pl_module, measurement, epoch=0, through_loggers=True, before_training=True)
+                self._record(
+                    trainer, pl_module, measurement, epoch=0, through_loggers=True, before_training=True
+                )
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -267,7 +271,12 @@ class EmergenceCallback(Callback):
 
     @override
     def on_validation_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         if self._window_open and self.tracker is not None and not self._paused:
             self.tracker.start_pass()
@@ -340,7 +349,9 @@ class EmergenceCallback(Callback):
         else:
             return
         if measurement is not None:
-            self._record(trainer, pl_module, measurement, epoch=state.epochs_completed(trainer, epoch_over=True))
+            self._record(
+                trainer, pl_module, measurement, epoch=state.epochs_completed(trainer, epoch_over=True)
+            )
 
     # ---- public: a measurement on demand, the history as records ----------------------------
     def measure_now(
@@ -385,7 +396,9 @@ class EmergenceCallback(Callback):
         if log:
             self._log_to_loggers(trainer, record)
             if self.log_histograms:
-                write_activity_histograms(trainer.loggers, self.prefix, measurement.layers, trainer.global_step)
+                write_activity_histograms(
+                    trainer.loggers, self.prefix, measurement.layers, trainer.global_step
+                )
         return EmergenceRecord.from_history(record)
 
     def records(self) -> list[EmergenceRecord]:
@@ -410,7 +423,9 @@ class EmergenceCallback(Callback):
         was_open, self._window_open, self._paused = self._window_open, False, False
         if trainer is None or not was_open:
             return None
-        measurement = self.tracker.compute(reduce=lambda tensor, op: trainer.strategy.reduce(tensor, reduce_op=op))
+        measurement = self.tracker.compute(
+            reduce=lambda tensor, op: trainer.strategy.reduce(tensor, reduce_op=op)
+        )
         # `measurement` is None on every process or on none; all take the same collective.
         batches = state.total_over_processes(trainer, self._window_batches) if measurement is None else 0
         if batches:
@@ -428,7 +443,8 @@ class EmergenceCallback(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batches: Iterable[Any], sampler: Any
     ) -> Measurement | None:
         """A forward-only pass over ``batches`` in eval mode through the module's own step (see
-        :mod:`~emergence_lightning.callbacks.probe`); every module's mode is restored."""
+        :mod:`~emergence_lightning.callbacks.probe`); every module's mode is restored.
+        """
         assert self.tracker is not None
         modes = {module: module.training for module in pl_module.modules()}
         self._open_window(trainer, sampler)
@@ -487,7 +503,8 @@ class EmergenceCallback(Callback):
 
     def _log_to_loggers(self, trainer: pl.Trainer, record: dict[str, Any]) -> None:
         """Writes a record straight to the loggers at ``global_step`` (where ``self.log`` can't: before the
-        first step, in ``on_train_end``, or for a measurement the caller asked for)."""
+        first step, in ``on_train_end``, or for a measurement the caller asked for).
+        """
         metrics = {**all_metrics(record, self.prefix), "epoch": record["epoch"]}
         _write(trainer, metrics, trainer.global_step)
 
@@ -582,8 +599,6 @@ class EmergenceCallback(Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = [dict(record) for record in state_dict.get("history", [])]
-
-
 
 
 @rank_zero_only

@@ -53,4 +53,3 @@ def zero_streak(history: Sequence[dict[str, Any]]) -> int:
             break
         streak += 1
     return streak
-

@@ -42,7 +42,8 @@ def runs_validation(trainer: pl.Trainer) -> bool:
 
 def logging_step(trainer: pl.Trainer) -> int:
     """The step Lightning writes epoch-end ``self.log`` values at (batches that stepped; = global_step
-    with one optimizer), so values written straight to the loggers sit beside them."""
+    with one optimizer), so values written straight to the loggers sit beside them.
+    """
     return int(getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step))
 
 
@@ -73,7 +74,11 @@ def total_over_processes(trainer: pl.Trainer, count: int) -> int:
     """``count`` summed over the processes."""
     if trainer.world_size == 1:
         return count
-    return int(trainer.strategy.reduce(torch.tensor(float(count), device=trainer.strategy.root_device), reduce_op="sum"))
+    return int(
+        trainer.strategy.reduce(
+            torch.tensor(float(count), device=trainer.strategy.root_device), reduce_op="sum"
+        )
+    )
 
 
 def length(loader: Any) -> int | None:
@@ -126,7 +131,9 @@ def measurement_source(trainer: pl.Trainer, probe_dataloader: Any) -> str:
     return "validation" if has_validation_batches(trainer) else "train"
 
 
-def start_batches(trainer: pl.Trainer, source: str | None, probe_dataloader: Any) -> tuple[Iterable[Any], Any]:
+def start_batches(
+    trainer: pl.Trainer, source: str | None, probe_dataloader: Any
+) -> tuple[Iterable[Any], Any]:
     """The data of the epoch-0 pass (the same data later epochs measure) and its sampler."""
     if source == "probe":
         return probe_dataloader, sampler_of(probe_dataloader)

@@ -76,7 +76,9 @@ def run_step(pl_module: pl.LightningModule, batch: Any, batch_idx: int, probe_st
 def side_effects_undone(pl_module: pl.LightningModule) -> Iterator[None]:
     """Mutes ``self.log``/``self.log_dict`` and puts back torchmetrics states and plain attributes."""
     attributes = {
-        name: (value, _shallow_copy(value)) for name, value in vars(pl_module).items() if not name.startswith("_")
+        name: (value, _shallow_copy(value))
+        for name, value in vars(pl_module).items()
+        if not name.startswith("_")
     }
     metrics = [(metric, _metric_state(metric)) for metric in pl_module.modules() if _is_metric(metric)]
     muted = {name: vars(pl_module)[name] for name in ("log", "log_dict") if name in vars(pl_module)}

@@ -45,6 +45,9 @@ from emergence_lightning.branching.plan import (
     plan_branches,
     select,
 )
+from emergence_lightning.branching.table import summary_table
+from emergence_lightning.callbacks import lightning_state as state
+from emergence_lightning.callbacks.branch_recorder import BranchRecorder
 from emergence_lightning.callbacks.branch_runner import (
     BranchRunner,
     BranchSetup,
@@ -55,7 +58,8 @@ from emergence_lightning.callbacks.branch_runner import (
     summary_header,
     write_summary,
 )
-from emergence_lightning.branching.table import summary_table
+from emergence_lightning.callbacks.emergence import EmergenceCallback
+from emergence_lightning.callbacks.tensorboard_views import run_hparams, summary_metrics, write_run_summary
 from emergence_lightning.callbacks.trainer_factory import (
     TrainerFactory,
     callback_templates,
@@ -69,9 +73,6 @@ from emergence_lightning.callbacks.trainer_factory import (
     portable_settings,
     skip_placeholder_hp_metric,
 )
-from emergence_lightning.callbacks import lightning_state as state
-from emergence_lightning.callbacks.branch_recorder import BranchRecorder
-from emergence_lightning.callbacks.emergence import EmergenceCallback
 from emergence_lightning.measure import check_flags
 from emergence_lightning.pruning import (
     STRUCTURED_PRUNING_FUNCTIONS,
@@ -79,7 +80,6 @@ from emergence_lightning.pruning import (
     count_parameters,
     find_prunable,
 )
-from emergence_lightning.callbacks.tensorboard_views import run_hparams, summary_metrics, write_run_summary
 
 #: The parent's name in the results, the report and its HParams row (``branch/name``).
 PARENT = "parent"
@@ -183,7 +183,9 @@ class PruneAndBranchCallback(Callback):
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"`seed` must be an int, got {seed!r}.")
         # Checked as given, so a message shows the value received.
-        check_pruning_arguments(pruning_fn, use_global_unstructured, parameter_names, modules, pruning_dim, pruning_norm)
+        check_pruning_arguments(
+            pruning_fn, use_global_unstructured, parameter_names, modules, pruning_dim, pruning_norm
+        )
         #: How the pruned branches are pruned and seeded.
         self.pruning = PruningSettings(
             pruning_fn=pruning_fn,
@@ -203,7 +205,9 @@ class PruneAndBranchCallback(Callback):
             raise ValueError(f"`optimizer_state` must be one of {OPTIMIZER_STATES}, got {optimizer_state!r}.")
         check_flags(random_controls=random_controls, resume=resume, verbose=verbose)
         if trainer_factory is not None and not callable(trainer_factory):
-            raise TypeError(f"`trainer_factory` must be callable as factory(spec, kwargs), got {trainer_factory!r}.")
+            raise TypeError(
+                f"`trainer_factory` must be callable as factory(spec, kwargs), got {trainer_factory!r}."
+            )
         self.trainer_kwargs = check_trainer_kwargs(trainer_kwargs)
         self.branch_epoch = branch_epoch
         self.random_controls = bool(random_controls)
@@ -217,7 +221,9 @@ class PruneAndBranchCallback(Callback):
         self.verbose = verbose
         self.optimizer_state = optimizer_state
         self.trainer_factory = trainer_factory
-        self._state_key = self._generate_state_key(branch_epoch=branch_epoch, amounts=self.amounts, pruning_fn=pruning_fn)
+        self._state_key = self._generate_state_key(
+            branch_epoch=branch_epoch, amounts=self.amounts, pruning_fn=pruning_fn
+        )
         #: One dict per branch, in the order they ran (see ``SUMMARY_COLUMNS``, plus ``history``).
         self.results: list[dict[str, Any]] = []
         #: The directory holding the branch runs and the summary, once known.
@@ -256,7 +262,9 @@ class PruneAndBranchCallback(Callback):
             check_strategy(trainer.strategy)
         check_lightning_attributes(trainer)  # before the parent trains, not at the fork
         # Before training the parent: a directory holding another model's or setting's branches is refused now.
-        record = store.experiment_record(None, store.architecture(pl_module), self._experiment_settings(trainer))
+        record = store.experiment_record(
+            None, store.architecture(pl_module), self._experiment_settings(trainer)
+        )
         self._check_experiment(trainer, _branches_dir(trainer), record, False)
         self._parent_metrics = {}
         skip_placeholder_hp_metric(trainer)
@@ -266,7 +274,9 @@ class PruneAndBranchCallback(Callback):
                 f"{os.path.join(trainer.default_root_dir, 'branches')}."
             )
         # Copies of the other callbacks as they are before training, to hand each branch a fresh one.
-        self._templates = callback_templates(trainer, pl_module, skip=(PruneAndBranchCallback, BranchRecorder))
+        self._templates = callback_templates(
+            trainer, pl_module, skip=(PruneAndBranchCallback, BranchRecorder)
+        )
         self._saved = None
         if self.only is not None and (_branches_dir(trainer) / store.FORK_FILE).is_file():
             # A job for a few branches of an experiment whose fork is saved: start from it, don't retrain the parent.
@@ -364,7 +374,9 @@ class PruneAndBranchCallback(Callback):
         specs = select(setup.plan, self.only)
         previous = {}
         if self.resume and trainer.is_global_zero:
-            previous = store.read_finished(directory, specs, fork.point.fingerprint, self.branch_epoch, self.pruning.pruning_fn)
+            previous = store.read_finished(
+                directory, specs, fork.point.fingerprint, self.branch_epoch, self.pruning.pruning_fn
+            )
         previous = trainer.strategy.broadcast(previous)  # every process skips the same branches
         self.results = [result for result in self.results if result["name"] not in {s.name for s in specs}]
         header = summary_header(fork, self.pruning)
@@ -437,7 +449,9 @@ class PruneAndBranchCallback(Callback):
 
     def _save_fork(self, directory: Path, fork: Fork, setup: BranchSetup, record: dict[str, Any]) -> None:
         """Saves the fork as ``fork.pt``, so any branch can run later or in another job (rank zero)."""
-        kwargs = {k: v for k, v in setup.trainer_kwargs.items() if not (k == "strategy" and not isinstance(v, str))}
+        kwargs = {
+            k: v for k, v in setup.trainer_kwargs.items() if not (k == "strategy" and not isinstance(v, str))
+        }
         portable = dataclasses.replace(
             setup, settings=portable_settings(setup.settings), trainer_kwargs=kwargs, trainer_factory=None
         )
@@ -479,7 +493,9 @@ class PruneAndBranchCallback(Callback):
             "branch_data": type(data).__name__ if data is not None else None,
         }
 
-    def _check_experiment(self, trainer: pl.Trainer, directory: Path, record: dict[str, Any], weights: bool) -> None:
+    def _check_experiment(
+        self, trainer: pl.Trainer, directory: Path, record: dict[str, Any], weights: bool
+    ) -> None:
         """Raises, in every process, when ``directory`` holds another experiment's branches (rank zero reads)."""
         message = None
         if trainer.is_global_zero:
@@ -521,4 +537,6 @@ def _check_data_arguments(datamodule: Any, train_dataloaders: Any, val_dataloade
             "`branch_val_dataloaders` needs `branch_train_dataloaders` too, got branch_train_dataloaders=None."
         )
     if datamodule is not None and not isinstance(datamodule, pl.LightningDataModule):
-        raise TypeError(f"`branch_datamodule` must be a LightningDataModule, got {type(datamodule).__name__}.")
+        raise TypeError(
+            f"`branch_datamodule` must be a LightningDataModule, got {type(datamodule).__name__}."
+        )

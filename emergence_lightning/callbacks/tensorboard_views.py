@@ -146,7 +146,9 @@ def write_activity_histograms(loggers: list[Any], prefix: str, layers: Sequence[
             for layer in layers:
                 values = layer.activity[~layer.activity.isnan()]
                 if values.numel():
-                    logger.experiment.add_histogram(f"{prefix}/activity/{layer.name}", values, global_step=step)
+                    logger.experiment.add_histogram(
+                        f"{prefix}/activity/{layer.name}", values, global_step=step
+                    )
 
 
 def write_custom_scalars(loggers: list[Any], layout: dict[str, dict[str, list[Any]]]) -> None:
@@ -182,15 +184,20 @@ def summary_metrics(monitor: str | None, figures: Mapping[str, Any], path_exact:
     name = monitor or "metric"
     # In this order in TensorBoard's table, which shows the first five metrics.
     keys = {f"final_{name}": "final", f"best_{name}": "best"}
-    keys.update({key: key for key in ("E_end", "log10_E_end", "relative_E_end", "epochs_to_99", "parameters")})
+    keys.update(
+        {key: key for key in ("E_end", "log10_E_end", "relative_E_end", "epochs_to_99", "parameters")}
+    )
     if path_exact:
         keys.update({key: key for key in ("E_path_end", "relative_E_path_end")})
     return {f"{SUMMARY}/{tag}": figures.get(key) for tag, key in keys.items()}
 
 
-def write_run_summary(loggers: list[Any], step: int, params: dict[str, Any], figures: Mapping[str, Any]) -> None:
+def write_run_summary(
+    loggers: list[Any], step: int, params: dict[str, Any], figures: Mapping[str, Any]
+) -> None:
     """Logs a run's end-of-run ``figures`` as scalars and one HParams row (the logger's hyperparameters
-    plus ``params``). Each logger on its own: one that fails gets a warning naming the run, the rest write."""
+    plus ``params``). Each logger on its own: one that fails gets a warning naming the run, the rest write.
+    """
     metrics = {key: metric_value(value) for key, value in figures.items()}
     for logger in loggers:
         try:

@@ -89,7 +89,9 @@ def check_lightning_attributes(trainer: pl.Trainer, strategy: DDPStrategy | None
 def check_trainer_kwargs(trainer_kwargs: Any) -> dict[str, Any]:
     """``trainer_kwargs`` as a dict of arguments ``pl.Trainer`` takes, none of :data:`RESERVED_TRAINER_KWARGS`."""
     if trainer_kwargs is not None and not isinstance(trainer_kwargs, Mapping):
-        raise TypeError(f"`trainer_kwargs` must be a dict of Trainer arguments, got {type(trainer_kwargs).__name__}.")
+        raise TypeError(
+            f"`trainer_kwargs` must be a dict of Trainer arguments, got {type(trainer_kwargs).__name__}."
+        )
     trainer_kwargs = dict(trainer_kwargs or {})
     unknown = sorted(set(trainer_kwargs) - set(inspect.signature(pl.Trainer.__init__).parameters) - {"self"})
     if unknown:
@@ -173,7 +175,10 @@ def portable_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def branch_trainer_kwargs(
-    settings: Mapping[str, Any], trainer_kwargs: Mapping[str, Any], callbacks: list[Callback], loggers: list[Any]
+    settings: Mapping[str, Any],
+    trainer_kwargs: Mapping[str, Any],
+    callbacks: list[Callback],
+    loggers: list[Any],
 ) -> dict[str, Any]:
     """The arguments of one branch's Trainer: the parent's settings, then ``trainer_kwargs``, with its callbacks and loggers."""
     kwargs = {**settings, **trainer_kwargs}
@@ -263,7 +268,10 @@ def parent_data(trainer: pl.Trainer) -> dict[str, Any]:
     if trainer.datamodule is not None:
         return {"datamodule": trainer.datamodule}
     data = {}
-    for key, loop in (("train_dataloaders", trainer.fit_loop), ("val_dataloaders", trainer.fit_loop.epoch_loop.val_loop)):
+    for key, loop in (
+        ("train_dataloaders", trainer.fit_loop),
+        ("val_dataloaders", trainer.fit_loop.epoch_loop.val_loop),
+    ):
         source = getattr(loop, "_data_source", None)
         instance = getattr(source, "instance", None)
         if instance is not None and not isinstance(instance, (pl.LightningModule, pl.LightningDataModule)):
@@ -272,7 +280,9 @@ def parent_data(trainer: pl.Trainer) -> dict[str, Any]:
 
 
 # ---- callbacks and loggers -------------------------------------------------------------------
-def callback_templates(trainer: pl.Trainer, pl_module: pl.LightningModule, skip: tuple[type, ...]) -> list[Callback]:
+def callback_templates(
+    trainer: pl.Trainer, pl_module: pl.LightningModule, skip: tuple[type, ...]
+) -> list[Callback]:
     """Copies of the parent's callbacks as they are before training, detached from it (``skip``: left out).
 
     LightningCLI's ``SaveConfigCallback`` is left out too: it only saves the parent's ``config.yaml``,
@@ -281,7 +291,8 @@ def callback_templates(trainer: pl.Trainer, pl_module: pl.LightningModule, skip:
     return [
         template
         for callback in trainer.callbacks
-        if not isinstance(callback, (*skip, ModelSummary)) and not _saves_cli_config(callback)
+        if not isinstance(callback, (*skip, ModelSummary))
+        and not _saves_cli_config(callback)
         and (template := _template(callback, trainer, pl_module)) is not None
     ]
 
@@ -326,7 +337,9 @@ def branch_loggers(kinds: list[str], branches_dir: Path, name: str) -> list[Any]
     loggers: list[Any] = []
     for kind in kinds:
         if kind == "tensorboard":
-            loggers.append(TensorBoardLogger(str(branches_dir), name=name, version="", default_hp_metric=False))
+            loggers.append(
+                TensorBoardLogger(str(branches_dir), name=name, version="", default_hp_metric=False)
+            )
         else:
             loggers.append(CSVLogger(str(branches_dir), name=name, version=""))
     return loggers

@@ -240,7 +240,9 @@ class _Propagator(fx.Interpreter):
             return node_maps.Flow()
         try:
             if result.dim() < 2:
-                raise node_maps.Unsupported(f"its output has shape {tuple(result.shape)}, without a node dimension")
+                raise node_maps.Unsupported(
+                    f"its output has shape {tuple(result.shape)}, without a node dimension"
+                )
             maps = self._maps(node, result, inputs)
         except node_maps.Unsupported as reason:
             return node_maps.Flow(blocked=f"{_describe(node, self.model)} ({reason})")
@@ -250,7 +252,9 @@ class _Propagator(fx.Interpreter):
             for layer, source in self.flows[arg].sources.items():
                 routed = node_maps.compose(source, mapping)
                 sources[layer] = (
-                    routed if layer not in sources else node_maps.union(sources[layer], routed, units, result.device)
+                    routed
+                    if layer not in sources
+                    else node_maps.union(sources[layer], routed, units, result.device)
                 )
         return node_maps.Flow(sources)
 
@@ -280,7 +284,9 @@ class _Propagator(fx.Interpreter):
         return node_maps.Flow({index: node_maps.IDENTITY})
 
     # ---- per-operation connectivity -------------------------------------------------------
-    def _maps(self, node: fx.Node, result: Tensor, inputs: list[fx.Node]) -> list[tuple[fx.Node, node_maps.NodeMap]]:
+    def _maps(
+        self, node: fx.Node, result: Tensor, inputs: list[fx.Node]
+    ) -> list[tuple[fx.Node, node_maps.NodeMap]]:
         """``(input value, map from its nodes to the result's)`` for every input that carries a flow."""
         if node.op == "call_module":
             module = self.model.get_submodule(node.target)
@@ -292,7 +298,9 @@ class _Propagator(fx.Interpreter):
         if (node.op == "call_function" and target in node_maps.ELEMENTWISE_FUNCTIONS) or (
             node.op == "call_method" and target in node_maps.ELEMENTWISE_METHODS
         ):
-            return [(arg, node_maps.broadcast(self.shapes[arg], result.shape, result.device)) for arg in inputs]
+            return [
+                (arg, node_maps.broadcast(self.shapes[arg], result.shape, result.device)) for arg in inputs
+            ]
         (arg,) = self._single(inputs)
         shape = self.shapes[arg]
         if node.op == "call_function" and target in node_maps.CHANNEL_FUNCTIONS:
@@ -354,7 +362,9 @@ class _Propagator(fx.Interpreter):
             return node_maps.reshape_map(shape, result.shape, device)
         if isinstance(module, (nn.Softmax, nn.LogSoftmax, nn.Softmin)):
             return node_maps.softmax_map(module.dim, shape, result)
-        raise node_maps.Unsupported(f"a module of type {type(module).__name__}, whose connectivity is unknown")
+        raise node_maps.Unsupported(
+            f"a module of type {type(module).__name__}, whose connectivity is unknown"
+        )
 
     def _cat_maps(self, node: fx.Node, result: Tensor) -> list[tuple[fx.Node, node_maps.NodeMap]]:
         tensors = node.args[0] if node.args else node.kwargs.get("tensors")

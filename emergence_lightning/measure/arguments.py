@@ -36,7 +36,9 @@ def check_tracking_arguments(
         raise TypeError(f"`node_dim` keys must be layer names (str), got {node_dim!r}.")
     for dim in dims:
         if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int)):
-            raise TypeError(f"`node_dim` must be an int, a mapping from layer names to ints, or None, got {node_dim!r}.")
+            raise TypeError(
+                f"`node_dim` must be an int, a mapping from layer names to ints, or None, got {node_dim!r}."
+            )
         if dim == 0:
             raise ValueError(f"`node_dim` cannot be 0, the batch dimension, got {node_dim!r}.")
     if layers is not None:

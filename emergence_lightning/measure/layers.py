@@ -80,7 +80,12 @@ def base_name(layer: str) -> str:
 
 
 # Producers whose output indexes nodes by dim 1 (channels first) or by the last dim (features).
-_CHANNELS_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LocalResponseNorm)
+_CHANNELS_FIRST = (
+    nn.modules.conv._ConvNd,
+    nn.modules.batchnorm._NormBase,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+)
 _FEATURES_LAST = (nn.Linear, nn.Bilinear, nn.Embedding, nn.LayerNorm, nn.MultiheadAttention, nn.RNNBase)
 if hasattr(nn, "RMSNorm"):
     _FEATURES_LAST = (*_FEATURES_LAST, nn.RMSNorm)
@@ -93,7 +98,14 @@ def is_producer(module: nn.Module) -> bool:
 
 def produced_features(module: nn.Module) -> set[int]:
     """How many features (nodes) a producer's output has, as far as its definition tells."""
-    for attribute in ("out_channels", "out_features", "num_features", "num_channels", "embedding_dim", "embed_dim"):
+    for attribute in (
+        "out_channels",
+        "out_features",
+        "num_features",
+        "num_channels",
+        "embedding_dim",
+        "embed_dim",
+    ):
         value = getattr(module, attribute, None)
         if isinstance(value, int):
             return {value}
@@ -139,7 +151,8 @@ def node_dim_from_producer(
 def _layout_kept(produced: tuple[int, ...], shape: tuple[int, ...]) -> bool:
     """Whether reshaping ``produced`` into ``shape`` kept the side features sit on: the same rank (a
     conv, then ``pixel_shuffle``), or ``(batch * tokens, features)`` rows split into ``(batch,
-    tokens, features)``. Not heads split off a ``(batch, tokens, features)`` output (rank 4)."""
+    tokens, features)``. Not heads split off a ``(batch, tokens, features)`` output (rank 4).
+    """
     return len(produced) == len(shape) or (len(produced) == 2 and len(shape) == 3)
 
 

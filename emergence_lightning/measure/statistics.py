@@ -54,7 +54,8 @@ def _ones(positions: int, dtype: torch.dtype) -> Tensor:
 
 def per_sample_sums(values: Tensor, batch_dim: int, node_dim: int, out: Tensor | None = None) -> Tensor:
     """Sums over every dimension but batch and nodes (in float32; float64 input stays float64),
-    in the output's order of those two: ``(samples, nodes)`` unless ``node_dim < batch_dim``."""
+    in the output's order of those two: ``(samples, nodes)`` unless ``node_dim < batch_dim``.
+    """
     other = _position_dims(values, batch_dim, node_dim)
     if not other:
         return values if out is None else out.copy_(values)
@@ -120,7 +121,8 @@ def firing_counts(
     values: Tensor, threshold: float, batch_dim: int, node_dim: int, scratch: Scratch, out: Tensor
 ) -> Tensor:
     """Per-sample counts of the positions whose value exceeds ``threshold`` (NaN never does), in
-    float32 (exact below ``2**24`` positions), written into ``out`` (shaped as :func:`per_sample_sums`)."""
+    float32 (exact below ``2**24`` positions), written into ``out`` (shaped as :func:`per_sample_sums`).
+    """
     samples = values.shape[batch_dim]
     step = max(1, samples)
     if values.device.type == "cpu" and samples:
@@ -128,7 +130,9 @@ def firing_counts(
     sample_axis = 0 if batch_dim < node_dim else 1
     for index, chunk in enumerate(values.split(step, dim=batch_dim)):
         fired = torch.gt(chunk, threshold, out=scratch.like(chunk))  # 1.0 where it fires
-        per_sample_sums(fired, batch_dim, node_dim, out=out.narrow(sample_axis, index * step, chunk.shape[batch_dim]))
+        per_sample_sums(
+            fired, batch_dim, node_dim, out=out.narrow(sample_axis, index * step, chunk.shape[batch_dim])
+        )
     return out
 
 
@@ -177,14 +181,24 @@ class NodeStatistic:
         float_dtype = _float_dtype(output)
         positions = bool(_position_dims(output, batch_dim, node_dim))
         sums = per_sample_sums(  # a 2-D output is its own per-sample result: no copy
-            output, batch_dim, node_dim, out=scratch.take("samples", shape, float_dtype, device) if positions else None
+            output,
+            batch_dim,
+            node_dim,
+            out=scratch.take("samples", shape, float_dtype, device) if positions else None,
         )
         probe = torch.sum(sums, sample_axis, dtype=dtype, out=scratch.take("nodes", (nodes,), dtype, device))
         if self.statistic == "fraction":
             counts = firing_counts(
-                output, self.threshold, batch_dim, node_dim, scratch, scratch.take("samples", shape, float_dtype, device)
+                output,
+                self.threshold,
+                batch_dim,
+                node_dim,
+                scratch,
+                scratch.take("samples", shape, float_dtype, device),
             )
-            part = torch.sum(counts, sample_axis, dtype=dtype, out=scratch.take("part", (nodes,), dtype, device))
+            part = torch.sum(
+                counts, sample_axis, dtype=dtype, out=scratch.take("part", (nodes,), dtype, device)
+            )
         elif self.statistic == "max":
             # Positions first, then the (small) sample dimension: one contiguous read, 3x faster
             # on CPU than one amax over batch and positions together.
@@ -197,7 +211,9 @@ class NodeStatistic:
             part = probe
         if self.total is None or self.probe is None:
             self.total = torch.zeros(nodes, dtype=dtype, device=device)
-            self.probe = self.total if self.statistic == "mean" else torch.zeros(nodes, dtype=dtype, device=device)
+            self.probe = (
+                self.total if self.statistic == "mean" else torch.zeros(nodes, dtype=dtype, device=device)
+            )
             if self.statistic == "max":
                 self.total.fill_(-math.inf)
         if self.statistic == "max":

@@ -89,7 +89,9 @@ class _Frame:
 
     __slots__ = ("module", "name", "leaf", "producer", "skip", "saw_activation", "input_shape")
 
-    def __init__(self, module: nn.Module, name: str, producer: nn.Module | None, skip: bool, args: tuple) -> None:
+    def __init__(
+        self, module: nn.Module, name: str, producer: nn.Module | None, skip: bool, args: tuple
+    ) -> None:
         self.module, self.name, self.producer, self.skip = module, name, producer, skip
         self.leaf = next(iter(module.children()), None) is None
         self.saw_activation = False
@@ -335,8 +337,9 @@ class ActivityTracker:
             return
         if output.dim() < 2:
             self._warn_once(
-                name, f"Layer {name!r} produced a tensor of shape {tuple(output.shape)}, which has no (batch, "
-                "nodes) dimensions; it is not measured."
+                name,
+                f"Layer {name!r} produced a tensor of shape {tuple(output.shape)}, which has no (batch, "
+                "nodes) dimensions; it is not measured.",
             )
             return
         if name not in self._stats:
@@ -392,8 +395,9 @@ class ActivityTracker:
             source = f"produced by {kind}"
         if decided is None:
             self._warn_once(
-                name, f"Layer {name!r} has shape {shape} and was {source}, which does not tell which "
-                f"dimension indexes its nodes; counting dim 1. Pass `node_dim={{{name!r}: d}}` to choose."
+                name,
+                f"Layer {name!r} has shape {shape} and was {source}, which does not tell which "
+                f"dimension indexes its nodes; counting dim 1. Pass `node_dim={{{name!r}: d}}` to choose.",
             )
             decided = 1
         return decided
@@ -466,7 +470,9 @@ class ActivityTracker:
                 )
             return None
         missing = [name for name, r in zip(names, rows.tolist()) if r == 0]
-        unmatched = [name for name in self._wanted if not any(rules.base_name(n) == name or n == name for n in names)]
+        unmatched = [
+            name for name in self._wanted if not any(rules.base_name(n) == name or n == name for n in names)
+        ]
         if unmatched:
             raise RuntimeError(
                 f"`layers` names {unmatched}, which never produced an output during the measurement; name "

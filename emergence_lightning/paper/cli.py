@@ -49,7 +49,9 @@ def _writable_dir(path: str) -> Path:
         probe.write_text("")
         probe.unlink()
     except OSError as error:
-        raise SystemExit(f"error: the log directory {str(folder)!r} can't be written: {error.strerror}.") from None
+        raise SystemExit(
+            f"error: the log directory {str(folder)!r} can't be written: {error.strerror}."
+        ) from None
     return folder
 
 
@@ -124,7 +126,10 @@ def _parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--data-dir", default="data", help="datasets in torchvision's layout")
     reproduce.add_argument("--log-dir", default="runs", help="where runs, figures and the summary go")
     reproduce.add_argument(
-        "--epochs-before", type=int, default=None, help="epochs before the fork (default, the paper's: 5; transfer 20)"
+        "--epochs-before",
+        type=int,
+        default=None,
+        help="epochs before the fork (default, the paper's: 5; transfer 20)",
     )
     reproduce.add_argument(
         "--epochs-after", type=int, default=None, help="epochs after the fork (default: 15; transfer 20)"
@@ -137,18 +142,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     reproduce.add_argument("--lr", type=float, default=0.005, help="SGD learning rate, as in the paper")
     reproduce.add_argument("--batch-size", type=int, default=32, help="training and validation batch size")
-    reproduce.add_argument("--threshold", type=float, default=0.05, help="activity threshold θ, as in the paper")
     reproduce.add_argument(
-        "--seeds", type=int, default=None, help="repeat with seeds 0..N-1; mean ± std (default: 1; predictor: 2)"
+        "--threshold", type=float, default=0.05, help="activity threshold θ, as in the paper"
+    )
+    reproduce.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help="repeat with seeds 0..N-1; mean ± std (default: 1; predictor: 2)",
     )
     reproduce.add_argument("--accelerator", default="auto", help="Lightning's accelerator: auto, cpu, gpu...")
     reproduce.add_argument("--no-progress", action="store_true", help=no_progress)
     reproduce.add_argument("--threads", type=int, default=1, help=threads)
 
     prepare = command(
-        "prepare-fashion-mnist", "lay out Debian's dataset-fashion-mnist files for torchvision", PREPARE_EXAMPLES
+        "prepare-fashion-mnist",
+        "lay out Debian's dataset-fashion-mnist files for torchvision",
+        PREPARE_EXAMPLES,
     )
-    prepare.add_argument("--data-dir", default="data", help="where torchvision's FashionMNIST layout is written")
+    prepare.add_argument(
+        "--data-dir", default="data", help="where torchvision's FashionMNIST layout is written"
+    )
     prepare.add_argument(
         "--source", default="/usr/share/datasets/fashion-mnist", help="the Debian package's gzipped IDX files"
     )
@@ -242,7 +256,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             name = "mlp-prune"
         else:
-            dataset = args.dataset or {"cnn": "cifar10", "transfer": "mnist"}.get(args.experiment, "fashion-mnist")
+            dataset = args.dataset or {"cnn": "cifar10", "transfer": "mnist"}.get(
+                args.experiment, "fashion-mnist"
+            )
             # The paper's schedules: section 4.1 forks after 5 epochs, section 4.3 after 20 (and 20 more).
             before, after = PAPER_EPOCHS.get(args.experiment, (5, 15))
             settings = experiments.Settings(

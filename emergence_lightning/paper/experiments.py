@@ -147,14 +147,18 @@ def mlp_prune(settings: Settings, seed: int, log_dir: Path) -> PruneAndBranchCal
     dm = datamodule(settings, seed=seed)
     _check_data(dm)
     model = PaperMLP(input_shape=dm.input_shape, hidden=settings.hidden, lr=settings.lr)
-    branches = PruneAndBranchCallback(branch_epoch=settings.epochs_before, amounts=settings.amounts, seed=seed)
+    branches = PruneAndBranchCallback(
+        branch_epoch=settings.epochs_before, amounts=settings.amounts, seed=seed
+    )
     return _fit_and_branch(settings, log_dir, model, dm, branches)
 
 
 def transfer(settings: Settings, seed: int, log_dir: Path) -> PruneAndBranchCallback:
     """Section 4.3: MNIST, then fork pruned and unpruned (+ random controls) and continue on Fashion-MNIST."""
     pl.seed_everything(seed, workers=True, verbose=False)
-    source = datamodule(settings, dataset="mnist" if settings.dataset == "fashion-mnist" else settings.dataset, seed=seed)
+    source = datamodule(
+        settings, dataset="mnist" if settings.dataset == "fashion-mnist" else settings.dataset, seed=seed
+    )
     target = datamodule(settings, dataset="fashion-mnist", seed=seed)
     _check_data(source)
     _check_data(target)
@@ -174,7 +178,9 @@ def cnn(settings: Settings, seed: int, log_dir: Path) -> EmergenceCallback:
     pl.seed_everything(seed, workers=True, verbose=False)
     dm = datamodule(settings, seed=seed)
     _check_data(dm)
-    model = PaperCNN(input_shape=dm.input_shape, channels=settings.channels, hidden=settings.hidden[:1], lr=settings.lr)
+    model = PaperCNN(
+        input_shape=dm.input_shape, channels=settings.channels, hidden=settings.hidden[:1], lr=settings.lr
+    )
     callback = EmergenceCallback(threshold=settings.threshold, stop_at_zero=True, patience=settings.patience)
     trainer = _trainer(settings, log_dir, settings.max_epochs, [callback])
     trainer.fit(model, datamodule=dm)

@@ -27,7 +27,9 @@ def _check_widths(name: str, widths: Sequence[int]) -> tuple[int, ...]:
 
 
 def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
-    shape = tuple(input_shape) if isinstance(input_shape, Iterable) and not isinstance(input_shape, str) else ()
+    shape = (
+        tuple(input_shape) if isinstance(input_shape, Iterable) and not isinstance(input_shape, str) else ()
+    )
     if len(shape) != 3 or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in shape):
         raise ValueError(f"`input_shape` must be three positive integers (C, H, W), got {input_shape!r}.")
     return shape  # type: ignore[return-value]

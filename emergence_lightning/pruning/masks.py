@@ -60,7 +60,9 @@ def prune_model(
         >>> count_parameters(net)
         14
     """
-    check_pruning_arguments(pruning_fn, use_global_unstructured, parameter_names, modules, pruning_dim, pruning_norm)
+    check_pruning_arguments(
+        pruning_fn, use_global_unstructured, parameter_names, modules, pruning_dim, pruning_norm
+    )
     amount = check_amount(amount)
     structured = pruning_fn in STRUCTURED_PRUNING_FUNCTIONS
     if use_global_unstructured is None:
@@ -88,7 +90,8 @@ def prune_model(
 
 def _detach_pruned(model: nn.Module) -> nn.Module:
     """Pruning leaves each ``<name> = <name>_orig * <name>_mask`` as a graph result, which
-    ``copy.deepcopy`` refuses; store it detached (the next forward pass recomputes it anyway)."""
+    ``copy.deepcopy`` refuses; store it detached (the next forward pass recomputes it anyway).
+    """
     for module in model.modules():
         for hook in module._forward_pre_hooks.values():
             if isinstance(hook, prune.BasePruningMethod):

@@ -34,7 +34,11 @@ def tensor_names(module: nn.Module, parameter_name: str) -> list[str]:
         if parameter_name == "weight":
             if _parameter(module, "in_proj_weight") is not None:
                 return ["in_proj_weight"]
-            return [name for name in ("q_proj_weight", "k_proj_weight", "v_proj_weight") if _parameter(module, name) is not None]
+            return [
+                name
+                for name in ("q_proj_weight", "k_proj_weight", "v_proj_weight")
+                if _parameter(module, name) is not None
+            ]
         if parameter_name == "bias":
             return ["in_proj_bias"] if _parameter(module, "in_proj_bias") is not None else []
     return [parameter_name] if _parameter(module, parameter_name) is not None else []
@@ -140,6 +144,8 @@ def refresh_bypassed_masks(model: nn.Module) -> nn.Module:
             if child is not module
             for hook in child._forward_pre_hooks.values()
         )
-        if pruned_below and not any(isinstance(h, _RefreshPruned) for h in module._forward_pre_hooks.values()):
+        if pruned_below and not any(
+            isinstance(h, _RefreshPruned) for h in module._forward_pre_hooks.values()
+        ):
             module.register_forward_pre_hook(_RefreshPruned())
     return model

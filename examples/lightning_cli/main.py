@@ -1,7 +1,7 @@
 """Lightning's CLI over any LightningModule and data module; callbacks come from the YAML config.
 
-    python examples/lightning_cli/main.py fit --config examples/lightning_cli/config.yaml
-    tensorboard --logdir runs/lightning-cli
+python examples/lightning_cli/main.py fit --config examples/lightning_cli/config.yaml
+tensorboard --logdir runs/lightning-cli
 """
 
 from lightning.pytorch.cli import LightningCLI

@@ -55,9 +55,15 @@ def main() -> None:
     )
     trainer.fit(model, train, val)
     if trainer.global_rank == 0:
-        records = [{key: record[key] for key in ("epoch", "n", "a", "E", "relative", "samples")} for record in callback.history]
+        records = [
+            {key: record[key] for key in ("epoch", "n", "a", "E", "relative", "samples")}
+            for record in callback.history
+        ]
         with open(args.out, "w") as handle:
-            json.dump({"history": records, "world_size": trainer.world_size, "epochs_run": trainer.current_epoch}, handle)
+            json.dump(
+                {"history": records, "world_size": trainer.world_size, "epochs_run": trainer.current_epoch},
+                handle,
+            )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Their activation classes (`GELUActivation`, `NewGELUActivation`) are not torch.nn's; GPT-2's
 `NewGELUActivation` is built from `torch.tanh` (one layer, not two) and follows HF's `Conv1D`,
-whose weight is stored (in, out)."""
+whose weight is stored (in, out).
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Zoo models through a real `Trainer.fit` with `EmergenceCallback()` at defaults: a torchvision CNN
 (logged layer names read back from TensorBoard), a LightningModule with no `forward` fed dict and
-dataclass batches, and a Hugging Face BERT built from a tiny config fed `model(**batch)`."""
+dataclass batches, and a Hugging Face BERT built from a tiny config fed `model(**batch)`.
+"""
 
 from __future__ import annotations
 

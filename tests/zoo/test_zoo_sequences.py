@@ -1,5 +1,6 @@
 """Sequence models and functional activations at defaults: nn.TransformerEncoder (with and without a
-padding mask), LSTM classifiers, and an MLP whose activations are all functional calls."""
+padding mask), LSTM classifiers, and an MLP whose activations are all functional calls.
+"""
 
 from __future__ import annotations
 

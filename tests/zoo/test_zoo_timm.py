@@ -1,5 +1,6 @@
 """timm models built untrained (pretrained=False, no download) at 32x32 or 64x64: every layer and its
-node count at defaults. timm's activation classes are not torch.nn's: they are found by what they do."""
+node count at defaults. timm's activation classes are not torch.nn's: they are found by what they do.
+"""
 
 from __future__ import annotations
 

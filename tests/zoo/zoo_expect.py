@@ -1,5 +1,6 @@
 """Helpers for the model zoo: run a model at defaults and compare its layers with widths written
-from the architecture (never read back from the tracker)."""
+from the architecture (never read back from the tracker).
+"""
 
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from emergence_lightning.paper.predictor.study import final_accuracy, proxy_values
 from emergence_lightning.predictor.stats import (
     bootstrap_ci,
     grouped_spearman,
@@ -24,7 +25,6 @@ from emergence_lightning.predictor.stats import (
     size_bins,
     spearman_rho,
 )
-from emergence_lightning.paper.predictor.study import final_accuracy, proxy_values
 
 COLUMNS = (
     "proxy",

@@ -109,9 +109,9 @@ def run_rank(args: argparse.Namespace) -> int:
             return _error(f"`--{name.replace('_', '-')}` must be >= 1, got {getattr(args, name)}.")
     import torch
 
-    from emergence_lightning.predictor.score import proxy_scores
     from emergence_lightning.paper.predictor.space import factory_candidates, named_space
     from emergence_lightning.paper.predictor.study_data import load_study_data
+    from emergence_lightning.predictor.score import proxy_scores
 
     torch.set_num_threads(args.threads)
     try:
@@ -160,7 +160,11 @@ def run_reproduce_predictor(args: argparse.Namespace) -> int:
     """``emergence-lightning reproduce predictor``: the study, its tables and figures."""
     import torch
 
-    from emergence_lightning.paper.predictor.analysis import correlation_markdown, correlation_table, write_tables
+    from emergence_lightning.paper.predictor.analysis import (
+        correlation_markdown,
+        correlation_table,
+        write_tables,
+    )
     from emergence_lightning.paper.predictor.plots import scatter_grid, stopping_figure
     from emergence_lightning.paper.predictor.space import named_space
     from emergence_lightning.paper.predictor.stopping import compare_rules, with_two_layers

@@ -17,10 +17,10 @@ import torch
 from torch import Tensor, nn
 
 from emergence_lightning.functional import emergence_as_float
-from emergence_lightning.predictor.proxies import naswot, synflow
-from emergence_lightning.predictor.score import score_at_init
 from emergence_lightning.paper.predictor.space import Candidate
 from emergence_lightning.paper.predictor.study_data import StudyData
+from emergence_lightning.predictor.proxies import naswot, synflow
+from emergence_lightning.predictor.score import score_at_init
 from emergence_lightning.pruning import count_parameters
 
 

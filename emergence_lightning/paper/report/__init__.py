@@ -336,7 +336,6 @@ def _fork_epoch(rows: list[Scalar], root_name: str) -> int | None:
     return min(epochs) if epochs else None
 
 
-
 def make_report(
     log_dir: str | os.PathLike,
     out_dir: str | os.PathLike | None = None,
@@ -460,4 +459,3 @@ def make_report(
     run_names = {run: group_names[group] for group, members in groups.items() for run in members}
     table_csv, table_markdown = write_tables(summary_table(curves, prefix, run_names, first_epoch), out)
     return ReportResult(out, figures, table_csv, table_markdown, runs, groups, skipped, chosen, plotter.drawn)
-
