@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import pickle
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -278,3 +279,28 @@ def test_branch_checkpoints_get_folders_of_their_own_without_a_logger(tmp_path):
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
         "epoch=0-step=6.ckpt"
     ]  # the parent's
+
+
+def test_a_branch_logger_spec_survives_the_saved_fork(tmp_path, monkeypatch):
+    """Specs are saved in ``fork.pt``: after pickling, an MLflow spec still nests the branch under the parent."""
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from emergence_lightning.callbacks.loggers import build_branch_logger, parent_logger_spec
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    parent = _mlflow_logger(tmp_path / "mlruns")
+    spec = pickle.loads(pickle.dumps(parent_logger_spec(parent)))
+    branch = build_branch_logger(spec, tmp_path / "branches", "pruned-50")
+    run = MlflowClient(f"file:{tmp_path / 'mlruns'}").get_run(branch.run_id)
+    assert run.data.tags["mlflow.parentRunId"] == parent.run_id
+    assert branch.experiment_id == parent.experiment_id
+
+
+def test_bare_kind_names_of_older_saved_forks_still_build_loggers(tmp_path):
+    from emergence_lightning.callbacks.loggers import build_branch_logger
+
+    csv_logger = build_branch_logger("csv", tmp_path, "control")
+    assert isinstance(csv_logger, CSVLogger) and Path(csv_logger.log_dir) == tmp_path / "control"
+    with pytest.raises(ValueError, match=r"unknown branch logger kind 'comet'; expected one of \['csv', "):
+        build_branch_logger("comet", tmp_path, "control")

@@ -67,16 +67,14 @@ def log_settings(loggers: list[Any], settings: dict[str, Any]) -> None:
 
 # ---- branches like the parent ------------------------------------------------------------------
 def parent_logger_spec(logger: Any) -> BranchLoggerSpec | None:
-    """The spec of a branch logger like the parent's ``logger``, or None for a kind branches cannot copy."""
-    if isinstance(logger, TensorBoardLogger):
-        return BranchLoggerSpec("tensorboard")
-    if isinstance(logger, CSVLogger):
-        return BranchLoggerSpec("csv")
-    if isinstance(logger, WandbLogger):
-        return BranchLoggerSpec("wandb", _wandb_options(logger))
-    if isinstance(logger, MLFlowLogger):
-        return BranchLoggerSpec("mlflow", _mlflow_options(logger))
-    return None
+    """The spec of a branch logger like the parent's ``logger``, or None for a kind branches cannot copy.
+
+    The parent's W&B and MLflow runs are read on rank zero, the only process whose loggers write.
+    """
+    kind = next((kind for kind, cls in KINDS.items() if isinstance(logger, cls)), None)
+    if kind in ("wandb", "mlflow") and rank_zero_only.rank == 0:
+        return BranchLoggerSpec(kind, _wandb_options(logger) if kind == "wandb" else _mlflow_options(logger))
+    return None if kind is None else BranchLoggerSpec(kind)
 
 
 def build_branch_logger(spec: BranchLoggerSpec | str, branches_dir: Path, name: str) -> Logger | None:
@@ -100,7 +98,7 @@ def build_branch_logger(spec: BranchLoggerSpec | str, branches_dir: Path, name: 
 
 
 def _wandb_options(logger: WandbLogger) -> dict[str, Any]:
-    run = logger.experiment  # a stand-in off rank zero, whose attributes are callables: keep strings only
+    run = logger.experiment
     options = {
         "project": logger.name,
         "save_dir": logger.save_dir,
@@ -149,8 +147,6 @@ class _BranchWandbLogger(WandbLogger):
 
 def _mlflow_options(logger: MLFlowLogger) -> dict[str, Any]:
     client = logger.experiment
-    if not hasattr(client, "get_experiment"):  # off rank zero: a stand-in, and branches log nothing there
-        return {}
     return {
         "tracking_uri": str(client.tracking_uri),
         "experiment_name": client.get_experiment(logger.experiment_id).name,
