@@ -18,6 +18,7 @@ from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+from typing_extensions import override
 
 #: The parent's logger kinds a branch logs like, by Lightning class.
 KINDS: dict[str, type[Logger]] = {
@@ -84,6 +85,8 @@ def build_branch_logger(spec: BranchLoggerSpec | str, branches_dir: Path, name: 
     """
     if isinstance(spec, str):
         spec = BranchLoggerSpec(spec)
+    if spec.kind not in KINDS:
+        raise ValueError(f"unknown branch logger kind {spec.kind!r}; expected one of {sorted(KINDS)}")
     if spec.kind == "tensorboard":
         return TensorBoardLogger(str(branches_dir), name=name, version="", default_hp_metric=False)
     if spec.kind == "csv":
@@ -92,9 +95,7 @@ def build_branch_logger(spec: BranchLoggerSpec | str, branches_dir: Path, name: 
         return None
     if spec.kind == "wandb":
         return _branch_wandb_logger(spec.options, branches_dir, name)
-    if spec.kind == "mlflow":
-        return _branch_mlflow_logger(spec.options, name)
-    raise ValueError(f"unknown branch logger kind {spec.kind!r}; expected one of {sorted(KINDS)}")
+    return _branch_mlflow_logger(spec.options, name)
 
 
 def _wandb_options(logger: WandbLogger) -> dict[str, Any]:
@@ -140,6 +141,7 @@ def _branch_wandb_logger(options: dict[str, Any], branches_dir: Path, name: str)
 class _BranchWandbLogger(WandbLogger):
     """A WandbLogger that finishes its branch's run at the end of the branch's fit (Lightning leaves runs open)."""
 
+    @override
     def finalize(self, status: str) -> None:
         super().finalize(status)
         self.experiment.finish(exit_code=0 if status == "success" else 1)
