@@ -16,7 +16,10 @@ Plain PyTorch, no Lightning. An MoE block sends each token to its top-k experts.
 
 Either way the experts of a block form **one layer** of ``num_experts x width`` nodes (expert-major:
 node ``e * width + j`` is unit ``j`` of expert ``e``), named for the site inside one expert with the
-expert's index left out (``model.layers.0.mlp.experts.act_fn``, ``moe.experts.act``). The experts
+expert's index left out: ``model.layers.0.mlp.experts.act_fn`` for a fused module, and
+``moe.experts.each.act`` for the ``act`` of every member of the list ``moe.experts`` (``each`` in
+place of the index, so that ``experts.each.1``, the second module of a ``Sequential`` expert, does
+not read as expert 1). The experts
 are alternatives at one depth of the network, so in the layered formula they are one layer, not
 ``num_experts`` layers in a row. A unit's activity is averaged over the rows routed to its expert
 only. An expert that got no row in a window has no activity: its units are NaN, counted inactive,
@@ -89,9 +92,10 @@ class Routing:
 
     def layer(self, site: str) -> str:
         """The experts layer a call site inside one expert belongs to (the expert's index left out)."""
-        if site == self.prefix or site.startswith(self.prefix + "."):
-            return self.group.name + site[len(self.prefix) :]
-        return site
+        if site != self.prefix and not site.startswith(self.prefix + "."):
+            return site
+        # An expert list's member ``experts.3`` -> ``experts.each``: no index that reads as an expert's.
+        return self.group.name + ("" if self.group.weights else ".each") + site[len(self.prefix) :]
 
     def call_key(self) -> object:
         return self.expert if self.row_experts is None else "rows"

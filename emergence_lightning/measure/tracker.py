@@ -548,6 +548,7 @@ class ActivityTracker:
         Returns:
             The measurement, or ``None`` when no samples were seen by any process.
         """
+        self._compare_call_counts()  # the window's last pass
         names = self.layer_names
         # An MoE layer is one unit per expert until the end (each expert has its own row count).
         unit_names, stats, expert_index = moe.expand(names, self._stats)
