@@ -7,7 +7,11 @@ A *layer* is the output of one activation call site, in the order the forward pa
   ran. Its output is the layer, so a GELU built from ``torch.tanh`` is one layer, not two;
 - a functional call (``F.relu``, ``torch.tanh``, ``x.sigmoid()``) made directly in the forward of
   a module that has submodules (``nn.TransformerEncoderLayer``'s ``F.relu``);
-- the output of a recurrent module (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``).
+- the output of a recurrent module (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``);
+- the output of a composite activation module (timm's ``StarReLU``: ``s * relu(x) ** 2 + b``), not
+  the ``nn.ReLU`` inside it (:func:`composite_candidates`).
+
+Mixture-of-experts blocks are in :mod:`.experts`, weights applied functionally in :mod:`.producers`.
 
 Each call site is its own layer. Names a person can find: the module's qualified name for a
 module (``layer1.0.relu``), ``<module>.<function>()`` for a functional call

@@ -521,7 +521,11 @@ class ActivityTracker:
         else:
             produced = self._producer_shapes.get(id(producer)) if producer is not None else None
             decided = rules.node_dim_from_producer(shape, producer, tuple(produced) if produced else None)
-            kind = type(producer).__name__ if producer is not None else "no layer with parameters"
+            kind = (
+                getattr(producer, "description", type(producer).__name__)
+                if producer is not None
+                else "no layer with parameters"
+            )
             source = f"produced by {kind}"
         if decided is None:
             self._warn_once(
