@@ -377,7 +377,7 @@ class ActivityTracker:
         if frame.routing is not None:
             frame.routing.observe(func, args, kwargs)
         kind = producers.producing_kind(func)
-        if kind is None or frame.skip:
+        if kind is None or frame.skip or frame.leaf:  # a leaf applies its own weight: its hooks decide
             return
         with torch._C.DisableTorchFunction():
             made = producers.functional_producer(kind, args, kwargs or {}, output, self._owners)

@@ -7,15 +7,13 @@ ACTIVE[e] units that fire on every token, the others output exactly 0) and are r
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from zoo_expect import assert_layers, measure_quietly
+from zoo_expect import assert_layers, measure_expecting, measure_quietly
 
-from emergence_lightning.measure import measure
+from emergence_lightning.measure import ActivityTracker
 
 transformers = pytest.importorskip("transformers")
 
@@ -106,13 +104,12 @@ def test_an_expert_that_got_no_token_is_reported_not_silently_dead():
     model = mixtral("eager")  # the eager loop never calls an expert without tokens: it must not vanish
     plant_experts(model, idle_expert=3)
     ids = torch.tensor([[0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14]])  # token v % 4 == 3 absent
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = measure(model, [{"input_ids": ids}])
-    assert [str(w.message) for w in caught] == [
-        "Layer 'model.layers.0.mlp.experts.act_fn': experts [3] of 4 got no token in this measurement; their "
-        "nodes have no activity (NaN) and are counted inactive."
-    ]
+    result = measure_expecting(
+        model,
+        [{"input_ids": ids}],
+        r"^Layer 'model.layers.0.mlp.experts.act_fn': experts \[3\] of 4 got no token in this measurement; "
+        r"their nodes have no activity \(NaN\) and are counted inactive.$",
+    )
     layer = result.layers[0]
     assert layer.n == EXPERTS * D_FF and layer.idle_experts == (3,)
     assert result.idle_experts == {"model.layers.0.mlp.experts.act_fn": (3,)}
@@ -207,7 +204,27 @@ def test_a_call_site_whose_number_of_calls_changes_between_passes_is_warned_abou
             return h
 
     batches = [torch.randn(2, 3, 4), torch.randn(2, 5, 4)]
-    with pytest.warns(
-        RuntimeWarning, match=r"Call site 'act' ran 3 times in one forward pass and 5 in another"
-    ):
-        measure(Unrolled(), batches)
+    measure_expecting(
+        Unrolled(), batches, r"Call site 'act' ran 3 times in one forward pass and 5 in another"
+    )
+
+
+def test_experts_pack_and_reduce_across_processes_like_any_layer():
+    # `compute(reduce=...)` as two processes that saw the same batches: every sum doubles, every
+    # max stays. The per-expert units (idle expert included) must come out as on one process.
+    model = mixtral("grouped_mm")
+    plant_experts(model, idle_expert=3)
+    ids = torch.tensor([[0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14]])
+    tracker = ActivityTracker(model)
+    model.eval()
+    with tracker, torch.no_grad():
+        tracker.start_pass()
+        model(input_ids=ids)
+    with pytest.warns(RuntimeWarning, match=r"experts \[3\] of 4 got no token"):
+        alone = tracker.compute()
+    with pytest.warns(RuntimeWarning, match=r"experts \[3\] of 4 got no token"):
+        doubled = tracker.compute(reduce=lambda tensor, op: tensor * 2 if op == "sum" else tensor)
+    assert doubled.layers[0].expert_active == alone.layers[0].expert_active == [6, 12, 18, 0]
+    assert doubled.layers[0].idle_experts == (3,)
+    assert torch.equal(doubled.layers[0].activity.isnan(), alone.layers[0].activity.isnan())
+    assert torch.allclose(doubled.layers[0].activity[: 3 * D_FF], alone.layers[0].activity[: 3 * D_FF])
