@@ -326,28 +326,18 @@ class ActivityTracker:
         frame = self._stack.pop()
         if frame.skip:
             return
-        composite = False
-        if frame.deferred:  # a composite activation (StarReLU) is one layer at its output
-            composite = len(frame.deferred) == 1 and rules.is_composite_output(output, frame.deferred[0][2])
-            if composite:
-                frame.saw_activation = True
-                self._record_site(frame, frame.name, output, frame.deferred[0][1])
-            else:
-                for inner, producer, inner_output in frame.deferred:
-                    self._record_site(inner, inner.name, inner_output, producer)
-            frame.deferred = None
+        composite = self._close_composite(frame, output) if frame.deferred else False
         if composite:
-            pass
+            pass  # recorded at the module's output; its inner activation was held back
         elif rules.is_recurrent(module):
             self._record_recurrent(frame.name, module, output)
-        elif frame.saw_activation and self._stack and self._stack[-1].deferred is not None and frame.leaf:
-            same_shape = isinstance(output, Tensor) and tuple(output.shape) == frame.input_shape
-            producer = frame.producer if same_shape or not rules.is_producer(module) else module
-            self._stack[-1].deferred.append((frame, producer, output))
         elif frame.saw_activation or frame.name in self._wanted:
             same_shape = isinstance(output, Tensor) and tuple(output.shape) == frame.input_shape
             producer = frame.producer if same_shape or not rules.is_producer(module) else module
-            if frame.saw_activation:
+            parent = self._stack[-1] if self._stack else None
+            if frame.saw_activation and frame.leaf and parent is not None and parent.deferred is not None:
+                parent.deferred.append((frame, producer, output))  # maybe the inner ReLU of a StarReLU
+            elif frame.saw_activation:
                 self._record_site(frame, frame.name, output, producer)
             else:
                 self._record(frame.name, output, producer=producer)
@@ -357,6 +347,19 @@ class ActivityTracker:
                 self._producer_shapes[id(module)] = output.shape
         if module is self._output_module:
             self._record(OUTPUT_LAYER, output, producer=module, once=True)
+
+    def _close_composite(self, frame: _Frame, output: object) -> bool:
+        """Records a composite activation module (StarReLU) at its output and returns True, or
+        records the activations held back inside it as usual and returns False.
+        """
+        held, frame.deferred = frame.deferred or [], None
+        if len(held) == 1 and rules.is_composite_output(output, held[0][2]):
+            frame.saw_activation = True  # an activation now, not a producer
+            self._record_site(frame, frame.name, output, held[0][1])
+            return True
+        for inner, producer, inner_output in held:
+            self._record_site(inner, inner.name, inner_output, producer)
+        return False
 
     def _activation_called(self, function: str, args: tuple, output: object) -> None:
         frame = self._stack[-1]
