@@ -7,6 +7,8 @@ ACTIVE[e] units that fire on every token, the others output exactly 0) and are r
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,8 +16,6 @@ from torch import nn
 from zoo_expect import assert_layers, measure_expecting, measure_quietly
 
 from emergence_lightning.measure import ActivityTracker
-
-transformers = pytest.importorskip("transformers")
 
 EXPERTS, TOP_K, D_FF, HIDDEN = 4, 2, 24, 16
 ACTIVE = [6, 12, 18, 24]  # active units per expert, as in the report
@@ -73,6 +73,7 @@ def routed_gate_means(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
 
 
 def mixtral(implementation: str | None) -> nn.Module:
+    transformers = pytest.importorskip("transformers")  # the plain-PyTorch cases run without it
     extra = {} if implementation is None else {"experts_implementation": implementation}
     config = transformers.MixtralConfig(
         vocab_size=32, hidden_size=HIDDEN, intermediate_size=D_FF, num_hidden_layers=1, num_attention_heads=2,
@@ -118,6 +119,7 @@ def test_an_expert_that_got_no_token_is_reported_not_silently_dead():
 
 
 def test_qwen2_moe_experts_beside_the_shared_expert_and_its_sigmoid_gate():
+    transformers = pytest.importorskip("transformers")
     config = transformers.Qwen2MoeConfig(
         vocab_size=32, hidden_size=HIDDEN, moe_intermediate_size=D_FF, shared_expert_intermediate_size=20,
         intermediate_size=28, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
@@ -228,3 +230,45 @@ def test_experts_pack_and_reduce_across_processes_like_any_layer():
     assert doubled.layers[0].idle_experts == (3,)
     assert torch.equal(doubled.layers[0].activity.isnan(), alone.layers[0].activity.isnan())
     assert torch.allclose(doubled.layers[0].activity[: 3 * D_FF], alone.layers[0].activity[: 3 * D_FF])
+
+
+def test_a_fit_logs_the_experts_layer_under_its_stable_name(tmp_path):
+    pl = pytest.importorskip("lightning.pytorch")
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tb import read_scalars
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from emergence_lightning import EmergenceCallback
+
+    class MoEClassifier(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.act, self.moe, self.head = nn.Linear(8, 8), nn.ReLU(), TopKMoE(), nn.Linear(8, 3)
+
+        def forward(self, x):  # x: (batch, 5 tokens, 8)
+            return self.head(self.moe(self.act(self.embed(x))).mean(1))
+
+        def training_step(self, batch, batch_idx):
+            return F.cross_entropy(self(batch[0]), batch[1])
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val_loss", F.cross_entropy(self(batch[0]), batch[1]))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    generator = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(8, 5, 8, generator=generator), torch.arange(8) % 3)
+    torch.manual_seed(0)
+    callback = EmergenceCallback()
+    trainer = pl.Trainer(
+        max_epochs=1, callbacks=[callback], logger=TensorBoardLogger(tmp_path, name="run"), accelerator="cpu",
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", module="emergence_lightning")  # no idle expert, no undecided layer
+        trainer.fit(MoEClassifier(), DataLoader(data, batch_size=4), DataLoader(data, batch_size=4))
+    for record in callback.history:  # epoch 0 and epoch 1
+        assert record["layers"] == ["act", "moe.experts.each.act"] and record["n"] == [8, 3 * 10]
+    scalars = read_scalars(trainer.logger.log_dir)
+    assert len(scalars["emergence/active/moe.experts.each.act"]) == 2
