@@ -110,7 +110,11 @@ class Routing:
             index = args[1]
             if isinstance(index, int) or (isinstance(index, Tensor) and index.dim() == 0):
                 self.expert, self.row_experts = int(index), None
-            elif isinstance(index, Tensor) and index.dim() == 1 and not index.is_floating_point():
+            elif (
+                isinstance(index, Tensor)
+                and index.dim() == 1
+                and not (index.is_floating_point() or index.dtype == torch.bool)
+            ):
                 self.expert, self.row_experts = None, index
             return
         offsets = (kwargs or {}).get("offs")
