@@ -143,6 +143,21 @@ def test_qwen2_moe_experts_beside_the_shared_expert_and_its_sigmoid_gate():
     assert torch.allclose(result.layers[1].activity, routed_gate_means(model, IDS), rtol=1e-5, atol=1e-6)
 
 
+def test_qwen3_moe_experts_without_a_shared_expert():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.Qwen3MoeConfig(
+        vocab_size=32, hidden_size=HIDDEN, moe_intermediate_size=D_FF, intermediate_size=28, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=8, num_experts=EXPERTS, num_experts_per_tok=TOP_K,
+        max_position_embeddings=32,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.Qwen3MoeForCausalLM(config)
+    plant_experts(model)
+    result = measure_quietly(model, {"input_ids": IDS})
+    assert_layers(result, [("model.layers.0.mlp.experts.act_fn", EXPERTS * D_FF)])
+    assert result.layers[0].expert_active == ACTIVE
+
+
 class Expert(nn.Module):
     def __init__(self, width: int, hidden: int) -> None:
         super().__init__()
@@ -189,6 +204,19 @@ def test_plain_pytorch_top_k_moe_with_an_expert_list():
     assert result.layers[0].activity.tolist() == [
         1.0 if j < count else 0.0 for count in active for j in range(10)
     ]
+
+
+def test_an_expert_list_member_that_never_ran_is_reported():
+    torch.manual_seed(0)
+    model = TopKMoE()
+    with torch.no_grad():
+        model.router.weight.zero_()
+        model.router.bias.copy_(torch.tensor([1.0, 1.0, -9.0]))  # expert 2 is never among the top 2
+    result = measure_expecting(
+        model, [torch.randn(2, 5, 8)], r"^Layer 'experts.each.act': experts \[2\] of 3 got no token"
+    )
+    assert result.layers[0].n == 30 and result.idle_experts == {"experts.each.act": (2,)}
+    assert torch.isnan(result.layers[0].activity[20:]).all()
 
 
 def test_a_call_site_whose_number_of_calls_changes_between_passes_is_warned_about():
