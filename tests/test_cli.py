@@ -140,3 +140,19 @@ def test_help_shows_examples(command, capsys):
     out = capsys.readouterr().out
     assert "examples:" in out and f"emergence-lightning {command}" in out
     assert "default: " in out
+
+
+def test_version_comes_from_the_installed_package(capsys):
+    import re
+    from importlib import metadata
+    from pathlib import Path
+
+    with pytest.raises(SystemExit, match="^0$"):
+        main(["--version"])
+    printed = capsys.readouterr().out.strip()
+    # pyproject.toml's version when written there (tomllib needs Python 3.11, so a regex reads it);
+    # a dynamic version is whatever the build gave the package metadata.
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    static = re.search(r'^version\s*=\s*"([^"]+)"', pyproject, re.MULTILINE)
+    expected = static.group(1) if static else metadata.version("emergence-lightning")
+    assert printed == f"emergence-lightning {expected}"

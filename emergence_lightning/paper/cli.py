@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 
 from emergence_lightning.callbacks.branch_command import add_branch_command, run_branch_command
@@ -16,6 +17,7 @@ from emergence_lightning.paper.predictor.cli import (
     run_reproduce_predictor,
 )
 
+DISTRIBUTION = "emergence-lightning"  # the name pip installs and package metadata knows
 EXPERIMENT_NAMES = ("mlp-prune", "transfer", "cnn", "predictor")
 # Epochs before and after the fork where the paper gives them (section 4.3: 20 on MNIST, 20 more).
 PAPER_EPOCHS = {"mlp-prune": (5, 15), "transfer": (20, 20)}
@@ -93,12 +95,26 @@ train/acc, val_MulticlassAccuracy...); a figure whose data no run logged is skip
 the reason on stderr."""
 
 
+def installed_version() -> str:
+    """The installed distribution's version, from package metadata (pyproject.toml is its one source)."""
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:  # a source tree on sys.path that pip never installed
+        return "unknown (not installed: pip install -e .)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="emergence-lightning",
         description="Measure emergence while networks train.",
         formatter_class=_HelpFormatter,
         epilog="Run `emergence-lightning <command> --help` for a command's options and examples.",
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"%(prog)s {installed_version()}",
+        help="print the version and exit",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
 
