@@ -133,11 +133,10 @@ def used_tags(chosen: dict[str, dict[str, str | None]]) -> dict[str, str]:
 
 def missing_reason(what: str, tags: set[str], prefix: str) -> str:
     """Why a figure of ``what`` is left out, with the tags that might be it (for ``--metric``)."""
-    looked_for = (
-        "`train_acc`, `train_acc_epoch`, `train/acc`, `train_MulticlassAccuracy`..."
-        if what == "training accuracy"
-        else "`train_loss`, `val_loss_epoch`, `train/loss`..."
-    )
+    looked_for = {
+        "training accuracy": "`train_acc`, `train_acc_epoch`, `train/acc`, `train_MulticlassAccuracy`...",
+        "validation accuracy": "`val_acc`, `val_acc_epoch`, `val/acc`, `val_MulticlassAccuracy`...",
+    }.get(what, "`train_loss`, `val_loss_epoch`, `train/loss`...")
     hints = accuracy_like(tag for tag in tags if not tag.startswith(prefix + "/"))
     hint = f"; tags that might be it: {hints} (name one with --metric / `metrics`)" if hints else ""
     return f"no {what} tag in any run (looked for {looked_for}){hint}"
