@@ -580,6 +580,19 @@ def test_per_layer_panels_are_scaled_to_their_data(tmp_path):
     assert 0.85 < low < 0.91 and 0.95 < high < 1.0  # the change fills the panel, not 4 % of a 0-1 axis
 
 
+def test_branch_panels_of_per_layer_shares_share_one_y_range(branch_logs, tmp_path):
+    figure = make_report(branch_logs, out_dir=tmp_path / "out").drawings["active_fraction_per_layer"]
+    panels = {ax.get_title(): ax for ax in figure.axes if ax.get_visible()}
+    assert set(panels) == {"parent", "control", "pruned-50"}
+    assert panels["control"].get_ylim() == panels["pruned-50"].get_ylim()
+    # _write_run logs 10 + k active of 20 nodes at its k-th measurement: a branch's shares run
+    # 0.50 -> 0.60 (3 measurements), the parent's 0.50 -> 0.65 (4), each panel scaled to its own.
+    low, high = panels["control"].get_ylim()
+    assert 0.45 < low < 0.5 and 0.6 < high < 0.65
+    low, high = panels["parent"].get_ylim()
+    assert 0.45 < low < 0.5 and 0.65 < high < 0.7
+
+
 # ---- CSV tables other than Lightning's: exports of W&B or MLflow runs ----------------------------
 def _write_table(path, header, rows):
     path.mkdir(parents=True, exist_ok=True)

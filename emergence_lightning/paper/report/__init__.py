@@ -312,16 +312,18 @@ def make_report(
     """Read every run under ``log_dir`` and write the paper's figures and a summary table.
 
     Figures (PNG; one is left out when no run logged its data): ``emergence_and_accuracy_change``
-    (E and the epoch-to-epoch change in ``train_acc``), ``relative_emergence``, ``emergence_log``
-    (E; a log axis when it spans over 20x), ``train_accuracy``, ``loss`` (training solid, validation
-    dashed) and
-    ``active_fraction_per_layer`` (one panel per run). A figure without data is not drawn; the
+    (E and the epoch-to-epoch change in ``train_acc``, on one x range), ``relative_emergence``,
+    ``emergence_log`` (E; a log axis, said in the title and y label, when it spans over 20x),
+    ``train_accuracy``, ``val_accuracy``, ``loss`` (training solid, validation dashed) and
+    ``active_fraction_per_layer`` (one panel per run, scaled to its data; the branches' panels
+    share one range). A figure without data is not drawn; the
     reason is in ``ReportResult.skipped``. Accuracy and loss are found under the names Lightning
     writes (``train_acc``, ``train_acc_epoch``, ``train/acc``, ``val_MulticlassAccuracy``...) or
     taken from ``metrics``; ``ReportResult.metric_tags`` tells which tag each run used.
     Runs are overlaid; when run names contain a ``branches`` folder, a dotted line marks the fork
     epoch (the first epoch of the branch runs), every branch line starts at the fork point, and
-    each figure gets a second panel zoomed to the epochs after the fork. The run the branches
+    each figure gets a second panel zoomed to the epochs from the fork on (scaled to every point
+    there, the parent's at the fork included). The run the branches
     forked from is named ``parent``, a branch by its folder (``pruned-30``), each with a fixed
     colour. The table ``summary.csv`` / ``summary.md`` (same columns, see ``TABLE_COLUMNS``) gives,
     per run: its name, the epochs it trained (a branch's from the fork, as the branches' own

@@ -280,6 +280,13 @@ class Plotter:
                     _plot_mean_std(ax, stats, colormaps["tab10"](index % 10), label)
                     shown.append(stats[:2])
                 self.mark_fork(ax)
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                ax.tick_params(labelbottom=True)  # sharex hides them above a row that may be missing
+                ax.set_title(self.labels[group], color=self.colors[group])
+                ax.set_xlabel("epoch")
+                ax.set_ylabel("active share")
+                ax.grid(True, alpha=0.3)
+                ax.legend(fontsize="x-small", title="layer", title_fontsize="x-small")
                 values = np.concatenate([mean for _, mean in shown])
                 values = values[np.isfinite(values)]
                 if values.size:
@@ -292,13 +299,6 @@ class Plotter:
                     low, high = min(branch_values), max(branch_values)
                 low, high = _padded(low, high, log=False)
                 ax.set_ylim(max(low, -0.02), min(high, 1.02))  # a share is in [0, 1]
-                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-                ax.tick_params(labelbottom=True)  # sharex hides them above a row that may be missing
-                ax.set_title(self.labels[group], color=self.colors[group])
-                ax.set_xlabel("epoch")
-                ax.set_ylabel("active share")
-                ax.grid(True, alpha=0.3)
-                ax.legend(fontsize="x-small", title="layer", title_fontsize="x-small")
             for ax in axes[len(panels) :]:
                 ax.set_visible(False)
             fig.suptitle("Share of active nodes per layer: active / (active + dead)")
