@@ -182,7 +182,7 @@ def _group_name(run: str) -> str:
     if parts:
         return "/".join(parts)
     # "seed-0", "seed-1", ...: the parent runs of a multi-seed experiment form one group too.
-    return "parent" if SEED_COMPONENT.fullmatch(run) else run
+    return PARENT if SEED_COMPONENT.fullmatch(run) else run
 
 
 def _aggregate(curves: Curves, groups: dict[str, list[str]]) -> dict[str, dict[str, tuple[np.ndarray, ...]]]:

@@ -22,8 +22,9 @@ from matplotlib import colormaps, rc_context
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from emergence_lightning.callbacks.prune_and_branch import PARENT  # the run the branches forked from
+
 ACC_CHANGE = "train_acc_change"  # the derived series: epoch-to-epoch change in training accuracy
-PARENT = "parent"  # the name of the run the branches forked from, in legends and tables
 LOG_SPAN = 20.0  # a log axis only when the largest value is more than this many times the smallest
 
 # Sized for a two-column paper: 7 in wide at 200 dpi, text 9-10 pt as printed.
