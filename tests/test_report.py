@@ -500,6 +500,23 @@ def test_panels_comparing_epochs_share_the_x_range_and_the_fork_line(forked_logs
         assert to_pixels[0] == pytest.approx(to_pixels[1])
 
 
+def test_every_figure_has_the_same_epoch_axis(branch_logs, tmp_path):
+    """E starts at epoch 0, accuracy at 1, the change in accuracy at 2: all drawn on one epoch range."""
+    result = make_report(branch_logs, out_dir=tmp_path / "out")
+    whole, zoomed = set(), set()
+    for name, figure in result.drawings.items():
+        for index, ax in enumerate(figure.axes):
+            # With a fork every figure but the per-layer grid is (whole run | after the fork) per row.
+            is_zoom = name != "active_fraction_per_layer" and index % 2 == 1
+            if ax.get_visible():
+                (zoomed if is_zoom else whole).add(ax.get_xlim())
+    # Whole-run panels: epochs 0 (the parent's E before training) to 5 (the branches' last), padded.
+    assert len(whole) == 1 and len(zoomed) == 1
+    (low, high), (zoom_low, zoom_high) = whole.pop(), zoomed.pop()
+    assert -1 < low < 0 and 5 < high < 6
+    assert (zoom_low, zoom_high) == pytest.approx((3 - 0.3, 5 + 0.3))
+
+
 def test_no_text_overlaps_or_leaves_the_figure(forked_logs, branch_logs, tmp_path):
     for index, logs in enumerate((forked_logs, branch_logs)):
         result = make_report(logs, out_dir=tmp_path / f"out{index}")
@@ -580,11 +597,19 @@ def test_per_layer_panels_are_scaled_to_their_data(tmp_path):
     assert 0.85 < low < 0.91 and 0.95 < high < 1.0  # the change fills the panel, not 4 % of a 0-1 axis
 
 
+def result_legend(logs, tmp_path):
+    figure = make_report(logs, out_dir=tmp_path / "legend").drawings["emergence_log"]
+    return [text for legend in figure.legends for text in legend.get_texts()]
+
+
 def test_branch_panels_of_per_layer_shares_share_one_y_range(branch_logs, tmp_path):
     figure = make_report(branch_logs, out_dir=tmp_path / "out").drawings["active_fraction_per_layer"]
     panels = {ax.get_title(): ax for ax in figure.axes if ax.get_visible()}
     assert set(panels) == {"parent", "control", "pruned-50"}
     assert panels["control"].get_ylim() == panels["pruned-50"].get_ylim()
+    assert list(panels)[0] == "parent"  # the parent first (its run, version_0, sorts after branches/)
+    labels = [text.get_text() for text in result_legend(branch_logs, tmp_path)]
+    assert labels[:3] == ["parent", "control", "pruned-50"]
     # _write_run logs 10 + k active of 20 nodes at its k-th measurement: a branch's shares run
     # 0.50 -> 0.60 (3 measurements), the parent's 0.50 -> 0.65 (4), each panel scaled to its own.
     low, high = panels["control"].get_ylim()

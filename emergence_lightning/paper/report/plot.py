@@ -110,6 +110,18 @@ class Plotter:
         self.out_dir = out_dir
         self.colors = {group: branch_color(label) for group, label in labels.items()}
         self.drawn: dict[str, Figure] = {}
+        # One epoch axis for every figure: E from 0 and accuracy from 1 line up figure to figure.
+        xs = [by_series[s][0] for by_series in aggregated.values() for s in by_series if len(by_series[s][0])]
+        self.epochs = (float(min(x.min() for x in xs)), float(max(x.max() for x in xs))) if xs else (0.0, 1.0)
+
+    def set_epochs(self, ax, after_fork: bool = False) -> None:
+        """The x range of a whole-run panel (every epoch of the report) or a zoomed one (from the fork)."""
+        first, last = self.epochs
+        if after_fork:
+            ax.set_xlim(self.fork - 0.3, last + 0.3)
+        else:
+            pad = max(0.3, 0.04 * (last - first))
+            ax.set_xlim(first - pad, last + pad)
 
     def has(self, series: str) -> bool:
         return any(series in by_series for by_series in self.aggregated.values())
@@ -154,6 +166,7 @@ class Plotter:
 
     def _scale(self, ax, series: str, log: bool, after_fork: bool) -> None:
         """y limits from the values shown (after the fork for a zoomed panel); log only over a wide span."""
+        self.set_epochs(ax, after_fork)
         values = self._points(series, after_fork)
         if not values.size:
             return
@@ -162,9 +175,6 @@ class Plotter:
         if use_log:
             ax.set_yscale("log")
         ax.set_ylim(*_padded(low, high, use_log))
-        if after_fork:
-            xs = [by_series[series][0].max() for by_series in self.aggregated.values() if series in by_series]
-            ax.set_xlim(self.fork - 0.3, max(xs) + 0.3)
 
     def _row(self, axes, series: str, ylabel: str, log: bool = False, **draw) -> None:
         """One quantity: the whole run, and the epochs after the fork when there is one."""
@@ -244,9 +254,8 @@ class Plotter:
                 values = np.concatenate([self._points(s, after_fork=index == 1) for s in series])
                 if values.size:
                     ax.set_ylim(*_padded(float(values.min()), float(values.max()), log=False))
+                self.set_epochs(ax, after_fork=index == 1)
                 if index == 1:
-                    xs = [b[s][0].max() for b in self.aggregated.values() for s in series if s in b]
-                    ax.set_xlim(self.fork - 0.3, max(xs) + 0.3)
                     ax.set_title("after the fork", fontsize="small")
                 ax.grid(True, alpha=0.3)
                 ax.set_ylabel("loss")
@@ -281,6 +290,7 @@ class Plotter:
                     _plot_mean_std(ax, stats, colormaps["tab10"](index % 10), label)
                     shown.append(stats[:2])
                 self.mark_fork(ax)
+                self.set_epochs(ax)
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
                 ax.tick_params(labelbottom=True)  # sharex hides them above a row that may be missing
                 ax.set_title(self.labels[group], color=self.colors[group])
