@@ -373,7 +373,9 @@ def make_report(
     groups: dict[str, list[str]] = defaultdict(list)
     for run in runs:
         groups[_group_name(run)].append(run)
-    groups = dict(groups)
+    # The parent first, in legends and panels, then the branches by name.
+    parent_first = _names(dict(groups), root_name)
+    groups = dict(sorted(groups.items(), key=lambda item: parent_first[item[0]] != PARENT))
     first_epoch = _first_epochs(rows)
     labels = _labels(groups, root_name)
     drawn_curves = _join_to_fork(curves, root_name, first_epoch)
