@@ -658,3 +658,46 @@ def test_a_cell_that_is_not_a_number(tmp_path):
     _write_table(tmp_path / "run", ["step", "train_acc"], [[0, 0.5], [1, "n/a"]])
     with pytest.raises(ValueError, match=r"line 3, column 'train_acc': expected a number, got 'n/a'"):
         make_report(tmp_path)
+
+
+def export_mlflow_run(client, run_id, path):
+    """docs/reproduction.md's MLflow export, verbatim: one row per logged value, a `step` column."""
+    keys = list(client.get_run(run_id).data.metrics)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["step", *keys])
+        writer.writeheader()
+        for key in keys:
+            for m in client.get_metric_history(run_id, key):
+                writer.writerow({"step": m.step, key: m.value})
+
+
+def test_a_report_from_an_mlflow_export_equals_the_csv_loggers(tmp_path, monkeypatch):
+    """One real fit logged to MLflow (file store) and CSV: the exported run gives the CSV run's table."""
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 refuses a file store without it
+    from lightning.pytorch.loggers import MLFlowLogger
+    from mlflow.tracking import MlflowClient
+
+    store = f"file:{tmp_path / 'mlruns'}"
+    mlflow_logger = MLFlowLogger(experiment_name="report", tracking_uri=store)
+    generator = torch.Generator().manual_seed(0)
+    data = TensorDataset(
+        torch.rand(64, 1, 28, 28, generator=generator), torch.randint(0, 10, (64,), generator=generator)
+    )
+    trainer = pl.Trainer(
+        max_epochs=2, limit_train_batches=2, limit_val_batches=1,
+        logger=[CSVLogger(tmp_path / "csv", name="", version="run"), mlflow_logger],
+        callbacks=[EmergenceCallback()],
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(
+        PaperMLP(hidden=(16, 8), lr=0.5), DataLoader(data, batch_size=16), DataLoader(data, batch_size=16)
+    )
+    (tmp_path / "export" / "run").mkdir(parents=True)
+    export_mlflow_run(MlflowClient(store), mlflow_logger.run_id, tmp_path / "export" / "run" / "metrics.csv")
+    from_csv = make_report(tmp_path / "csv", out_dir=tmp_path / "a")
+    from_mlflow = make_report(tmp_path / "export", out_dir=tmp_path / "b")
+    assert set(from_mlflow.figures) == set(from_csv.figures) >= {"emergence_log", "val_accuracy", "loss"}
+    csv_row, mlflow_row = _read_csv(from_csv.table_csv)["run"], _read_csv(from_mlflow.table_csv)["run"]
+    assert csv_row["epochs"] == mlflow_row["epochs"] == "2"
+    _assert_same_numbers(csv_row, mlflow_row, "run")
