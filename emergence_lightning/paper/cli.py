@@ -17,7 +17,6 @@ from emergence_lightning.paper.predictor.cli import (
     run_reproduce_predictor,
 )
 
-DISTRIBUTION = "emergence-lightning"  # the name pip installs and package metadata knows
 EXPERIMENT_NAMES = ("mlp-prune", "transfer", "cnn", "predictor")
 # Epochs before and after the fork where the paper gives them (section 4.3: 20 on MNIST, 20 more).
 PAPER_EPOCHS = {"mlp-prune": (5, 15), "transfer": (20, 20)}
@@ -96,6 +95,9 @@ W&B or MLflow run exported with a step column: see docs/reproduction.md). Accura
 found under the names Lightning writes (train_acc, train_acc_epoch, train/acc,
 val_MulticlassAccuracy...); a figure whose data no run logged is skipped, with the reason on
 stderr."""
+
+
+DISTRIBUTION = "emergence-lightning"  # the name pip installs and package metadata knows
 
 
 def installed_version() -> str:
