@@ -525,6 +525,7 @@ class EmergenceCallback(Callback):
         else:
             # `self.log` (which EarlyStopping and ModelCheckpoint read) only for the monitorable scalars;
             # per-layer counts go to the loggers in one call (two `self.log` calls a layer cost ~0.6 ms).
+            value: float | torch.Tensor
             for key, value in scalar_metrics(record, self.prefix).items():
                 if not key.endswith(("/epoch", "active_fraction")) and pl_module.device.type != "mps":
                     # float64: E and E~ pass float32's range (inf) on real CNNs, and float32 would round
