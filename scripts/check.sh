@@ -25,7 +25,7 @@ run "ruff format" "${bin}ruff" format --check .
 run "import contract" "${bin}lint-imports" --no-cache
 run "mypy" "${bin}mypy"
 if [ ${#failed[@]} -gt 0 ]; then
-  echo "check.sh: FAILED: ${failed[*]}" >&2
+  printf 'check.sh: FAILED: %s\n' "$(IFS=';'; echo "${failed[*]}" | sed 's/;/; /g')" >&2
   exit 1
 fi
 echo "check.sh: all checks passed"
