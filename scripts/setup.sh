@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv/ beside the project and installs it with its test extras. Safe to run again.
+# Creates .venv/ beside the project and installs it with what the demo needs (the `paper` extra:
+# data modules, torchvision, matplotlib). scripts/test.sh adds the test and dev extras. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-python3}"
@@ -11,4 +12,4 @@ if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
   # shellcheck disable=SC2086
   .venv/bin/python -m pip install --quiet ${TORCH_PACKAGES:-torch==2.14.1 torchvision==0.29.1}
 fi
-.venv/bin/python -m pip install --quiet -e ".[test]"
+.venv/bin/python -m pip install --quiet -e ".[paper]"

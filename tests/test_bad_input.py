@@ -26,6 +26,7 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
+from helpers.oracle import emergence_oracle
 from tiny_models import Classifier, SharedReLU, blobs, loaders, mlp
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -513,13 +514,6 @@ def fit(tmp_path, model, callback, max_epochs=2, data=None):
     return trainer, val
 
 
-def brute_force_emergence(n: list[int], a: list[int]) -> int:
-    """The design's double sum, written out: dead nodes of i times active nodes of j times the widths between."""
-    return sum(
-        (n[i] - a[i]) * a[j] * math.prod(n[i + 1 : j]) for i in range(len(n)) for j in range(i + 1, len(n))
-    )
-
-
 def independent(layer_outputs: Callable[[torch.Tensor], list[torch.Tensor]], val: DataLoader, threshold=0.05):
     """(n, a, E) from per-node means of the given layer outputs over the validation data.
 
@@ -541,7 +535,7 @@ def independent(layer_outputs: Callable[[torch.Tensor], list[torch.Tensor]], val
     means = [total / count for total, count in zip(sums, rows)]
     n = [int(mean.numel()) for mean in means]
     a = [int((mean > threshold).sum()) for mean in means]  # NaN > threshold is False: never active
-    return n, a, brute_force_emergence(n, a)
+    return n, a, emergence_oracle(n, a)
 
 
 class NoParameters(pl.LightningModule):

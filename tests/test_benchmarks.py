@@ -1,7 +1,9 @@
 """The benchmark scripts run end to end (tiny sizes, CPU), so they cannot rot between GPU sessions.
 
 Their timing figures are not checked here (speed is judged from the scripts' printed medians,
-never by a timed test); what is checked is what they print about correctness.
+never by a timed test); what is checked is what they print about correctness. A dry run compares the
+CPU with the CPU, so its MATCH proves nothing: the active nodes and E it prints are checked against
+plain forward hooks on the same seeded models and the E oracle instead.
 """
 
 from __future__ import annotations
@@ -12,8 +14,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from helpers.oracle import emergence_oracle
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # bench_models builds the seeded models gpu_check.py measures
+from bench_models import TINY, build, inputs  # noqa: E402
+
 pytestmark = pytest.mark.slow
 
 
@@ -31,6 +39,47 @@ def n_of(output: str, model: str) -> list[int]:
     return [int(v) for v in match.group(1).split(",")]
 
 
+def printed(output: str, model: str) -> tuple[list[int], int]:
+    """The ``a cpu`` list and ``E cpu`` value gpu_check.py printed for ``model``."""
+    block = output[output.index(f"compare {model}:") :]
+    a = re.search(r"a cpu  = \[([\d, ]*)\]", block)
+    E = re.search(r"E cpu (\d+) vs", block)
+    assert a and E, block
+    return [int(v) for v in a.group(1).split(",")], int(E.group(1))
+
+
+def independent_active(model_name: str, theta: float = 0.05) -> list[int]:
+    """Active nodes of each ReLU call site of gpu_check's dry-run model, from plain forward hooks.
+
+    Each node's mean output over every sample and position (channels of a conv's output, the last
+    dim of a token sequence) against theta: the paper's rule, which the default rule equals on ReLU.
+    """
+    model = build(model_name, TINY).eval()
+    data = inputs(model_name, TINY, 2 * TINY.batch)  # gpu_check measures 2 batches of TINY.batch
+    active: list[int] = []
+
+    def count(output: torch.Tensor, node_dim: int) -> None:
+        dims = [d for d in range(output.dim()) if d != node_dim % output.dim()]
+        active.append(int((output.detach().double().mean(dims) > theta).sum()))
+
+    if model_name == "resnet18":  # every call of a ReLU module is a layer (BasicBlock calls its own twice)
+        hooks = [
+            m.register_forward_hook(lambda m, i, o: count(o, 1))
+            for m in model.modules()
+            if isinstance(m, nn.ReLU)
+        ]
+    else:  # nn.TransformerEncoderLayer applies F.relu to linear1's output
+        hooks = [
+            layer.linear1.register_forward_hook(lambda m, i, o: count(torch.relu(o), -1))
+            for layer in model.encoder.layers
+        ]
+    with torch.enable_grad():  # grad on: the encoder's fused inference path would skip linear1
+        model(data)
+    for hook in hooks:
+        hook.remove()
+    return active
+
+
 def test_gpu_check_dry_run():
     output = run_script("benchmarks/gpu_check.py", "--dry-run", "--rounds", "1")
     assert output.startswith("dry run on the CPU"), output
@@ -39,7 +88,10 @@ def test_gpu_check_dry_run():
     assert n_of(output, "resnet18") == [64] + [64] * 4 + [128] * 4 + [256] * 4 + [512] * 4
     # Two nn.TransformerEncoderLayer(d_model=16, dim_feedforward=64): one functional ReLU each.
     assert n_of(output, "transformer") == [64, 64]
-    assert output.count(": MATCH") == 2, output
+    for model_name in ("resnet18", "transformer"):
+        a, E = printed(output, model_name)
+        assert a == independent_active(model_name), model_name
+        assert E == emergence_oracle(n_of(output, model_name), a), model_name
     # 16 training samples at batch 4 for 2 epochs: 8 steps, no window open in any; epoch 0 + 2 epochs measured.
     assert "sync check (with EmergenceCallback): 8 training steps" in output, output
     assert "steps with a window open: 0; measurements: 3: OK" in output, output

@@ -7,6 +7,7 @@ import random
 
 import pytest
 import torch
+from helpers.paths import count_paths
 from torch import nn
 from torch.nn.utils import prune
 
@@ -25,30 +26,6 @@ DESIGN_VECTORS = [
 
 
 # ---- references ------------------------------------------------------------------------------
-def brute_force(edges: dict, active: list[torch.Tensor], variant: str = "paper") -> int:
-    """Enumerates every path explicitly (an independent reference; exponential, tiny graphs only)."""
-    successors: dict[tuple[int, int], list[tuple[int, int]]] = {}
-    for (i, j), matrix in edges.items():
-        for p, q in (matrix != 0).nonzero().tolist():
-            successors.setdefault((i, p), []).append((j, q))
-    alive = {(layer, node) for layer, mask in enumerate(active) for node in mask.nonzero().flatten().tolist()}
-    count = 0
-    for layer, mask in enumerate(active):
-        for node in range(mask.numel()):
-            if (layer, node) in alive:
-                continue
-            stack = [[(layer, node)]]
-            while stack:
-                path = stack.pop()
-                if len(path) > 1 and path[-1] in alive:
-                    count += 1
-                for nxt in successors.get(path[-1], []):
-                    if variant == "induced" and nxt not in alive:
-                        continue
-                    stack.append(path + [nxt])
-    return count
-
-
 def masks_for(n: list[int], a: list[int]) -> list[torch.Tensor]:
     """Active masks with ``a_i`` active nodes at random positions."""
     masks = []
@@ -105,9 +82,9 @@ def test_counts_far_beyond_int64_are_exact():
 
 @pytest.mark.parametrize("seed", range(12))
 @pytest.mark.parametrize("variant", ["paper", "induced"])
-def test_random_masked_networks_match_brute_force(seed, variant):
+def test_random_masked_networks_match_count_paths(seed, variant):
     edges, active = random_network(seed)
-    expected = brute_force(edges, active, variant)
+    expected = count_paths(edges, active, variant)
     assert path_emergence(edges, active, variant) == expected
     # Tiny primes force several residues and the Chinese-remainder reconstruction.
     blocks = _check_edges(edges, [mask.numel() for mask in active])
@@ -116,7 +93,7 @@ def test_random_masked_networks_match_brute_force(seed, variant):
 
 def test_sparse_and_integer_edges_are_accepted():
     edges, active = random_network(3, layers=6, max_width=5)
-    expected = brute_force(edges, active)
+    expected = count_paths(edges, active)
     assert path_emergence({key: value.to_sparse() for key, value in edges.items()}, active) == expected
     assert (
         path_emergence({key: value.to(torch.int64) * 7 for key, value in edges.items()}, active) == expected
@@ -285,7 +262,7 @@ def test_pruned_mlp_count_drops_as_predicted():
     prune.custom_from_mask(model.fc2, "weight", torch.ones(3, 4).index_fill_(0, torch.tensor([1]), 0))
     edges = build_edges(model, names, torch.randn(2, 6))
     assert path_emergence(edges, active) == dense - (1 + a[2]) - 3 * (1 + a[2])
-    assert path_emergence(edges, active) == brute_force(edges, active)
+    assert path_emergence(edges, active) == count_paths(edges, active)
 
 
 def test_hooks_stay_silent_but_pruning_masks_are_refreshed():
@@ -303,7 +280,7 @@ def test_hooks_stay_silent_but_pruning_masks_are_refreshed():
     assert edges[(0, 1)].sum() == 5 * 4 - 1 and not edges[(0, 1)][3, 2]
 
 
-def test_unstructured_pruning_matches_brute_force():
+def test_unstructured_pruning_matches_count_paths():
     torch.manual_seed(1)
     model = MLP(widths=(6, 5, 4, 3))
     for layer in (model.fc2, model.fc3):
@@ -314,10 +291,10 @@ def test_unstructured_pruning_matches_brute_force():
         torch.manual_seed(seed)
         active = [torch.rand(width) < 0.5 for width in (5, 4, 3)]
         for variant in ("paper", "induced"):
-            assert path_emergence(edges, active, variant) == brute_force(edges, active, variant)
+            assert path_emergence(edges, active, variant) == count_paths(edges, active, variant)
 
 
-def test_residual_mlp_has_skip_edges_and_matches_brute_force():
+def test_residual_mlp_has_skip_edges_and_matches_count_paths():
     torch.manual_seed(0)
     model = ResidualMLP()
     prune.random_unstructured(model.fc2, "weight", amount=0.5)
@@ -329,7 +306,7 @@ def test_residual_mlp_has_skip_edges_and_matches_brute_force():
         torch.manual_seed(seed)
         active = [torch.rand(width) < 0.5 for width in (3, 2, 3)]
         for variant in ("paper", "induced"):
-            assert path_emergence(edges, active, variant) == brute_force(edges, active, variant)
+            assert path_emergence(edges, active, variant) == count_paths(edges, active, variant)
     # With dense weights the skip adds one path per dead node p of relu1 whose twin p in relu2 is
     # active: here p = 1 (p = 2 is dead in both), so one path more than the dense formula.
     dense_model = ResidualMLP()
@@ -362,7 +339,7 @@ def test_residual_conv_merges_conv_and_skip_routes():
         torch.manual_seed(seed)
         active = [torch.rand(width) < 0.5 for width in (3, 3, 2, 4)]
         for variant in ("paper", "induced"):
-            assert path_emergence(edges, active, variant) == brute_force(edges, active, variant)
+            assert path_emergence(edges, active, variant) == count_paths(edges, active, variant)
 
 
 def test_residual_without_inner_layer_counts_like_dense_layers():
@@ -446,7 +423,7 @@ def test_devices_agree(device):
     assert all(edges[key].device.type == "cpu" and torch.equal(edges[key], expected[key]) for key in edges)
     active = [torch.rand(width, device=device) < 0.5 for width in (3, 3, 2, 4)]
     on_device = {key: value.to(device) for key, value in edges.items()}
-    assert path_emergence(on_device, active) == brute_force(expected, [mask.cpu() for mask in active])
+    assert path_emergence(on_device, active) == count_paths(expected, [mask.cpu() for mask in active])
 
 
 def test_inside_a_lightning_module():

@@ -6,6 +6,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from helpers.oracle import emergence_oracle
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.loggers import TensorBoardLogger
 from tb import read_scalars
@@ -60,12 +61,7 @@ def independent_emergence(net: nn.Sequential, val_loader: DataLoader, threshold:
         means = torch.cat(outputs[index], dim=1).mean(dim=1)
         n.append(means.numel())
         a.append(int((means > threshold).sum()))
-    # paths from a dead node of layer i to an active node of layer j through every node between
-    total = 0
-    for i in range(len(n)):
-        for j in range(i + 1, len(n)):
-            total += (n[i] - a[i]) * a[j] * math.prod(n[i + 1 : j])
-    return total
+    return emergence_oracle(n, a)
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])

@@ -1,8 +1,8 @@
-import itertools
 import math
 import random
 
 import pytest
+from helpers.paths import count_paths, dense_edges, first_active
 
 from emergence_lightning import emergence, log10_emergence, relative_emergence
 
@@ -29,17 +29,8 @@ def test_fully_active_network_has_no_emergence(n):
 
 
 def brute_force(n, a, variant):
-    """Enumerate every path of the dense layered graph node by node; nodes < a_i are active."""
-    count = 0
-    layers = len(n)
-    for i, j in itertools.combinations(range(layers), 2):
-        middle = [range(n[k]) for k in range(i + 1, j)]
-        for _start in range(a[i], n[i]):  # inactive start nodes
-            for route in itertools.product(*middle):
-                if variant == "induced" and any(node >= a[k] for k, node in zip(range(i + 1, j), route)):
-                    continue
-                count += a[j]  # any active end node
-    return count
+    """Every path of the dense layered graph enumerated node by node; nodes < a_i are active."""
+    return count_paths(dense_edges(n), first_active(n, a), variant)
 
 
 @pytest.mark.parametrize("seed", range(25))

@@ -13,6 +13,7 @@ from typing import ClassVar
 import lightning.pytorch as pl
 import pytest
 import torch
+from helpers.paths import count_paths
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
@@ -42,8 +43,6 @@ from emergence_lightning.branching.table import PATH_COLUMNS, SUMMARY_COLUMNS
 from emergence_lightning.callbacks.emergence import EmergenceCallback
 from emergence_lightning.callbacks.prune_and_branch import PruneAndBranchCallback
 from emergence_lightning.callbacks.trainer_factory import check_strategy
-from emergence_lightning.connectivity import build_edges, path_emergence
-from emergence_lightning.measure import measure
 from emergence_lightning.pruning import count_parameters
 
 DDP_SCRIPT = Path(__file__).parent / "scripts" / "ddp_branching.py"
@@ -350,14 +349,19 @@ def test_path_exact_emergence_at_the_fork_and_at_the_end(tmp_path):
     assert pruned["E_path_fork"] < pruned["E_fork"]
     assert pruned["E_path_fork"] < control["E_path_fork"]
     assert pruned["relative_E_path_fork"] < control["relative_E_path_fork"]
-    # The same count, computed independently on each branch's start weights and the validation data.
+    # The same count, independently: each branch's start weights and the validation data by hand (the
+    # two ReLU layers' node means against theta = 0.05; an edge wherever the Linear between them has a
+    # non-zero weight), every path enumerated by the brute-force counter.
     _, val = loaders()
+    x = torch.cat([x for x, _ in val]).double()
     for name, fit_ in branch_fits().items():
-        start = effective_model(fit_["start"])
-        measurement = measure(start, [x for x, _ in val])
-        edges = build_edges(start, measurement.names, next(iter(val))[0][:2])
-        expected = path_emergence(edges, [layer.active for layer in measurement.layers])
-        assert results[name]["E_path_fork"] == expected, name
+        net = effective_model(fit_["start"]).net.double()
+        with torch.no_grad():
+            first = torch.relu(net[0](x))
+            second = torch.relu(net[2](first))
+        active = [first.mean(0) > 0.05, second.mean(0) > 0.05]
+        edges = {(0, 1): (net[2].weight != 0).T}  # (16 nodes of layer 0, 12 of layer 1)
+        assert results[name]["E_path_fork"] == count_paths(edges, active), name
     # The files and the table carry them; TensorBoard gets the end value beside summary/E_end.
     with open(tmp_path / "runs" / "branches" / "summary.csv") as handle:
         rows = {row["name"]: row for row in csv.DictReader(handle)}

@@ -7,12 +7,12 @@ copy of the weights taken at the same moment (per-node means by hand, paths coun
 from __future__ import annotations
 
 import copy
-import math
 import warnings
 
 import lightning.pytorch as pl
 import pytest
 import torch
+from helpers.oracle import emergence_oracle
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from tb import read_scalars
@@ -65,9 +65,7 @@ def independent_E(net: nn.Sequential, loader, threshold: float = 0.05) -> int:
                     sums[index] = sums.get(index, 0) + h.double().sum(0)
     n = [int(s.numel()) for s in sums.values()]
     a = [int((s / count > threshold).sum()) for s in sums.values()]
-    return sum(
-        (n[i] - a[i]) * a[j] * math.prod(n[i + 1 : j]) for i in range(len(n)) for j in range(i + 1, len(n))
-    )
+    return emergence_oracle(n, a)
 
 
 def run(tmp_path, val=True, **trainer_kwargs):

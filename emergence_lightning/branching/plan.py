@@ -6,9 +6,9 @@ name a parallel job asks for (``only=["pruned-30"]``, ``emergence-lightning bran
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -21,6 +21,8 @@ KINDS = ("control", "pruned", "random-dense", "random-pruned")
 PRUNED_KINDS = ("pruned", "random-pruned")
 #: Kinds that continue the parent's training state (random controls are new networks).
 CONTINUING_KINDS = ("control", "pruned")
+
+Model = TypeVar("Model", bound=nn.Module)  # a branch's model has the parent's class
 
 
 @dataclass(frozen=True)
@@ -66,14 +68,15 @@ class PruningSettings:
             pruning_norm=self.pruning_norm,
         )
 
-    def branch_model(self, spec: BranchSpec, copy_parent: Any) -> tuple[nn.Module, list[str]]:
+    def branch_model(self, spec: BranchSpec, copy_parent: Callable[[], Model]) -> tuple[Model, list[str]]:
         """The model of ``spec`` made from ``copy_parent()`` (a fresh copy of the parent at the fork).
 
         Returns the model and the modules a random control could not re-initialise (no ``reset_parameters``).
         """
         model = copy_parent()
         if spec.kind == "pruned":
-            return self.prune(model, spec.amount), []
+            self.prune(model, spec.amount)  # in place
+            return model, []
         if spec.kind not in ("random-dense", "random-pruned"):
             return model, []
         mask_by_name = None

@@ -140,7 +140,7 @@ def read_finished(
     directory: Path, specs: Sequence[BranchSpec], fork_fingerprint: str, fork_epoch: int, pruning_fn: str
 ) -> dict[str, dict[str, Any]]:
     """Results of the branches in ``specs`` that a previous run from the same fork finished, by name."""
-    found = {}
+    found: dict[str, dict[str, Any]] = {}
     for spec in specs:
         result = read_result(directory, spec.name)
         same = (
@@ -153,7 +153,7 @@ def read_finished(
             and result.get("fork_fingerprint") == fork_fingerprint
             and (directory / spec.name / STATE_DICT_FILE).is_file()
         )
-        if same:
+        if same and result is not None:
             found[spec.name] = result
     return found
 

@@ -25,6 +25,7 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from emergence_lightning import _compat
 from emergence_lightning.branching import store
 from emergence_lightning.branching.fork_state import ForkPoint, ForkState
 from emergence_lightning.branching.plan import (
@@ -333,8 +334,9 @@ def _copy_module(pl_module: pl.LightningModule) -> pl.LightningModule:
     """A deep copy of the model, without the trainer (LightningModule drops it) or stale caches."""
     model = copy.deepcopy(pl_module)
     # `self.log` finds logged torchmetrics by id(); the copied cache holds the parent's ids.
-    if hasattr(model, "_metric_attributes"):
-        model._metric_attributes = None
+    (cache,) = _compat.LIGHTNING_MODULE_ATTRIBUTES
+    if hasattr(model, cache):
+        setattr(model, cache, None)
     return model
 
 

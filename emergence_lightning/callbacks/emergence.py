@@ -524,6 +524,7 @@ class EmergenceCallback(Callback):
             # `self.log` only for the monitorable scalars, which EarlyStopping and ModelCheckpoint read, and
             # with `logger=False`: the loggers get the whole measurement as one record, at the step Lightning
             # writes its epoch-end values at (per-layer `self.log` calls would cost ~0.6 ms a layer).
+            value: float | torch.Tensor
             for key, value in scalar_metrics(record, self.prefix).items():
                 if not key.endswith(("/epoch", "active_fraction")) and pl_module.device.type != "mps":
                     # float64: E and E~ pass float32's range (inf) on real CNNs, and float32 would round

@@ -15,7 +15,7 @@ from emergence_lightning.measure import check_flags, check_tracking_arguments, p
 MANY_PARAMETRISED_MODULES = 3
 
 
-def duplicate_prefix_error(callbacks: Sequence[Any], kind: type) -> str | None:
+def duplicate_prefix_error(callbacks: Sequence[Any], kind: type[Any]) -> str | None:
     """The error message when two callbacks of ``kind`` share a ``prefix`` (their values would be averaged)."""
     seen: dict[str, tuple[int, Any]] = {}
     for index, callback in enumerate(callbacks):

@@ -1,8 +1,8 @@
 """What EmergenceCallback reads from a running Trainer: data loaders, epochs, steps, samplers.
 
-The few reads of Lightning internals (loop state with no public accessor) live here, each with a
-fallback, so a Lightning version that moves them breaks one file (tests/test_schedules.py
-exercises every one of them).
+The one read of a Lightning internal (the step epoch-end values are logged at, with no public
+accessor) goes through :mod:`emergence_lightning._compat`, which fails naming it on a Lightning
+version that moved it (tests/test_compat.py, tests/test_schedules.py exercise it).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DistributedSampler
+
+from emergence_lightning import _compat
 
 
 def validation_enabled(trainer: pl.Trainer) -> bool:
@@ -44,7 +46,7 @@ def logging_step(trainer: pl.Trainer) -> int:
     """The step Lightning writes epoch-end ``self.log`` values at (batches that stepped; = global_step
     with one optimizer), so values written straight to the loggers sit beside them.
     """
-    return int(getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step))
+    return int(_compat.batches_that_stepped(trainer))
 
 
 def epochs_completed(trainer: pl.Trainer, *, ended: bool = False, epoch_over: bool = False) -> float:

@@ -18,6 +18,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 
+from emergence_lightning import _compat
+
 # probe_step(pl_module, batch) runs one forward pass for the measurements the callback drives itself.
 ProbeStep = Callable[["pl.LightningModule", Any], Any]
 
@@ -129,5 +131,5 @@ def _is_metric(module: Any) -> bool:
 
 def _metric_state(metric: Any) -> dict[str, Any]:
     """A torchmetrics Metric's accumulated state (copied: updates work in place)."""
-    names = [*getattr(metric, "_defaults", {}), "_update_count", "_computed"]
+    names = [*metric.metric_state, *_compat.METRIC_ATTRIBUTES]
     return {name: copy.deepcopy(getattr(metric, name)) for name in names if hasattr(metric, name)}

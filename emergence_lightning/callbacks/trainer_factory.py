@@ -19,7 +19,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import lightning
 import lightning.pytorch as pl
 from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator, MPSAccelerator
 from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint, ModelSummary, ProgressBar
@@ -28,6 +27,7 @@ from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
+from emergence_lightning import _compat
 from emergence_lightning.branching.fork_state import ForkPoint
 from emergence_lightning.branching.plan import BranchSpec
 from emergence_lightning.callbacks.loggers import (
@@ -45,31 +45,9 @@ TrainerFactory = Callable[[BranchSpec, dict[str, Any]], pl.Trainer]
 #: Trainer arguments a branch takes from the callback, never from `trainer_kwargs`.
 RESERVED_TRAINER_KWARGS = ("callbacks", "logger")
 
-#: Private Lightning attributes read (or, for the progress counters, written) here, by the object holding them.
-PRIVATE_ATTRIBUTES = {
-    "Trainer": (
-        "_accelerator_connector.use_distributed_sampler",
-        "_accelerator_connector._layer_sync",
-        "_detect_anomaly",
-        "_val_check_time_interval",
-        "fit_loop._data_source",
-        "fit_loop.epoch_loop._batches_that_stepped",
-        "fit_loop.epoch_loop.val_loop._data_source",
-        "fit_loop.epoch_progress.total.completed",
-        "fit_loop.epoch_loop.automatic_optimization.optim_progress.optimizer.step.total.completed",
-        "fit_loop.epoch_loop.manual_optimization.optim_step_progress.total.completed",
-    ),
-    "DDPStrategy": (
-        "_start_method",
-        "_ddp_comm_state",
-        "_ddp_comm_hook",
-        "_ddp_comm_wrapper",
-        "_model_averaging_period",
-        "_process_group_backend",
-        "_timeout",
-        "_ddp_kwargs",
-    ),
-}
+#: Private Lightning attributes read (or, for the progress counters, written) here, by the class holding
+#: them; the one list is in :mod:`emergence_lightning._compat`.
+PRIVATE_ATTRIBUTES = {"Trainer": _compat.TRAINER_ATTRIBUTES, "DDPStrategy": _compat.DDP_STRATEGY_ATTRIBUTES}
 
 #: A private TensorBoardLogger flag: whether Lightning writes its placeholder `hp_metric` HParams entry.
 #: Missing on a Lightning version that moved it: a warning (the HParams tab then lacks columns), no error.
@@ -79,17 +57,14 @@ TENSORBOARD_PLACEHOLDER_FLAG = "_default_hp_metric"
 def check_lightning_attributes(trainer: pl.Trainer, strategy: DDPStrategy | None = None) -> None:
     """Raises a RuntimeError naming the first of :data:`PRIVATE_ATTRIBUTES` this Lightning version lacks."""
     for owner, holder in (("Trainer", trainer), ("DDPStrategy", strategy or DDPStrategy())):
-        for path in PRIVATE_ATTRIBUTES[owner]:
-            value: Any = holder
-            for part in path.split("."):
-                if not hasattr(value, part):
-                    raise RuntimeError(
-                        f"PruneAndBranchCallback reads `{owner}.{path}`, which Lightning {lightning.__version__} "
-                        f"does not have (`{part}` is missing): branch Trainers cannot continue the parent's run. "
-                        "Pass `trainer_factory=` to build them yourself, or use a Lightning version this package "
-                        "supports."
-                    )
-                value = getattr(value, part)
+        _compat.check_attributes(
+            owner,
+            holder,
+            PRIVATE_ATTRIBUTES[owner],
+            needed_by="PruneAndBranchCallback",
+            remedy="Branch Trainers cannot continue the parent's run. Pass `trainer_factory=` to build them "
+            "yourself, or use a Lightning version this package supports.",
+        )
 
 
 def check_trainer_kwargs(trainer_kwargs: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from torch.nn.utils import prune
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 
+from emergence_lightning import _compat
 from emergence_lightning.connectivity import node_maps
 from emergence_lightning.measure.layers import INPUT_LAYER, OUTPUT_LAYER, parametrised_leaves
 
@@ -105,7 +106,10 @@ def build_edges(
 
     # The pseudo layers resolve as in measure/layers.py: the first and last parametrised leaf modules.
     leaves = [name for name, _ in parametrised_leaves(model)]
-    pseudo = {INPUT_LAYER: leaves[0] if leaves else None, OUTPUT_LAYER: leaves[-1] if leaves else None}
+    pseudo: dict[str, Any] = {
+        INPUT_LAYER: leaves[0] if leaves else None,
+        OUTPUT_LAYER: leaves[-1] if leaves else None,
+    }
     for name in (INPUT_LAYER, OUTPUT_LAYER):
         if name in names and pseudo[name] is None:
             raise ValueError(
@@ -150,7 +154,7 @@ def _trace(model: nn.Module, leaves: set[str]) -> fx.Graph:
         ) from error
 
 
-def _tracked_nodes(graph: fx.Graph, names: list[str], pseudo: dict[str, str | None]) -> dict[fx.Node, int]:
+def _tracked_nodes(graph: fx.Graph, names: list[str], pseudo: dict[str, Any]) -> dict[fx.Node, int]:
     """The graph node whose value is each tracked layer -> the layer's index in ``names``."""
     calls: dict[str, list[fx.Node]] = {}
     for node in graph.nodes:
@@ -200,12 +204,12 @@ class _Propagator(fx.Interpreter):
         self.shapes: dict[fx.Node, torch.Size] = {}
         self.edges: dict[tuple[int, int], Tensor] = {}
 
-    def call_module(self, target: str, args: tuple, kwargs: dict) -> Any:
+    def call_module(self, target: str, args: tuple, kwargs: dict) -> Any:  # type: ignore[override]  # fx: a module call's target is its name
         # Other hooks stay silent, so measuring connectivity never feeds an activity tracker or
         # trips its shared-module check; only reparametrisations that compute the effective
         # weight (pruning masks, old-style weight/spectral norm) run first.
         module = self.fetch_attr(target)
-        for hook in module._forward_pre_hooks.values():
+        for hook in _compat.forward_pre_hooks(module):
             if isinstance(hook, _WEIGHT_HOOKS):
                 hook(module, args)
         return module.forward(*args, **kwargs)
@@ -289,7 +293,7 @@ class _Propagator(fx.Interpreter):
     ) -> list[tuple[fx.Node, node_maps.NodeMap]]:
         """``(input value, map from its nodes to the result's)`` for every input that carries a flow."""
         if node.op == "call_module":
-            module = self.model.get_submodule(node.target)
+            module = self.model.get_submodule(str(node.target))  # a module call's target is its name
             (arg,) = self._single(inputs)
             return [(arg, self._module_map(module, self.shapes[arg], result))]
         target = node.target
@@ -392,7 +396,7 @@ class _Propagator(fx.Interpreter):
 
 def _describe(node: fx.Node, model: nn.Module) -> str:
     if node.op == "call_module":
-        what = f"module {node.target!r} ({type(model.get_submodule(node.target)).__name__})"
+        what = f"module {node.target!r} ({type(model.get_submodule(str(node.target))).__name__})"
     elif node.op == "call_method":
         what = f"method `Tensor.{node.target}`"
     elif node.op == "call_function":

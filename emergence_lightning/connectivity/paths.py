@@ -178,7 +178,8 @@ def _is_prime(n: int) -> bool:
 def _moduli(bound: int, bits: int) -> list[int]:
     """The largest primes below ``2**bits`` whose product exceeds ``bound``."""
     primes = _PRIMES.setdefault(bits, [])
-    chosen, product = [], 1
+    chosen: list[int] = []
+    product = 1
     candidate = primes[-1] - 1 if primes else (1 << bits) - 1
     while product <= bound:
         if len(chosen) == len(primes):
@@ -235,7 +236,8 @@ def _count_paths(
     primes = _moduli(bound, bits)
     moduli = torch.tensor(primes, dtype=torch.float64)
 
-    counts: list[Tensor | None] = [None] * len(masks)  # G_i (paper) or H_i (induced) mod each prime
+    # G_i (paper) or H_i (induced) mod each prime, filled from the last layer down (blocks point forward).
+    counts: list[Tensor] = [torch.empty(0)] * len(masks)
     total = torch.zeros(len(primes), dtype=torch.float64)
     for i in range(len(masks) - 1, -1, -1):
         onward = torch.zeros(int(masks[i].numel()), len(primes), dtype=torch.float64)

@@ -6,12 +6,13 @@ tracker attached after compilation would silently see nothing; see :class:`Eager
 
 from __future__ import annotations
 
-import sys
 import weakref
 from typing import Any
 
 import torch
 from torch import nn
+
+from emergence_lightning import _compat
 
 
 def compiled_modules(model: nn.Module) -> list[str]:
@@ -22,18 +23,15 @@ def compiled_modules(model: nn.Module) -> list[str]:
     torch.compile(self.forward)``; ``Trainer.fit(torch.compile(model))`` does this to ``forward``
     and the ``*_step`` methods of the LightningModule).
     """
-    eval_frame = sys.modules.get("torch._dynamo.eval_frame")  # not imported: nothing was compiled
-    optimized = getattr(eval_frame, "OptimizedModule", ())
+    optimized = _compat.optimized_module_class()  # () when dynamo was never imported: nothing compiled
 
     def compiled(module: nn.Module) -> bool:
-        if isinstance(module, optimized) or getattr(module, "_compiled_call_impl", None) is not None:
+        if isinstance(module, optimized) or _compat.compiled_in_place(module):
             return True
         # Compiled methods set on the instance, or decorated with @torch.compile in the class body.
         namespaces = [vars(module), *(vars(cls) for cls in type(module).__mro__)]
         return any(
-            callable(value) and hasattr(value, "_torchdynamo_orig_callable")
-            for namespace in namespaces
-            for value in namespace.values()
+            _compat.is_compiled_function(value) for namespace in namespaces for value in namespace.values()
         )
 
     return [name for name, module in model.named_modules() if compiled(module)]

@@ -25,10 +25,13 @@ channels-last ``(N, H, W, C)`` outputs). :func:`node_dim_from_producer` decides 
 
 from __future__ import annotations
 
+from typing import TypeGuard
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from emergence_lightning import _compat
 from emergence_lightning.measure.producers import FunctionalProducer, node_dim_from_functional
 
 INPUT_LAYER = "<input>"
@@ -44,7 +47,7 @@ def _activation_functions() -> dict[object, str]:
     ]  # fmt: skip
     found: dict[object, str] = {}
     for name in names:
-        for space in (F, torch, torch.Tensor, torch._C._nn):
+        for space in (F, torch, torch.Tensor, _compat.torch_nn_namespace):
             for variant in (name, name + "_"):
                 function = getattr(space, variant, None)
                 if callable(function):
@@ -65,7 +68,7 @@ def activation_name(function: object) -> str | None:
         return None
 
 
-def is_recurrent(module: nn.Module) -> bool:
+def is_recurrent(module: nn.Module) -> TypeGuard[nn.RNNBase]:
     return isinstance(module, nn.RNNBase)
 
 
@@ -92,7 +95,14 @@ _CHANNELS_FIRST = (
     nn.GroupNorm,
     nn.LocalResponseNorm,
 )
-_FEATURES_LAST = (nn.Linear, nn.Bilinear, nn.Embedding, nn.LayerNorm, nn.MultiheadAttention, nn.RNNBase)
+_FEATURES_LAST: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Bilinear,
+    nn.Embedding,
+    nn.LayerNorm,
+    nn.MultiheadAttention,
+    nn.RNNBase,
+)
 if hasattr(nn, "RMSNorm"):
     _FEATURES_LAST = (*_FEATURES_LAST, nn.RMSNorm)
 

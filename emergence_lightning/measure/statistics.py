@@ -19,6 +19,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from emergence_lightning import _compat
+
 STATISTICS = ("mean", "fraction", "max")
 # On CPU the firing mask is built a few samples at a time in a buffer of about this many
 # elements (2 MB of float32), so it is still in cache when it is summed: 25 % less time than
@@ -164,7 +166,7 @@ class NodeStatistic:
         interception (a ``TorchFunctionMode``) need not see this bookkeeping, and each of its
         tensor operations would otherwise pay a Python call through the mode.
         """
-        with torch._C.DisableTorchFunction():
+        with _compat.DisableTorchFunction():
             self._add(output, batch_dim, node_dim, scratch)
 
     def _add(self, output: Tensor, batch_dim: int, node_dim: int, scratch: Scratch) -> None:

@@ -30,6 +30,7 @@ from torch.nn.modules import module as module_hooks
 from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
+from emergence_lightning import _compat
 from emergence_lightning.measure import experts as moe
 from emergence_lightning.measure import layers as rules
 from emergence_lightning.measure import producers
@@ -287,7 +288,7 @@ class ActivityTracker:
     def _module_starts(self, module: nn.Module, args: tuple) -> None:
         # Bookkeeping only: with __torch_function__ off, the window's mode does not see each `.shape`
         # read here (ResNet-18: 325 -> 89 intercepted calls a forward pass).
-        with torch._C.DisableTorchFunction():
+        with _compat.DisableTorchFunction():
             self._enter(module, args)
 
     def _enter(self, module: nn.Module, args: tuple) -> None:
@@ -313,7 +314,7 @@ class ActivityTracker:
             self._record(INPUT_LAYER, args[0], producer=None, once=True)
 
     def _module_ends(self, module: nn.Module, args: tuple, output: object) -> None:
-        with torch._C.DisableTorchFunction():
+        with _compat.DisableTorchFunction():
             self._leave(module, output)
 
     def _leave(self, module: nn.Module, output: object) -> None:
@@ -662,15 +663,15 @@ def _metric_modules(model: nn.Module) -> set[int]:
 
 def _leave_mode(mode: TorchFunctionMode) -> None:
     """Pops ``mode`` even when other modes were pushed above it (and puts those back)."""
-    stack = torch.overrides._get_current_function_mode_stack()
+    stack = _compat.torch_function_mode_stack()
     if mode not in stack:
         return
     above = []
-    while torch.overrides._get_current_function_mode() is not mode:
-        above.append(torch.overrides._pop_mode())
+    while _compat.current_torch_function_mode() is not mode:
+        above.append(_compat.pop_torch_function_mode())
     mode.__exit__(None, None, None)
     for other in reversed(above):
-        torch.overrides._push_mode(other)
+        _compat.push_torch_function_mode(other)
 
 
 def measure(model: nn.Module, batches: Iterable[object], **tracker_kwargs: object) -> Measurement | None:

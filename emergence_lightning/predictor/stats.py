@@ -24,7 +24,7 @@ def _pair(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarra
     return xs, ys
 
 
-def rankdata(values: Sequence[float]) -> np.ndarray:
+def rankdata(values: Sequence[float] | np.ndarray) -> np.ndarray:
     """Ranks 1..n, ties sharing their average rank (``-inf``/``inf`` rank lowest/highest).
 
     Example:

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
+from emergence_lightning import _compat
 from emergence_lightning.pruning.arguments import check_amount, check_pruning_arguments
 from emergence_lightning.pruning.names import MASK, ORIG, STRUCTURED_PRUNING_FUNCTIONS
 from emergence_lightning.pruning.scope import find_prunable, refresh_bypassed_masks
@@ -93,10 +94,10 @@ def _detach_pruned(model: nn.Module) -> nn.Module:
     ``copy.deepcopy`` refuses; store it detached (the next forward pass recomputes it anyway).
     """
     for module in model.modules():
-        for hook in module._forward_pre_hooks.values():
+        for hook in _compat.forward_pre_hooks(module):
             if isinstance(hook, prune.BasePruningMethod):
                 with torch.no_grad():
-                    setattr(module, hook._tensor_name, hook.apply_mask(module))
+                    setattr(module, _compat.pruned_tensor_name(hook), hook.apply_mask(module))
     return model
 
 
@@ -114,9 +115,10 @@ def masks(model: nn.Module) -> dict[str, Tensor]:
     """Every pruning mask of ``model`` by the qualified name of the tensor it masks (``net.0.weight``)."""
     found = {}
     for module_name, module in model.named_modules():
+        parameters = dict(module.named_parameters(recurse=False, remove_duplicate=False))
         for buffer_name, buffer in module.named_buffers(recurse=False):
             if buffer_name.endswith(MASK) and isinstance(
-                module._parameters.get(buffer_name[: -len(MASK)] + ORIG), Tensor
+                parameters.get(buffer_name[: -len(MASK)] + ORIG), Tensor
             ):
                 key = buffer_name[: -len(MASK)]
                 found[f"{module_name}.{key}" if module_name else key] = buffer.detach().clone()

@@ -35,6 +35,8 @@ def count_parameters(module: nn.Module) -> int:
             seen.add(id(parameter))
             mask = None
             if name.endswith(ORIG):
-                mask = owner._buffers.get(name[: -len(ORIG)] + MASK)
+                mask = dict(owner.named_buffers(recurse=False, remove_duplicate=False)).get(
+                    name[: -len(ORIG)] + MASK
+                )
             total += int(mask.count_nonzero()) if mask is not None else parameter.numel()
     return total

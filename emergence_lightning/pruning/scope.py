@@ -15,6 +15,7 @@ from typing import Any
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
+from emergence_lightning import _compat
 from emergence_lightning.pruning.names import ORIG, canonical_name
 
 #: Modules pruned by default: every Linear and convolution (transposed too) and multi-head attention.
@@ -46,8 +47,9 @@ def tensor_names(module: nn.Module, parameter_name: str) -> list[str]:
 
 def _parameter(module: nn.Module, name: str) -> Tensor | None:
     # An already pruned parameter lives on as `<name>_orig` (prune stacks masks on it).
+    parameters = dict(module.named_parameters(recurse=False, remove_duplicate=False))
     for candidate in (name, name + ORIG):
-        value = module._parameters.get(candidate)
+        value = parameters.get(candidate)
         if isinstance(value, Tensor):
             return value
     return None
@@ -103,7 +105,8 @@ def find_prunable(
                     f"its parameters are {[canonical_name(n) for n, _ in module.named_parameters(recurse=False)]!r}."
                 )
             for tensor_name in found:
-                if modules is None and not _parameter(module, tensor_name).requires_grad:
+                parameter = _parameter(module, tensor_name)  # found: never None
+                if modules is None and parameter is not None and not parameter.requires_grad:
                     frozen += 1
                     continue
                 triples.append((module_name, module, tensor_name))
@@ -128,7 +131,7 @@ class _RefreshPruned:
         for child in module.modules():
             if child is module:
                 continue
-            for hook in list(child._forward_pre_hooks.values()):
+            for hook in _compat.forward_pre_hooks(child):
                 if isinstance(hook, prune.BasePruningMethod):
                     hook(child, None)
 
@@ -142,10 +145,8 @@ def refresh_bypassed_masks(model: nn.Module) -> nn.Module:
             isinstance(hook, prune.BasePruningMethod)
             for child in module.modules()
             if child is not module
-            for hook in child._forward_pre_hooks.values()
+            for hook in _compat.forward_pre_hooks(child)
         )
-        if pruned_below and not any(
-            isinstance(h, _RefreshPruned) for h in module._forward_pre_hooks.values()
-        ):
+        if pruned_below and not any(isinstance(h, _RefreshPruned) for h in _compat.forward_pre_hooks(module)):
             module.register_forward_pre_hook(_RefreshPruned())
     return model
