@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from emergence_lightning import _compat
 from emergence_lightning.measure.statistics import NodeStatistic, Scratch
 
 
@@ -161,7 +162,7 @@ class ExpertStatistic:
             if 0 <= experts < len(self.experts):
                 self.experts[experts].add(output, batch_dim, node_dim, scratch)
             return
-        with torch._C.DisableTorchFunction():
+        with _compat.DisableTorchFunction():
             ids = experts.to(output.device, torch.long).clamp(0, len(self.experts))  # past the end: no expert
             order = torch.argsort(ids, stable=True)
             counts = torch.bincount(ids, minlength=len(self.experts) + 1).tolist()  # one host sync

@@ -383,7 +383,7 @@ class ActivityTracker:
         kind = producers.producing_kind(func)
         if kind is None or frame.skip or frame.leaf:  # a leaf applies its own weight: its hooks decide
             return
-        with torch._C.DisableTorchFunction():
+        with _compat.DisableTorchFunction():
             made = producers.functional_producer(kind, args, kwargs or {}, output, self._owners)
         if made is not None and made.module is not frame.module:  # a module's own forward: its hooks decide
             self._last_producer = made  # type: ignore[assignment]
