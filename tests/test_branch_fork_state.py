@@ -14,6 +14,7 @@ from torch.nn.utils import prune
 from torch.utils.data import DataLoader
 
 from emergence_lightning.branching.fork_state import capture_optimizer, load_optimizer
+from emergence_lightning.branching.store import fingerprint
 from emergence_lightning.callbacks.emergence import EmergenceCallback
 from emergence_lightning.callbacks.prune_and_branch import PruneAndBranchCallback
 
@@ -153,3 +154,51 @@ def test_an_optimizer_over_other_parameters_is_refused_by_name():
 def test_bad_optimizer_state_argument():
     with pytest.raises(ValueError, match=r"`optimizer_state` must be one of .*got 'keep'"):
         PruneAndBranchCallback(optimizer_state="keep")
+
+
+# ---- the data order whatever owns the randomness ---------------------------------------------------
+class OwnGenerator(MomentumStepLR):
+    """Shuffles with a generator of its own, built afresh whenever a Trainer asks (as a data module does)."""
+
+    def train_dataloader(self):
+        generator = torch.Generator().manual_seed(1)
+        return DataLoader(blobs(96, seed=0), batch_size=16, shuffle=True, generator=generator)
+
+
+def _generator_loaders() -> tuple[DataLoader, DataLoader]:
+    generator = torch.Generator().manual_seed(1)
+    train = DataLoader(blobs(96, seed=0), batch_size=16, shuffle=True, generator=generator)
+    return train, DataLoader(blobs(40, seed=1), batch_size=20)
+
+
+def _fit_weights(root: Path, source: str, callbacks: list, max_epochs: int = 4) -> dict[str, torch.Tensor]:
+    pl.seed_everything(0, verbose=False)
+    model = OwnGenerator() if source == "module-hook" else MomentumStepLR()
+    trainer = _trainer(root, [EmergenceCallback(), *callbacks], max_epochs)
+    if source == "module-hook":
+        trainer.fit(model)
+    else:
+        trainer.fit(model, *_generator_loaders())
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("source", ["fit-argument", "module-hook"])
+def test_the_control_equals_the_unforked_run_bit_for_bit_with_a_loader_generator(tmp_path, source):
+    torch.set_num_threads(1)
+    expected = _fit_weights(tmp_path / "unforked", source, [])
+    callback = PruneAndBranchCallback(branch_epoch=2, amounts=(0.5,), verbose=False)
+    _fit_weights(tmp_path / "forked", source, [callback])
+    control = next(r for r in callback.results if r["name"] == "control")
+    assert control["status"] == "finished", control["error"]
+    final = torch.load(control["state_dict"])
+    assert final.keys() == expected.keys()
+    for key, value in expected.items():
+        assert torch.equal(final[key], value), (key, (final[key] - value).abs().max().item())
+
+
+def test_the_parent_trains_to_the_fork_as_without_the_callback(tmp_path):
+    torch.set_num_threads(1)
+    plain = _fit_weights(tmp_path / "plain", "fit-argument", [], max_epochs=2)
+    callback = PruneAndBranchCallback(branch_epoch=2, amounts=(0.5,), verbose=False)
+    _fit_weights(tmp_path / "forked", "fit-argument", [callback])
+    assert callback.fork.fingerprint == fingerprint(plain)  # the weights at the fork, bit for bit
