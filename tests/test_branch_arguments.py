@@ -148,3 +148,15 @@ def test_numpy_scalars_are_taken_as_numbers(tmp_path):
     assert settings["seed"] == 3 and settings["pruning_dim"] == 0 and settings["pruning_norm"] == 2
     assert settings["trainer"]["max_epochs"] == 2 and settings["trainer"]["limit_train_batches"] == 0.5
     assert callback.branch_epoch == 1 and type(callback.branch_epoch) is int
+
+
+@pytest.mark.parametrize("strategy", ["ModelParallelStrategy", "FSDPStrategy"])
+def test_sharded_strategies_are_refused_saying_why(strategy):
+    from lightning.pytorch import strategies
+
+    from emergence_lightning.callbacks.trainer_factory import check_strategy
+
+    with pytest.raises(
+        ValueError, match=rf"does not run branches under a sharded strategy, got {strategy}: "
+    ):
+        check_strategy(getattr(strategies, strategy)())

@@ -144,3 +144,22 @@ def test_a_fork_that_cannot_be_saved_is_named_and_nothing_is_lost(tmp_path):
         callback, model = _fit(tmp_path)
     assert [r["status"] for r in callback.results] == ["finished", "finished"]  # the branches ran in-process
     assert store.fingerprint(model.state_dict()) == callback.fork.fingerprint  # the parent's module kept
+
+
+def test_a_branch_result_is_one_typed_record_that_reads_like_the_dict_it_replaced(tmp_path):
+    from emergence_lightning.branching import BranchResult
+    from emergence_lightning.branching.result import FIELDS
+    from emergence_lightning.branching.table import SUMMARY_COLUMNS
+
+    assert set(SUMMARY_COLUMNS) <= FIELDS  # every summary column is a field, named once
+    callback, _ = _fit(tmp_path)
+    control = callback.results[0]
+    assert isinstance(control, BranchResult)
+    assert control.name == control["name"] == control.get("name") == "control"
+    assert control.get("no such field", "default") == "default"
+    with pytest.raises(KeyError, match=r"no_such_field"):
+        control["no_such_field"]
+    with pytest.raises(KeyError, match=r"BranchResult has no field \['E_ned'\]"):
+        control.update(E_ned=1)
+    on_disk = json.loads((tmp_path / "branches" / "control" / store.RESULT_FILE).read_text())
+    assert BranchResult.from_dict(on_disk) == control

@@ -202,3 +202,38 @@ def test_the_parent_trains_to_the_fork_as_without_the_callback(tmp_path):
     callback = PruneAndBranchCallback(branch_epoch=2, amounts=(0.5,), verbose=False)
     _fit_weights(tmp_path / "forked", "fit-argument", [callback])
     assert callback.fork.fingerprint == fingerprint(plain)  # the weights at the fork, bit for bit
+
+
+class NoisyBlobs(torch.utils.data.Dataset):
+    """Blobs with noise drawn in the loader's worker: the order *and* the worker seeds shape the data."""
+
+    def __init__(self) -> None:
+        self.data = blobs(96, seed=0)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index):
+        x, y = self.data[index]
+        return x + 0.1 * torch.randn(x.shape), y
+
+
+def test_the_control_equals_the_unforked_run_with_loader_workers(tmp_path):
+    torch.set_num_threads(1)
+
+    def fit(root: Path, callbacks: list) -> dict[str, torch.Tensor]:
+        pl.seed_everything(0, verbose=False)
+        model = MomentumStepLR()
+        generator = torch.Generator().manual_seed(1)
+        train = DataLoader(NoisyBlobs(), batch_size=32, shuffle=True, generator=generator, num_workers=1)
+        _trainer(root, [EmergenceCallback(), *callbacks], 3).fit(model, train, DataLoader(blobs(40, seed=1)))
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    expected = fit(tmp_path / "unforked", [])
+    callback = PruneAndBranchCallback(branch_epoch=1, amounts=(0.5,), verbose=False)
+    fit(tmp_path / "forked", [callback])
+    control = next(r for r in callback.results if r["name"] == "control")
+    assert control["status"] == "finished", control["error"]
+    final = torch.load(control["state_dict"])
+    for key, value in expected.items():
+        assert torch.equal(final[key], value), (key, (final[key] - value).abs().max().item())

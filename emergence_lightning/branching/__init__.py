@@ -2,7 +2,9 @@
 
 - :mod:`.plan`: which branches (names, kinds, amounts) and how they are pruned.
 - :mod:`.fork_state`: the parent's state at the fork (counters, optimizer, schedulers, RNG).
-- :mod:`.store`: result files, the experiment record, the saved fork, resume, atomic writes.
+- :mod:`.result`: :class:`BranchResult`, one branch's result.
+- :mod:`.store`: result files, the experiment record, checksums, the saved fork, resume, atomic writes.
+- :mod:`.lock`: one job per branch.
 - :mod:`.table`: the summary text and ``summary.csv`` columns.
 
 The pure pruning helpers live in :mod:`emergence_lightning.pruning`; the names below are
@@ -21,6 +23,7 @@ from emergence_lightning.branching.plan import (
     pruned_name,
     random_pruned_name,
 )
+from emergence_lightning.branching.result import BranchResult
 from emergence_lightning.branching.store import ExperimentMismatchError, fingerprint
 from emergence_lightning.pruning import (
     PRUNABLE_TYPES,
@@ -39,6 +42,7 @@ __all__ = [
     "PRUNABLE_TYPES",
     "PRUNING_FUNCTIONS",
     "STRUCTURED_PRUNING_FUNCTIONS",
+    "BranchResult",
     "BranchSpec",
     "ExperimentMismatchError",
     "PruningSettings",

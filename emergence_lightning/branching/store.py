@@ -43,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from emergence_lightning.branching.plan import PRUNED_KINDS, BranchSpec
+from emergence_lightning.branching.result import BranchResult
 from emergence_lightning.pruning.names import MASK, canonical_name
 
 EXPERIMENT_FILE = "experiment.json"
@@ -223,7 +224,7 @@ def write_experiment(directory: Path, record: Mapping[str, Any]) -> None:
 # ---- branch results ------------------------------------------------------------------------
 def read_finished(
     directory: Path, specs: Sequence[BranchSpec], experiment: str, pruning_fn: str
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, BranchResult]:
     """Results of the branches in ``specs`` that a previous run of experiment ``experiment`` finished, by name.
 
     A result whose weights file is missing or fails its checksum is not finished: a warning names
@@ -241,7 +242,7 @@ def read_finished(
             and result.get("experiment") == experiment
         )
         if same and verified_weights(directory, spec.name, result):
-            found[spec.name] = result
+            found[spec.name] = BranchResult.from_dict(result)
     return found
 
 
@@ -281,9 +282,9 @@ def read_result(directory: Path, name: str, warn: bool = False) -> dict[str, Any
     return result
 
 
-def write_result(directory: Path, result: Mapping[str, Any]) -> None:
+def write_result(directory: Path, result: BranchResult) -> None:
     """Writes one branch's result as ``<directory>/<name>/result.json``, atomically."""
-    atomic_write_text(directory / result["name"] / RESULT_FILE, json.dumps(jsonable(dict(result)), indent=2))
+    atomic_write_text(directory / result.name / RESULT_FILE, json.dumps(jsonable(result.to_dict()), indent=2))
 
 
 def save_final_weights(directory: Path, name: str, state_dict: Mapping[str, Tensor]) -> tuple[Path, str]:
@@ -315,11 +316,11 @@ def clear_stale_run(run_dir: Path) -> list[Path]:
 
 
 def write_summary(
-    directory: Path, csv_text: str, results: Sequence[Mapping[str, Any]], header: Mapping[str, Any]
+    directory: Path, csv_text: str, results: Sequence[BranchResult], header: Mapping[str, Any]
 ) -> None:
     """Writes ``summary.csv`` (``csv_text``) and ``summary.json`` (``header`` and every result)."""
     atomic_write_text(directory / SUMMARY_CSV, csv_text)
-    summary = {**dict(header), "branches": [jsonable(dict(result)) for result in results]}
+    summary = {**dict(header), "branches": [jsonable(result.to_dict()) for result in results]}
     atomic_write_text(directory / SUMMARY_JSON, json.dumps(summary, indent=2))
 
 

@@ -1,6 +1,6 @@
 """The branch results as a text table (what ``verbose`` prints) and as ``summary.csv`` rows.
 
-No Lightning import. The columns are those of the results :class:`~emergence_lightning.callbacks.branch_runner.BranchRunner` returns.
+No Lightning import. The columns are fields of :class:`~emergence_lightning.branching.result.BranchResult`.
 """
 
 from __future__ import annotations

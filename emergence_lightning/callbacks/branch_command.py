@@ -82,4 +82,4 @@ def run_branch_command(args: Any) -> int:
         return 2
     if not results:
         print("every branch of this fork has finished already; nothing to train")
-    return 1 if any(result["status"] == "failed" for result in results) else 0
+    return 1 if any(result.status == "failed" for result in results) else 0

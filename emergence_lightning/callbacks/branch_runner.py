@@ -12,6 +12,7 @@ branches by name from a saved fork, in another process: one job per branch.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -34,10 +35,12 @@ from emergence_lightning.branching.plan import (
     PruningSettings,
     select,
 )
+from emergence_lightning.branching.result import BranchResult
 from emergence_lightning.branching.table import csv_text, summary_table
 from emergence_lightning.callbacks.branch_recorder import BranchRecorder
 from emergence_lightning.callbacks.emergence import EmergenceCallback
 from emergence_lightning.callbacks.tensorboard_views import branch_overlay_layout, write_custom_scalars
+from emergence_lightning.callbacks.trainer_arguments import processes_of, recorded_trainer_settings
 from emergence_lightning.callbacks.trainer_factory import (
     TrainerFactory,
     branch_loggers,
@@ -45,8 +48,6 @@ from emergence_lightning.callbacks.trainer_factory import (
     build_trainer,
     continue_from,
     fresh_callbacks,
-    processes_of,
-    recorded_trainer_settings,
 )
 from emergence_lightning.pruning import count_parameters, masks, permanent_state_dict
 
@@ -103,8 +104,8 @@ class BranchRunner:
         self.is_global_zero = strategy is None or strategy.is_global_zero
 
     def run(
-        self, specs: Sequence[BranchSpec], previous: Mapping[str, dict[str, Any]]
-    ) -> Iterator[dict[str, Any]]:
+        self, specs: Sequence[BranchSpec], previous: Mapping[str, BranchResult]
+    ) -> Iterator[BranchResult]:
         """Yields each branch's result in turn: read back from ``previous`` (resumed), or trained now.
 
         Raises:
@@ -113,13 +114,13 @@ class BranchRunner:
         with _PreserveSeedEnvironment(), isolate_rng():
             for spec in specs:
                 if spec.name in previous:
-                    result = {**previous[spec.name], "resumed": True}
+                    result = dataclasses.replace(previous[spec.name], resumed=True)
                 else:
                     result = self._run_locked(spec)
                 yield result
                 self._barrier("prune-and-branch")
 
-    def _run_locked(self, spec: BranchSpec) -> dict[str, Any]:
+    def _run_locked(self, spec: BranchSpec) -> BranchResult:
         """Trains ``spec`` holding its lock (rank zero takes it; every process learns the outcome)."""
         run_dir = self.directory / spec.name
         lock, locked, unwritable = None, None, None
@@ -148,35 +149,29 @@ class BranchRunner:
             if lock is not None:
                 release_lock(lock)
 
-    def _failed_result(self, spec: BranchSpec, error: str) -> dict[str, Any]:
+    def _failed_result(self, spec: BranchSpec, error: str) -> BranchResult:
         """The result of a branch that could not start (its files cannot be written): kept in memory only."""
-        return {
-            **self._new_result(spec),
-            "status": "failed",
-            "error": error,
-            "wall_time_s": 0.0,
-            "state_dict": None,
-        }
+        result = self._new_result(spec)
+        result.update(status="failed", error=error, wall_time_s=0.0)
+        return result
 
-    def _new_result(self, spec: BranchSpec) -> dict[str, Any]:
+    def _new_result(self, spec: BranchSpec) -> BranchResult:
         fork, setup = self.fork, self.setup
-        return {
-            "name": spec.name,
-            "kind": spec.kind,
-            "amount": spec.amount,
-            "pruning_fn": setup.pruning.pruning_fn if spec.kind in PRUNED_KINDS else None,
-            "parameters": None,
-            "parameters_dense": fork.dense_parameters,
-            "monitor": fork.monitor,
-            "mode": fork.mode,
-            "fork_epoch": fork.point.epoch,
-            "log_dir": str(self.directory / spec.name),
-            "fork_fingerprint": fork.point.fingerprint,
-            "experiment": self.experiment,
-            "resumed": False,
-        }
+        return BranchResult(
+            name=spec.name,
+            kind=spec.kind,
+            amount=spec.amount,
+            pruning_fn=setup.pruning.pruning_fn if spec.kind in PRUNED_KINDS else None,
+            parameters_dense=fork.dense_parameters,
+            monitor=fork.monitor,
+            mode=fork.mode,
+            fork_epoch=fork.point.epoch,
+            log_dir=str(self.directory / spec.name),
+            fork_fingerprint=fork.point.fingerprint,
+            experiment=self.experiment,
+        )
 
-    def run_branch(self, spec: BranchSpec) -> dict[str, Any]:
+    def run_branch(self, spec: BranchSpec) -> BranchResult:
         """Trains one branch; its result (``status`` "finished" or "failed", never raises for the branch's own error).
 
         Call it holding the branch's lock (as :meth:`run` does).
@@ -196,8 +191,8 @@ class BranchRunner:
                     f"PruneAndBranchCallback: {spec.name}: modules {left!r} have parameters but no "
                     "`reset_parameters()`; they keep their trained values."
                 )
-            result["parameters"] = count_parameters(model)
-            result["pruned_tensors"] = list(masks(model))  # qualified names, e.g. `net.0.weight`
+            # `pruned_tensors`: qualified names, e.g. `net.0.weight`
+            result.update(parameters=count_parameters(model), pruned_tensors=list(masks(model)))
             callbacks = fresh_callbacks(setup.templates, spec.name)
             emergence = next((cb for cb in callbacks if isinstance(cb, EmergenceCallback)), None)
             if emergence is not None:
@@ -232,17 +227,16 @@ class BranchRunner:
             status, error = "failed", f"{type(exception).__name__}: {exception}"
             rank_zero_warn(f"PruneAndBranchCallback: branch {spec.name!r} failed: {error}")
         if recorder is not None:
-            result.update(recorder.summary())
+            result.update(**recorder.summary())
         result.update(status=status, error=error, wall_time_s=round(time.perf_counter() - started, 3))
-        result["state_dict"] = result["state_dict_sha256"] = None
         if self.is_global_zero:
             self._save(spec, result, model)
         return result
 
-    def _save(self, spec: BranchSpec, result: dict[str, Any], model: pl.LightningModule | None) -> None:
+    def _save(self, spec: BranchSpec, result: BranchResult, model: pl.LightningModule | None) -> None:
         """Writes the branch's weights (with their checksum) and ``result.json``; a write that fails fails the branch."""
         try:
-            if result["status"] == "finished" and model is not None:
+            if result.status == "finished" and model is not None:
                 path, checksum = store.save_final_weights(
                     self.directory, spec.name, permanent_state_dict(model)
                 )
@@ -263,20 +257,23 @@ class BranchRunner:
 def write_summary(
     directory: Path,
     plan: Sequence[BranchSpec],
-    results: Sequence[Mapping[str, Any]],
+    results: Sequence[BranchResult],
     header: Mapping[str, Any],
-) -> list[dict[str, Any]]:
+) -> list[BranchResult]:
     """Writes ``summary.csv``/``summary.json`` over every planned branch with a result, here or on disk.
 
     Branches trained by other processes (parallel jobs) are merged in from their ``result.json``,
     those of this experiment only (``header["experiment"]``): one summary never mixes settings.
     Returns the merged results in plan order.
     """
-    here = {result["name"]: dict(result) for result in results}
+    here = {result.name: result for result in results}
     merged = []
     for spec in plan:
-        result = here.get(spec.name) or store.read_result(directory, spec.name)
-        if result is not None and result.get("experiment") == header.get("experiment"):
+        result = here.get(spec.name)
+        if result is None:
+            found = store.read_result(directory, spec.name)
+            result = BranchResult.from_dict(found) if found is not None else None
+        if result is not None and result.experiment == header.get("experiment"):
             merged.append(result)
     store.write_summary(directory, csv_text(merged), merged, header)
     return merged
@@ -316,7 +313,7 @@ def run_saved_branches(
     trainer_factory: TrainerFactory | None = None,
     resume: bool = True,
     verbose: bool = True,
-) -> list[dict[str, Any]]:
+) -> list[BranchResult]:
     """Trains branches by name from the fork a run saved (``<run_dir>/branches/fork.pt``), in this process.
 
     Each branch writes its run, ``result.json`` and weights beside the others' and the summary is
@@ -390,7 +387,7 @@ def saved_plan(run_dir: str | os.PathLike) -> list[tuple[str, str]]:
             found.append((spec.name, f"corrupt ({store.STATE_DICT_FILE} fails its checksum; reruns)"))
         else:
             found.append((spec.name, str(result.get("status"))))
-            results.append(result)
+            results.append(BranchResult.from_dict(result))
     write_summary(directory, setup.plan, results, summary_header(fork, setup.pruning, experiment))
     return found
 

@@ -47,8 +47,14 @@ from emergence_lightning.branching.plan import (
     plan_branches,
     select,
 )
+from emergence_lightning.branching.result import BranchResult
 from emergence_lightning.branching.table import summary_table
 from emergence_lightning.callbacks import lightning_state as state
+from emergence_lightning.callbacks.branch_experiment import (
+    check_experiment_everywhere,
+    experiment_settings,
+    fork_data_sizes,
+)
 from emergence_lightning.callbacks.branch_recorder import BranchRecorder
 from emergence_lightning.callbacks.branch_runner import (
     BranchRunner,
@@ -73,8 +79,6 @@ from emergence_lightning.callbacks.trainer_factory import (
     parent_data,
     parent_settings,
     portable_settings,
-    processes_of,
-    recorded_trainer_settings,
     skip_placeholder_hp_metric,
 )
 from emergence_lightning.measure import check_flags
@@ -147,7 +151,7 @@ class PruneAndBranchCallback(Callback):
         trainer = Trainer(max_epochs=20, logger=TensorBoardLogger("runs"),
                           callbacks=[EmergenceCallback(), PruneAndBranchCallback(branch_epoch=5)])
         trainer.fit(model, datamodule=dm)
-        callback.results   # one dict per branch: control, pruned-30, pruned-50, pruned-70
+        callback.results   # one BranchResult per branch: control, pruned-30, pruned-50, pruned-70
     """
 
     def __init__(
@@ -220,8 +224,8 @@ class PruneAndBranchCallback(Callback):
         self._state_key = self._generate_state_key(
             branch_epoch=branch_epoch, amounts=self.amounts, pruning_fn=pruning_fn
         )
-        #: One dict per branch, in the order they ran (see ``SUMMARY_COLUMNS``, plus ``history``).
-        self.results: list[dict[str, Any]] = []
+        #: One BranchResult per branch, in the order they ran (``result.name`` or ``result["name"]``).
+        self.results: list[BranchResult] = []
         #: The directory holding the branch runs and the summary, once known.
         self.branches_dir: Path | None = None
         #: Where the parent stopped (epoch, step, weights' fingerprint), once forked.
@@ -265,7 +269,7 @@ class PruneAndBranchCallback(Callback):
         record = store.experiment_record(
             None, store.architecture(pl_module), self._experiment_settings(trainer)
         )
-        self._check_experiment(trainer, _branches_dir(trainer), record, False)
+        check_experiment_everywhere(trainer, _branches_dir(trainer), record, weights=False)
         self._parent_metrics = {}
         skip_placeholder_hp_metric(trainer)
         if not trainer.loggers:
@@ -344,7 +348,7 @@ class PruneAndBranchCallback(Callback):
     # ---- the branches -------------------------------------------------------------------------
     def run_branches(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, saved: Fork | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[BranchResult]:
         """Forks ``pl_module`` as ``trainer`` left it (or starts from a ``saved`` fork) and trains the branches.
 
         Trains the branches ``only`` names (all by default); returns :attr:`results`.
@@ -361,7 +365,7 @@ class PruneAndBranchCallback(Callback):
             self._experiment_settings(trainer),
             fork.data_sizes,
         )
-        self._check_experiment(trainer, directory, record, True)
+        check_experiment_everywhere(trainer, directory, record, weights=True)
         experiment = store.experiment_id(record)
         setup = BranchSetup(
             plan=self.branches,
@@ -382,7 +386,7 @@ class PruneAndBranchCallback(Callback):
         if self.resume and trainer.is_global_zero:
             previous = store.read_finished(directory, specs, experiment, self.pruning.pruning_fn)
         previous = trainer.strategy.broadcast(previous)  # every process skips the same branches
-        self.results = [result for result in self.results if result["name"] not in {s.name for s in specs}]
+        self.results = [result for result in self.results if result.name not in {s.name for s in specs}]
         header = summary_header(fork, self.pruning, experiment)
         runner = BranchRunner(fork, setup, directory, experiment, trainer.strategy)
         for result in runner.run(specs, previous):
@@ -427,7 +431,9 @@ class PruneAndBranchCallback(Callback):
             mode=mode,
             dense_parameters=count_parameters(pl_module),
             order=data_order(data.values(), trainer.train_dataloader if parents_data else None),
-            data_sizes=self._data_sizes(trainer),
+            data_sizes=fork_data_sizes(
+                trainer, self.branch_datamodule, self.branch_train_dataloaders, self.branch_val_dataloaders
+            ),
         )
 
     def _log_parent_summary(self, trainer: pl.Trainer, fork: Fork) -> None:
@@ -489,50 +495,17 @@ class PruneAndBranchCallback(Callback):
         return parent_data(trainer)
 
     def _experiment_settings(self, trainer: pl.Trainer) -> dict[str, Any]:
-        """Every setting that changes the branches' numbers, recorded in ``experiment.json`` (see :mod:`~emergence_lightning.branching.store`).
-
-        This callback's, the parent's EmergenceCallback's (its copies measure every branch) and the
-        branch Trainer's (the parent's settings with ``trainer_kwargs`` over them).
-        """
+        """Every setting that changes the branches' numbers (see :func:`~.branch_experiment.experiment_settings`)."""
         data = self.branch_datamodule or self.branch_train_dataloaders
-        emergence = next((cb for cb in trainer.callbacks if isinstance(cb, EmergenceCallback)), None)
-        kwargs = {**parent_settings(trainer), **self.trainer_kwargs}
-        return {
+        own = {
             "branch_epoch": self.branch_epoch,
             **dataclasses.asdict(self.pruning),
             "optimizer_state": self.optimizer_state,
             "monitor": self.monitor,
             "mode": self.mode,
             "branch_data": type(data).__name__ if data is not None else None,
-            "emergence": emergence.measurement_settings() if emergence is not None else None,
-            "trainer": recorded_trainer_settings(kwargs, processes_of(kwargs)),
         }
-
-    def _data_sizes(self, trainer: pl.Trainer) -> dict[str, Any]:
-        """Samples and batch sizes of the data the branches train and validate on (at the fork)."""
-        if self.branch_datamodule is not None:
-            return {
-                "datamodule": type(self.branch_datamodule).__name__
-            }  # its loaders exist once a branch trains
-        if self.branch_train_dataloaders is not None:
-            return store.data_sizes(
-                {"train": self.branch_train_dataloaders, "val": self.branch_val_dataloaders}
-            )
-        return store.data_sizes({"train": trainer.train_dataloader, "val": trainer.val_dataloaders})
-
-    def _check_experiment(
-        self, trainer: pl.Trainer, directory: Path, record: dict[str, Any], weights: bool
-    ) -> None:
-        """Raises, in every process, when ``directory`` holds another experiment's branches (rank zero reads)."""
-        message = None
-        if trainer.is_global_zero:
-            try:
-                store.check_experiment(directory, record, weights=weights)
-            except store.ExperimentMismatchError as error:
-                message = str(error)
-        message = trainer.strategy.broadcast(message)
-        if message is not None:
-            raise store.ExperimentMismatchError(message)
+        return experiment_settings(trainer, own, self.trainer_kwargs)
 
     def summary_table(self) -> str:
         """The results as a text table (what ``verbose`` prints)."""
@@ -541,11 +514,11 @@ class PruneAndBranchCallback(Callback):
     # ---- checkpointing -----------------------------------------------------------------------
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"results": [dict(result) for result in self.results], "forked": self._forked}
+        return {"results": [result.to_dict() for result in self.results], "forked": self._forked}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.results = [dict(result) for result in state_dict.get("results", [])]
+        self.results = [BranchResult.from_dict(result) for result in state_dict.get("results", [])]
         self._forked = bool(state_dict.get("forked", False))
 
 

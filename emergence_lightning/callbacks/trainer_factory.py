@@ -14,8 +14,6 @@ import copy
 import datetime
 import inspect
 import logging
-import numbers
-import os
 import types
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -23,16 +21,21 @@ from typing import Any
 
 import lightning
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator, MPSAccelerator
 from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint, ModelSummary, ProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.strategies import (
+    DDPStrategy,
+    FSDPStrategy,
+    ModelParallelStrategy,
+    SingleDeviceStrategy,
+)
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from emergence_lightning.branching.fork_state import ForkPoint
 from emergence_lightning.branching.plan import BranchSpec
+from emergence_lightning.callbacks.trainer_arguments import checked_number, global_flags, restore_global_flags
 
 #: Builds one branch's Trainer: ``factory(spec, kwargs) -> Trainer``. ``kwargs`` are the Trainer
 #: arguments taken from the parent (and ``trainer_kwargs``), with ``callbacks`` (fresh copies of the
@@ -41,51 +44,6 @@ TrainerFactory = Callable[[BranchSpec, dict[str, Any]], pl.Trainer]
 
 #: Trainer arguments a branch takes from the callback, never from `trainer_kwargs`.
 RESERVED_TRAINER_KWARGS = ("callbacks", "logger")
-
-#: Trainer arguments that take a whole number (or None where the Trainer's default is None).
-INTEGER_TRAINER_KWARGS = (
-    "max_epochs",
-    "min_epochs",
-    "max_steps",
-    "min_steps",
-    "check_val_every_n_epoch",
-    "log_every_n_steps",
-    "accumulate_grad_batches",
-    "num_sanity_val_steps",
-    "reload_dataloaders_every_n_epochs",
-    "num_nodes",
-)
-#: Trainer arguments that take a number: a whole one (batches) or a fraction.
-NUMBER_TRAINER_KWARGS = (
-    "limit_train_batches",
-    "limit_val_batches",
-    "limit_test_batches",
-    "limit_predict_batches",
-    "overfit_batches",
-    "val_check_interval",
-    "gradient_clip_val",
-)
-#: Trainer arguments that change where a branch writes or what it prints, not its numbers: left
-#: out of the experiment record. The device layout is recorded as ``processes`` instead (a branch
-#: job may train on another accelerator than the parent's; see ``docs/prune-and-branch.md``).
-UNRECORDED_TRAINER_KWARGS = (
-    "accelerator",
-    "barebones",
-    "callbacks",
-    "default_root_dir",
-    "detect_anomaly",
-    "devices",
-    "enable_checkpointing",
-    "enable_model_summary",
-    "enable_progress_bar",
-    "logger",
-    "log_every_n_steps",
-    "num_nodes",
-    "num_sanity_val_steps",
-    "plugins",
-    "profiler",
-    "strategy",
-)
 
 #: Private Lightning attributes read (or, for the progress counters, written) here, by the object holding them.
 PRIVATE_ATTRIBUTES = {
@@ -151,25 +109,8 @@ def check_trainer_kwargs(trainer_kwargs: Any) -> dict[str, Any]:
             "and a logger under the parent's log directory."
         )
     for key, value in trainer_kwargs.items():
-        trainer_kwargs[key] = _checked_number(key, value)
+        trainer_kwargs[key] = checked_number(key, value)
     return trainer_kwargs
-
-
-def _checked_number(key: str, value: Any) -> Any:
-    """A numeric Trainer argument as a Python number (numpy scalars accepted); other arguments as given."""
-    if key not in INTEGER_TRAINER_KWARGS and key not in NUMBER_TRAINER_KWARGS:
-        return value
-    default = inspect.signature(pl.Trainer.__init__).parameters[key].default
-    if value is None and default is None:
-        return None
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        return int(value)
-    if key in NUMBER_TRAINER_KWARGS and isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return float(value)
-    kind = "a whole number" if key in INTEGER_TRAINER_KWARGS else "a number"
-    raise TypeError(
-        f"`trainer_kwargs['{key}']` must be {kind}{' or None' if default is None else ''}, got {value!r}."
-    )
 
 
 def check_branch_trainer(settings: Mapping[str, Any], trainer_kwargs: Mapping[str, Any]) -> None:
@@ -184,7 +125,7 @@ def check_branch_trainer(settings: Mapping[str, Any], trainer_kwargs: Mapping[st
         ValueError: the Trainer refuses the arguments (its message included).
     """
     kwargs = branch_trainer_kwargs(settings, trainer_kwargs, [], [])
-    flags = _global_flags()
+    flags = global_flags()
     try:
         with _QuietLightningInfo():
             pl.Trainer(**kwargs)
@@ -194,59 +135,7 @@ def check_branch_trainer(settings: Mapping[str, Any], trainer_kwargs: Mapping[st
             f"{type(error).__name__}: {error}"
         ) from error
     finally:
-        _restore_global_flags(flags)
-
-
-def _global_flags() -> dict[str, Any]:
-    return {
-        "deterministic": torch.are_deterministic_algorithms_enabled(),
-        "warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
-        "cudnn_benchmark": torch.backends.cudnn.benchmark,
-        "cudnn_deterministic": torch.backends.cudnn.deterministic,
-        "cublas": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
-    }
-
-
-def _restore_global_flags(flags: Mapping[str, Any]) -> None:
-    torch.use_deterministic_algorithms(flags["deterministic"], warn_only=flags["warn_only"])
-    torch.backends.cudnn.benchmark = flags["cudnn_benchmark"]
-    torch.backends.cudnn.deterministic = flags["cudnn_deterministic"]
-    if flags["cublas"] is None:
-        os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
-    else:
-        os.environ["CUBLAS_WORKSPACE_CONFIG"] = flags["cublas"]
-
-
-def recorded_trainer_settings(kwargs: Mapping[str, Any], processes: int | str) -> dict[str, Any]:
-    """The branch Trainer's arguments that change its numbers, Lightning's defaults filled in, for the experiment record.
-
-    ``kwargs``: the parent's settings and ``trainer_kwargs`` over them; ``processes``: how many
-    processes train each branch (a DDP branch sees other batches than a one-process one).
-    """
-    defaults = {
-        name: parameter.default
-        for name, parameter in inspect.signature(pl.Trainer.__init__).parameters.items()
-        if name != "self"
-    }
-    recorded = {
-        key: value for key, value in {**defaults, **kwargs}.items() if key not in UNRECORDED_TRAINER_KWARGS
-    }
-    recorded["processes"] = processes
-    return recorded
-
-
-def processes_of(kwargs: Mapping[str, Any]) -> int | str:
-    """How many processes a Trainer with these ``devices`` and ``num_nodes`` trains on (``"auto"`` when it decides)."""
-    devices = kwargs.get("devices", "auto")
-    if isinstance(devices, numbers.Integral) and devices > 0:
-        count: int | str = int(devices)
-    elif isinstance(devices, (list, tuple)):
-        count = len(devices)
-    elif isinstance(devices, str) and devices.strip().isdigit():
-        count = int(devices)
-    else:
-        return str(devices)
-    return count * int(kwargs.get("num_nodes", 1) or 1)
+        restore_global_flags(flags)
 
 
 # ---- the parent's settings -------------------------------------------------------------------
@@ -348,6 +237,14 @@ def check_strategy(strategy: Any) -> None:
     if isinstance(strategy, DDPStrategy) and getattr(strategy, "_start_method", "popen") == "popen":
         return
     name = type(strategy).__name__
+    if isinstance(strategy, (ModelParallelStrategy, FSDPStrategy)):
+        raise ValueError(
+            f"PruneAndBranchCallback does not run branches under a sharded strategy, got {name}: "
+            "`torch.nn.utils.prune` renames the `weight` parameter that the sharding wraps, and branches would "
+            "have to be pruned on the gathered full state and sharded again (not built; see the known limits "
+            "in docs/prune-and-branch.md). Use `strategy='ddp'` or one device for a prune-and-branch run; "
+            "EmergenceCallback alone measures under FSDP2."
+        )
     if isinstance(strategy, DDPStrategy):
         name += f"(start_method={strategy._start_method!r})"
     raise ValueError(
