@@ -126,3 +126,12 @@ def test_a_result_of_another_experiment_is_neither_resumed_nor_summarised(tmp_pa
     summary = json.loads((tmp_path / "branches" / "summary.json").read_text())
     assert all(branch["experiment"] == summary["experiment"] for branch in summary["branches"])
     assert json.loads(path.read_text())["experiment"] == summary["experiment"]  # trained again, rewritten
+
+
+def test_a_branch_job_on_another_number_of_processes_is_refused(tmp_path):
+    from emergence_lightning.callbacks import run_saved_branches
+
+    _fit(tmp_path, only=[])  # the parent and its saved fork: the experiment trains branches on 1 process
+    with pytest.raises(ExperimentMismatchError, match=r"settings `trainer.processes`: 1 there, 2 now"):
+        run_saved_branches(tmp_path, ["control"], trainer_kwargs={"devices": 2}, verbose=False)
+    assert not (tmp_path / "branches" / "control" / RESULT_FILE).exists()

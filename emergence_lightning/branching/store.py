@@ -233,9 +233,10 @@ def read_finished(
     found = {}
     for spec in specs:
         result = read_result(directory, spec.name, warn=True)
+        if result is None:
+            continue
         same = (
-            result is not None
-            and result.get("status") == "finished"
+            result.get("status") == "finished"
             and result.get("kind") == spec.kind
             and math.isclose(float(result.get("amount", -1)), spec.amount)
             and (spec.kind not in PRUNED_KINDS or result.get("pruning_fn") == pruning_fn)

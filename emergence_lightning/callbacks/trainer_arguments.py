@@ -122,7 +122,7 @@ def recorded_trainer_settings(kwargs: Mapping[str, Any], processes: int | str) -
 def processes_of(kwargs: Mapping[str, Any]) -> int | str:
     """How many processes a Trainer with these ``devices`` and ``num_nodes`` trains on (``"auto"`` when it decides)."""
     devices = kwargs.get("devices", "auto")
-    if isinstance(devices, numbers.Integral) and devices > 0:
+    if isinstance(devices, numbers.Integral) and int(devices) > 0:
         count: int | str = int(devices)
     elif isinstance(devices, (list, tuple)):
         count = len(devices)
