@@ -13,6 +13,7 @@ runner, the trainer factory, the ``branch`` command) lives with the callbacks, i
 :mod:`emergence_lightning.callbacks`.
 """
 
+from emergence_lightning.branching.lock import BranchLockedError
 from emergence_lightning.branching.monitor import epochs_to_fraction_of_final, pick_monitor
 from emergence_lightning.branching.plan import (
     BranchSpec,
@@ -24,7 +25,7 @@ from emergence_lightning.branching.plan import (
     random_pruned_name,
 )
 from emergence_lightning.branching.result import BranchResult
-from emergence_lightning.branching.store import ExperimentMismatchError, fingerprint
+from emergence_lightning.branching.store import CorruptFileError, ExperimentMismatchError, fingerprint
 from emergence_lightning.pruning import (
     PRUNABLE_TYPES,
     PRUNING_FUNCTIONS,
@@ -42,8 +43,10 @@ __all__ = [
     "PRUNABLE_TYPES",
     "PRUNING_FUNCTIONS",
     "STRUCTURED_PRUNING_FUNCTIONS",
+    "BranchLockedError",
     "BranchResult",
     "BranchSpec",
+    "CorruptFileError",
     "ExperimentMismatchError",
     "PruningSettings",
     "apply_masks",
