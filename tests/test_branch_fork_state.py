@@ -165,9 +165,17 @@ class OwnGenerator(MomentumStepLR):
         return DataLoader(blobs(96, seed=0), batch_size=16, shuffle=True, generator=generator)
 
 
-def _generator_loaders() -> tuple[DataLoader, DataLoader]:
+def _generator_loaders(sampler: bool = False) -> tuple[DataLoader, DataLoader]:
     generator = torch.Generator().manual_seed(1)
-    train = DataLoader(blobs(96, seed=0), batch_size=16, shuffle=True, generator=generator)
+    data = blobs(96, seed=0)
+    if (
+        sampler
+    ):  # the sampler owns the generator (drawn lazily: Lightning's extra iterator draws nothing from it)
+        train = DataLoader(
+            data, batch_size=16, sampler=torch.utils.data.RandomSampler(data, generator=generator)
+        )
+    else:
+        train = DataLoader(data, batch_size=16, shuffle=True, generator=generator)
     return train, DataLoader(blobs(40, seed=1), batch_size=20)
 
 
@@ -178,11 +186,11 @@ def _fit_weights(root: Path, source: str, callbacks: list, max_epochs: int = 4) 
     if source == "module-hook":
         trainer.fit(model)
     else:
-        trainer.fit(model, *_generator_loaders())
+        trainer.fit(model, *_generator_loaders(sampler=source == "sampler"))
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("source", ["fit-argument", "module-hook"])
+@pytest.mark.parametrize("source", ["fit-argument", "sampler", "module-hook"])
 def test_the_control_equals_the_unforked_run_bit_for_bit_with_a_loader_generator(tmp_path, source):
     torch.set_num_threads(1)
     expected = _fit_weights(tmp_path / "unforked", source, [])
