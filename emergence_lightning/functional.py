@@ -13,6 +13,12 @@ from collections.abc import Iterable, Sequence
 VARIANTS = ("paper", "induced")
 
 
+def check_variant(variant: object) -> None:
+    """Raises a ValueError naming ``variant`` unless it is one of :data:`VARIANTS` (the one check, used everywhere)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"`variant` must be one of {VARIANTS}, got {variant!r}.")
+
+
 def _check_counts(name: str, values: Sequence[int]) -> list[int]:
     if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
         raise TypeError(f"`{name}` must be a sequence of counts (one per layer), got {values!r}.")
@@ -68,8 +74,7 @@ def emergence(
         >>> emergence([3, 2, 2], [1, 1, 2], variant="induced")
         8
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"`variant` must be one of {VARIANTS}, got {variant!r}.")
+    check_variant(variant)
     n = _check_counts("n", n)
     a = _check_counts("a", a)
     if len(n) != len(a):

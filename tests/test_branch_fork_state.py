@@ -14,6 +14,7 @@ from torch.nn.utils import prune
 from torch.utils.data import DataLoader
 
 from emergence_lightning.branching.fork_state import capture_optimizer, load_optimizer
+from emergence_lightning.branching.store import fingerprint
 from emergence_lightning.callbacks.emergence import EmergenceCallback
 from emergence_lightning.callbacks.prune_and_branch import PruneAndBranchCallback
 
@@ -153,3 +154,94 @@ def test_an_optimizer_over_other_parameters_is_refused_by_name():
 def test_bad_optimizer_state_argument():
     with pytest.raises(ValueError, match=r"`optimizer_state` must be one of .*got 'keep'"):
         PruneAndBranchCallback(optimizer_state="keep")
+
+
+# ---- the data order whatever owns the randomness ---------------------------------------------------
+class OwnGenerator(MomentumStepLR):
+    """Shuffles with a generator of its own, built afresh whenever a Trainer asks (as a data module does)."""
+
+    def train_dataloader(self):
+        generator = torch.Generator().manual_seed(1)
+        return DataLoader(blobs(96, seed=0), batch_size=16, shuffle=True, generator=generator)
+
+
+def _generator_loaders(sampler: bool = False) -> tuple[DataLoader, DataLoader]:
+    generator = torch.Generator().manual_seed(1)
+    data = blobs(96, seed=0)
+    if (
+        sampler
+    ):  # the sampler owns the generator (drawn lazily: Lightning's extra iterator draws nothing from it)
+        train = DataLoader(
+            data, batch_size=16, sampler=torch.utils.data.RandomSampler(data, generator=generator)
+        )
+    else:
+        train = DataLoader(data, batch_size=16, shuffle=True, generator=generator)
+    return train, DataLoader(blobs(40, seed=1), batch_size=20)
+
+
+def _fit_weights(root: Path, source: str, callbacks: list, max_epochs: int = 4) -> dict[str, torch.Tensor]:
+    pl.seed_everything(0, verbose=False)
+    model = OwnGenerator() if source == "module-hook" else MomentumStepLR()
+    trainer = _trainer(root, [EmergenceCallback(), *callbacks], max_epochs)
+    if source == "module-hook":
+        trainer.fit(model)
+    else:
+        trainer.fit(model, *_generator_loaders(sampler=source == "sampler"))
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("source", ["fit-argument", "sampler", "module-hook"])
+def test_the_control_equals_the_unforked_run_bit_for_bit_with_a_loader_generator(tmp_path, source):
+    torch.set_num_threads(1)
+    expected = _fit_weights(tmp_path / "unforked", source, [])
+    callback = PruneAndBranchCallback(branch_epoch=2, amounts=(0.5,), verbose=False)
+    _fit_weights(tmp_path / "forked", source, [callback])
+    control = next(r for r in callback.results if r["name"] == "control")
+    assert control["status"] == "finished", control["error"]
+    final = torch.load(control["state_dict"])
+    assert final.keys() == expected.keys()
+    for key, value in expected.items():
+        assert torch.equal(final[key], value), (key, (final[key] - value).abs().max().item())
+
+
+def test_the_parent_trains_to_the_fork_as_without_the_callback(tmp_path):
+    torch.set_num_threads(1)
+    plain = _fit_weights(tmp_path / "plain", "fit-argument", [], max_epochs=2)
+    callback = PruneAndBranchCallback(branch_epoch=2, amounts=(0.5,), verbose=False)
+    _fit_weights(tmp_path / "forked", "fit-argument", [callback])
+    assert callback.fork.fingerprint == fingerprint(plain)  # the weights at the fork, bit for bit
+
+
+class NoisyBlobs(torch.utils.data.Dataset):
+    """Blobs with noise drawn in the loader's worker: the order *and* the worker seeds shape the data."""
+
+    def __init__(self) -> None:
+        self.data = blobs(96, seed=0)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index):
+        x, y = self.data[index]
+        return x + 0.1 * torch.randn(x.shape), y
+
+
+def test_the_control_equals_the_unforked_run_with_loader_workers(tmp_path):
+    torch.set_num_threads(1)
+
+    def fit(root: Path, callbacks: list) -> dict[str, torch.Tensor]:
+        pl.seed_everything(0, verbose=False)
+        model = MomentumStepLR()
+        generator = torch.Generator().manual_seed(1)
+        train = DataLoader(NoisyBlobs(), batch_size=32, shuffle=True, generator=generator, num_workers=1)
+        _trainer(root, [EmergenceCallback(), *callbacks], 3).fit(model, train, DataLoader(blobs(40, seed=1)))
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    expected = fit(tmp_path / "unforked", [])
+    callback = PruneAndBranchCallback(branch_epoch=1, amounts=(0.5,), verbose=False)
+    fit(tmp_path / "forked", [callback])
+    control = next(r for r in callback.results if r["name"] == "control")
+    assert control["status"] == "finished", control["error"]
+    final = torch.load(control["state_dict"])
+    for key, value in expected.items():
+        assert torch.equal(final[key], value), (key, (final[key] - value).abs().max().item())

@@ -2,7 +2,9 @@
 
 - :mod:`.plan`: which branches (names, kinds, amounts) and how they are pruned.
 - :mod:`.fork_state`: the parent's state at the fork (counters, optimizer, schedulers, RNG).
-- :mod:`.store`: result files, the experiment record, the saved fork, resume, atomic writes.
+- :mod:`.result`: :class:`BranchResult`, one branch's result.
+- :mod:`.store`: result files, the experiment record, checksums, the saved fork, resume, atomic writes.
+- :mod:`.lock`: one job per branch.
 - :mod:`.table`: the summary text and ``summary.csv`` columns.
 
 The pure pruning helpers live in :mod:`emergence_lightning.pruning`; the names below are
@@ -11,6 +13,7 @@ runner, the trainer factory, the ``branch`` command) lives with the callbacks, i
 :mod:`emergence_lightning.callbacks`.
 """
 
+from emergence_lightning.branching.lock import BranchLockedError
 from emergence_lightning.branching.monitor import epochs_to_fraction_of_final, pick_monitor
 from emergence_lightning.branching.plan import (
     BranchSpec,
@@ -21,7 +24,8 @@ from emergence_lightning.branching.plan import (
     pruned_name,
     random_pruned_name,
 )
-from emergence_lightning.branching.store import ExperimentMismatchError, fingerprint
+from emergence_lightning.branching.result import BranchResult
+from emergence_lightning.branching.store import CorruptFileError, ExperimentMismatchError, fingerprint
 from emergence_lightning.pruning import (
     PRUNABLE_TYPES,
     PRUNING_FUNCTIONS,
@@ -39,7 +43,10 @@ __all__ = [
     "PRUNABLE_TYPES",
     "PRUNING_FUNCTIONS",
     "STRUCTURED_PRUNING_FUNCTIONS",
+    "BranchLockedError",
+    "BranchResult",
     "BranchSpec",
+    "CorruptFileError",
     "ExperimentMismatchError",
     "PruningSettings",
     "apply_masks",

@@ -1,4 +1,4 @@
-"""The parent's state at the fork, handed to every branch: where it stopped, optimizer, LR scheduler and RNG state.
+"""The parent's state at the fork, handed to every branch: where it stopped, optimizer, LR scheduler, RNG and data order.
 
 No Lightning import. A branch builds its optimizer afresh (``configure_optimizers`` on the copied
 model, whose pruned ``weight`` is now ``weight_orig``), so the parent's optimizer state is kept by
@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import copy
 import random
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from emergence_lightning.pruning.names import canonical_name
 
@@ -188,3 +189,63 @@ def restore_rng(states: Mapping[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     if "cuda" in states:
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+# ---- the data order: generators the dataloaders own -------------------------------------------
+@dataclass
+class DataOrder:
+    """The state of every generator the dataloaders shuffle and seed workers with, at the fork.
+
+    A DataLoader draws from its ``generator`` (or its sampler's) as it starts an epoch: the worker
+    base seed, then the permutation. A branch's Trainer starts an epoch's iterator once more than
+    the unforked run does (Lightning's ``setup_data``), so the states are set again as the branch
+    starts training, after that: the branch then draws exactly what the unforked run would.
+    """
+
+    #: The generators of the data the branches are handed (the same objects), with their states.
+    by_object: list[tuple[torch.Generator, Tensor]] = field(default_factory=list)
+    #: States of the generators of the parent's training loaders in :func:`loader_generators` order,
+    #: set into the branch's own training loaders (a data module builds new ones per Trainer); None: other data.
+    train_states: list[Tensor] | None = None
+
+    def restore(self, train_loaders: Any) -> None:
+        """Sets every generator back to its state at the fork; ``train_loaders``: the branch's training loaders."""
+        for generator, state in self.by_object:
+            generator.set_state(state)
+        if self.train_states is None:
+            return
+        live = loader_generators([train_loaders])
+        if len(live) == len(self.train_states):
+            for generator, state in zip(live, self.train_states):
+                generator.set_state(state)
+
+
+def loader_generators(loaders: Iterable[Any]) -> list[torch.Generator]:
+    """Every generator the given dataloaders (in lists, tuples or dicts) or their samplers draw from, in order."""
+    found: list[torch.Generator] = []
+
+    def visit(item: Any) -> None:
+        if isinstance(item, (list, tuple)):
+            for value in item:
+                visit(value)
+        elif isinstance(item, Mapping):
+            for value in item.values():
+                visit(value)
+        elif isinstance(item, DataLoader):
+            for owner in (item, item.sampler, getattr(item.batch_sampler, "sampler", None)):
+                generator = getattr(owner, "generator", None)
+                if isinstance(generator, torch.Generator) and all(generator is not g for g in found):
+                    found.append(generator)
+
+    visit(list(loaders))
+    return found
+
+
+def data_order(data: Iterable[Any], train_loaders: Any) -> DataOrder:
+    """The data order at the fork: ``data``, the objects the branches get; ``train_loaders``: the parent's (None: other data)."""
+    return DataOrder(
+        by_object=[(generator, generator.get_state()) for generator in loader_generators(data)],
+        train_states=None
+        if train_loaders is None
+        else [generator.get_state() for generator in loader_generators([train_loaders])],
+    )

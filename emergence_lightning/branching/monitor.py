@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 
 def epochs_to_fraction_of_final(
@@ -36,6 +37,28 @@ def epochs_to_fraction_of_final(
         if hit:
             return epoch
     return len(values)
+
+
+def metric_figures(values_by_epoch: Mapping[int, float], mode: str) -> dict[str, Any]:
+    """The final and best value of a metric, the epoch of the best, and epochs to 99 % of the final.
+
+    ``values_by_epoch``: the metric after each epoch (epochs completed -> value); non-finite values
+    are never the best. The one computation behind every summary row, the parent's and each branch's.
+
+    Example:
+        >>> metric_figures({1: 0.5, 2: 0.9, 3: 0.8}, "max")
+        {'final': 0.8, 'best': 0.9, 'best_epoch': 2, 'epochs_to_99': 2}
+    """
+    epochs = sorted(values_by_epoch)
+    values = [values_by_epoch[epoch] for epoch in epochs]
+    finite = [value for value in values if math.isfinite(value)]
+    best = (max(finite) if mode == "max" else min(finite)) if finite else None
+    return {
+        "final": values[-1] if values else None,
+        "best": best,
+        "best_epoch": epochs[values.index(best)] if best is not None else None,
+        "epochs_to_99": epochs_to_fraction_of_final(values, 0.99, mode) if values else None,
+    }
 
 
 # ---- the one detector of accuracy and loss tags: branches' monitor, reports, TensorBoard charts ----

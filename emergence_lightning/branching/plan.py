@@ -14,6 +14,10 @@ import torch
 from torch import nn
 
 from emergence_lightning.pruning import apply_masks, check_pruning_arguments, masks, prune_model, reinitialize
+from emergence_lightning.pruning.arguments import check_amount, check_seed, is_number
+
+#: The parent's name in the results, the report and its HParams row (``branch/name``).
+PARENT = "parent"
 
 #: The kinds of branch: the unpruned control, a pruned copy, and the random controls of section 4.3.
 KINDS = ("control", "pruned", "random-dense", "random-pruned")
@@ -47,12 +51,20 @@ class PruningSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        # The one place the callback's pruning arguments are checked: as given, so a message shows the value received.
         check_pruning_arguments(
             self.pruning_fn, self.use_global_unstructured, self.parameter_names, self.modules,
             self.pruning_dim, self.pruning_norm,
         )  # fmt: skip
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise TypeError(f"`seed` must be an int, got {self.seed!r}.")
+        # NumPy scalars as Python numbers: they are recorded in experiment.json and compared.
+        object.__setattr__(self, "seed", check_seed(self.seed))
+        object.__setattr__(self, "pruning_dim", int(self.pruning_dim))
+        object.__setattr__(self, "parameter_names", tuple(self.parameter_names))
+        if self.modules is not None:
+            object.__setattr__(self, "modules", list(self.modules))
+        if is_number(self.pruning_norm):
+            norm = float(self.pruning_norm)
+            object.__setattr__(self, "pruning_norm", int(norm) if norm.is_integer() else norm)
 
     def prune(self, model: nn.Module, amount: float) -> nn.Module:
         """Prunes ``model`` in place; random functions draw the same mask in every process and rerun."""
@@ -143,11 +155,15 @@ def check_amounts(amounts: Any) -> tuple[float, ...]:
     if not values:
         raise ValueError(f"`amounts` must be a non-empty sequence of fractions in [0, 1), got {amounts!r}.")
     for value in values:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        try:
+            check_amount(value)
+        except ValueError:
             hint = ""
-            if all(isinstance(v, (int, float)) and not isinstance(v, bool) and 1 <= v < 100 for v in values):
-                hint = f" Percents? Did you mean {tuple(v / 100 for v in values)!r}?"
-            raise ValueError(f"`amounts` must hold fractions in [0, 1), got {value!r} in {amounts!r}.{hint}")
+            if all(is_number(v) and 1 <= v < 100 for v in values):
+                hint = f" Percents? Did you mean {tuple(float(v) / 100 for v in values)!r}?"
+            raise ValueError(
+                f"`amounts` must hold fractions in [0, 1), got {value!r} in {amounts!r}.{hint}"
+            ) from None
     floats = tuple(float(value) for value in values)
     names = [pruned_name(value) for value in floats]
     duplicated = sorted({name for name in names if names.count(name) > 1})

@@ -5,16 +5,26 @@ No Lightning import. Layout of ``<run>/branches/``::
     experiment.json          what experiment the folder belongs to (below)
     fork.pt                  the fork point: what any branch starts from (``emergence-lightning branch``)
     summary.csv, summary.json  every finished branch, rebuilt from the result files after each branch
-    <name>/result.json       one branch's result (status, figures, history)
+    <name>/result.json       one branch's result (status, figures, history, checksum of its weights)
     <name>/final_state_dict.pt  its final weights, pruning made permanent
     <name>/events.out.tfevents*  its TensorBoard run
+    <name>/.lock             while a job trains the branch: which job (pid, host, start)
 
-``experiment.json`` holds a fingerprint of the parent's weights at
-the fork, of the architecture (class, tensor names, shapes, dtypes) and the settings every branch
-shares. A rerun in the same directory resumes only when all three agree; a different experiment
-there is refused (:class:`ExperimentMismatchError`, naming the directory and each difference),
-never handed the other's results. Which branches run (``amounts``, ``random_controls``) is not
-part of it: each branch's own ``result.json`` records its kind and amount.
+``experiment.json`` holds everything that changes the branches' numbers: a fingerprint of the
+parent's weights at the fork, of the architecture (class, tensor names, shapes, dtypes), the
+settings every branch shares (the PruneAndBranchCallback's, the EmergenceCallback's, the branch
+Trainer's) and the data sizes. A rerun in the same directory resumes only when all agree; a
+different experiment there is refused (:class:`ExperimentMismatchError`, naming the directory and
+each difference), never handed the other's results. Each ``result.json`` carries the hash of that
+record (:func:`experiment_id`), and the summary merges only results of this one. Which branches
+run (``amounts``, ``random_controls``) is not part of it: each branch's own ``result.json``
+records its kind and amount, so a rerun may add an amount.
+
+Files are verified, never trusted: a result records the sha256 of the weights it points to and
+a resume checks it (a corrupt branch is trained again, with a warning naming the file); a
+``fork.pt`` or ``result.json`` that cannot be read is an error or warning naming the file; one
+job at a time holds a branch (:mod:`.lock`), and no job deletes files of a branch another
+job holds.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from emergence_lightning.branching.plan import PRUNED_KINDS, BranchSpec
+from emergence_lightning.branching.result import BranchResult
 from emergence_lightning.pruning.names import MASK, canonical_name
 
 EXPERIMENT_FILE = "experiment.json"
@@ -40,10 +52,16 @@ STATE_DICT_FILE = "final_state_dict.pt"
 FORK_FILE = "fork.pt"
 SUMMARY_CSV = "summary.csv"
 SUMMARY_JSON = "summary.json"
+#: The layout of ``fork.pt``; a fork saved by another layout is refused, naming the file.
+FORK_FORMAT = 2
 
 
 class ExperimentMismatchError(ValueError):
     """A branch directory holds the results of another experiment."""
+
+
+class CorruptFileError(ValueError):
+    """A file of the branch directory cannot be read (truncated, garbage, or written by something else)."""
 
 
 def fingerprint(state_dict: dict[str, Any]) -> str:
@@ -74,30 +92,98 @@ def architecture(module: nn.Module) -> dict[str, Any]:
 
 
 def experiment_record(
-    fork_weights: str | None, architecture: Mapping[str, Any], settings: Mapping[str, Any]
+    fork_weights: str | None,
+    architecture: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    data: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What identifies an experiment: the weights at the fork (``None`` before it), architecture, settings."""
+    """What identifies an experiment: the weights at the fork and the data sizes (``None`` before it), architecture, settings."""
     return {
         "fork_weights": fork_weights,
         "architecture": dict(architecture),
-        "settings": json.loads(json.dumps(dict(settings), default=repr)),
+        "settings": _plain(settings),
+        "data": _plain(data) if data is not None else None,
     }
 
 
+def experiment_id(record: Mapping[str, Any]) -> str:
+    """A short hash of a complete record (fork weights and data included): each result carries it."""
+    text = json.dumps(_plain(record), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def differences(recorded: Mapping[str, Any], current: Mapping[str, Any], weights: bool = True) -> list[str]:
-    """Human-readable differences between two records (``weights=False`` leaves the fork weights out)."""
+    """Human-readable differences between two records, one per setting (``weights=False``: before the fork).
+
+    Nested settings are named by their path (``settings `emergence.threshold```). Before the fork
+    (``weights=False``) the weights and the data sizes are not known yet and are left out.
+    """
     found = []
     if weights and recorded.get("fork_weights") != current.get("fork_weights"):
         found.append(
             f"the parent's weights at the fork differ (fingerprint {recorded.get('fork_weights')} there, "
             f"{current.get('fork_weights')} now: another model, data or seed, or non-deterministic training)"
         )
-    for section in ("architecture", "settings"):
-        old, new = recorded.get(section) or {}, current.get(section) or {}
+    sections = ("architecture", "settings", "data") if weights else ("architecture", "settings")
+    for section in sections:
+        old, new = _flat(recorded.get(section) or {}), _flat(current.get(section) or {})
         for key in sorted(set(old) | set(new)):
-            if old.get(key) != new.get(key):
-                found.append(f"{section} `{key}`: {old.get(key)!r} there, {new.get(key)!r} now")
+            if old.get(key, _MISSING) != new.get(key, _MISSING):
+                found.append(f"{section} `{key}`: {_shown(old, key)} there, {_shown(new, key)} now")
     return found
+
+
+_MISSING = object()
+
+
+def _shown(values: Mapping[str, Any], key: str) -> str:
+    return repr(values[key]) if key in values else "not recorded"
+
+
+def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"emergence": {"threshold": 0.05}}`` as ``{"emergence.threshold": 0.05}``."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON holds it (what ``experiment.json`` reads back): tuples as lists, objects by ``repr``."""
+    return json.loads(json.dumps(jsonable(value), default=repr, sort_keys=True))
+
+
+def data_sizes(loaders: Mapping[str, Any]) -> dict[str, Any]:
+    """Samples and batch size of each dataloader (by role and position): the data sizes of an experiment.
+
+    Example:
+        >>> from torch.utils.data import DataLoader
+        >>> data_sizes({"train": [DataLoader(range(10), batch_size=4)]})
+        {'train': [{'samples': 10, 'batch_size': 4, 'drop_last': False}]}
+    """
+    sizes: dict[str, Any] = {}
+    for role, found in loaders.items():
+        items = found if isinstance(found, (list, tuple)) else [found] if found is not None else []
+        if isinstance(found, Mapping):
+            items = list(found.values())
+        sizes[role] = [_loader_size(item) for item in items]
+    return sizes
+
+
+def _loader_size(loader: Any) -> dict[str, Any]:
+    dataset = getattr(loader, "dataset", None)
+    try:
+        samples = len(dataset) if dataset is not None else len(loader)
+    except TypeError:  # an iterable dataset without a length
+        samples = None
+    return {
+        "samples": samples,
+        "batch_size": getattr(loader, "batch_size", None),
+        "drop_last": getattr(loader, "drop_last", None),
+    }
 
 
 def check_experiment(directory: Path, record: Mapping[str, Any], weights: bool = True) -> None:
@@ -137,49 +223,92 @@ def write_experiment(directory: Path, record: Mapping[str, Any]) -> None:
 
 # ---- branch results ------------------------------------------------------------------------
 def read_finished(
-    directory: Path, specs: Sequence[BranchSpec], fork_fingerprint: str, fork_epoch: int, pruning_fn: str
-) -> dict[str, dict[str, Any]]:
-    """Results of the branches in ``specs`` that a previous run from the same fork finished, by name."""
-    found: dict[str, dict[str, Any]] = {}
+    directory: Path, specs: Sequence[BranchSpec], experiment: str, pruning_fn: str
+) -> dict[str, BranchResult]:
+    """Results of the branches in ``specs`` that a previous run of experiment ``experiment`` finished, by name.
+
+    A result whose weights file is missing or fails its checksum is not finished: a warning names
+    the file, and the branch trains again.
+    """
+    found: dict[str, BranchResult] = {}
     for spec in specs:
-        result = read_result(directory, spec.name)
+        result = read_result(directory, spec.name, warn=True)
+        if result is None:
+            continue
         same = (
-            result is not None
-            and result.get("status") == "finished"
+            result.get("status") == "finished"
             and result.get("kind") == spec.kind
-            and result.get("fork_epoch") == fork_epoch
             and math.isclose(float(result.get("amount", -1)), spec.amount)
             and (spec.kind not in PRUNED_KINDS or result.get("pruning_fn") == pruning_fn)
-            and result.get("fork_fingerprint") == fork_fingerprint
-            and (directory / spec.name / STATE_DICT_FILE).is_file()
+            and result.get("experiment") == experiment
         )
-        if same and result is not None:
-            found[spec.name] = result
+        if same and verified_weights(directory, spec.name, result):
+            found[spec.name] = BranchResult.from_dict(result)
     return found
 
 
-def read_result(directory: Path, name: str) -> dict[str, Any] | None:
-    """The ``result.json`` of branch ``name``, or None when there is none (or it cannot be read)."""
-    try:
-        return json.loads((directory / name / RESULT_FILE).read_text())
-    except (OSError, ValueError):
+def verified_weights(directory: Path, name: str, result: Mapping[str, Any]) -> bool:
+    """Whether branch ``name``'s weights file exists with the checksum its result recorded (else a warning)."""
+    path = directory / name / STATE_DICT_FILE
+    if not path.is_file():
+        warnings.warn(
+            f"{path} is missing although {name}'s result says finished; {name} trains again.", stacklevel=2
+        )
+        return False
+    if result.get("state_dict_sha256") != sha256(path):
+        warnings.warn(
+            f"{path} does not match the checksum its result recorded (truncated, or written by another run); "
+            f"{name} trains again.",
+            stacklevel=2,
+        )
+        return False
+    return True
+
+
+def read_result(directory: Path, name: str, warn: bool = False) -> dict[str, Any] | None:
+    """The ``result.json`` of branch ``name``, or None when there is none (``warn``: or it cannot be read, named)."""
+    path = directory / name / RESULT_FILE
+    if not path.is_file():
         return None
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        if warn:
+            warnings.warn(f"{path} cannot be read ({error}); {name} counts as not run.", stacklevel=2)
+        return None
+    if not isinstance(result, dict) or result.get("name") != name:
+        if warn:
+            warnings.warn(f"{path} is no result of branch {name!r}; {name} counts as not run.", stacklevel=2)
+        return None
+    return result
 
 
-def write_result(directory: Path, result: Mapping[str, Any]) -> None:
+def write_result(directory: Path, result: BranchResult) -> None:
     """Writes one branch's result as ``<directory>/<name>/result.json``, atomically."""
-    atomic_write_text(directory / result["name"] / RESULT_FILE, json.dumps(jsonable(dict(result)), indent=2))
+    atomic_write_text(directory / result.name / RESULT_FILE, json.dumps(jsonable(result.to_dict()), indent=2))
 
 
-def save_final_weights(directory: Path, name: str, state_dict: Mapping[str, Tensor]) -> Path:
-    """Saves a branch's final (permanent) state dict; returns its path."""
+def save_final_weights(directory: Path, name: str, state_dict: Mapping[str, Tensor]) -> tuple[Path, str]:
+    """Saves a branch's final (permanent) state dict; returns its path and sha256."""
     path = directory / name / STATE_DICT_FILE
     atomic_torch_save(dict(state_dict), path)
-    return path
+    return path, sha256(path)
+
+
+def sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, as hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def clear_stale_run(run_dir: Path) -> list[Path]:
-    """Removes what an unfinished earlier run of this branch left, so TensorBoard shows one run; returns them."""
+    """Removes what an unfinished earlier run of this branch left, so TensorBoard shows one run; returns them.
+
+    Call it only while holding the branch's lock (:func:`~emergence_lightning.branching.lock.acquire_lock`): the files are then no other job's.
+    """
     stale = [*run_dir.glob("events.out.tfevents*"), run_dir / RESULT_FILE, run_dir / STATE_DICT_FILE]
     removed = [path for path in stale if path.is_file()]
     for path in removed:
@@ -188,11 +317,11 @@ def clear_stale_run(run_dir: Path) -> list[Path]:
 
 
 def write_summary(
-    directory: Path, csv_text: str, results: Sequence[Mapping[str, Any]], header: Mapping[str, Any]
+    directory: Path, csv_text: str, results: Sequence[BranchResult], header: Mapping[str, Any]
 ) -> None:
     """Writes ``summary.csv`` (``csv_text``) and ``summary.json`` (``header`` and every result)."""
     atomic_write_text(directory / SUMMARY_CSV, csv_text)
-    summary = {**dict(header), "branches": [jsonable(dict(result)) for result in results]}
+    summary = {**dict(header), "branches": [jsonable(result.to_dict()) for result in results]}
     atomic_write_text(directory / SUMMARY_JSON, json.dumps(summary, indent=2))
 
 
@@ -209,6 +338,7 @@ def load_fork(directory: Path) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: no saved fork in ``directory``.
+        CorruptFileError: ``fork.pt`` cannot be read (named), or its classes cannot be imported here.
     """
     path = directory / FORK_FILE
     if not path.is_file():
@@ -216,8 +346,27 @@ def load_fork(directory: Path) -> dict[str, Any]:
             f"{path} does not exist: no fork was saved there. Pass the run directory that holds `branches/` "
             "(or the `branches` folder itself) of a run whose PruneAndBranchCallback reached the fork."
         )
-    # Our own file, written by `save_fork`: it holds the model and data objects, not only tensors.
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        # Our own file, written by `save_fork`: it holds the model and data objects, not only tensors.
+        package = torch.load(path, map_location="cpu", weights_only=False)
+    except (ModuleNotFoundError, AttributeError) as error:
+        raise CorruptFileError(
+            f"{path} refers to a class this program cannot import ({error}); run the branches from a "
+            "program that can import the model, data and callback classes of the run."
+        ) from error
+    except Exception as error:  # noqa: BLE001 - torch.load raises many kinds on a damaged file
+        raise CorruptFileError(
+            f"{path} cannot be read ({type(error).__name__}: {error}): truncated or not written by "
+            "PruneAndBranchCallback. Rerun the parent to save the fork again."
+        ) from error
+    if not isinstance(package, dict) or not {"fork", "setup", "experiment"} <= set(package):
+        raise CorruptFileError(f"{path} is not a fork saved by PruneAndBranchCallback.")
+    if package.get("format") != FORK_FORMAT:
+        raise CorruptFileError(
+            f"{path} was saved by another version of emergence-lightning (format {package.get('format')!r}, "
+            f"this one reads {FORK_FORMAT}); rerun the parent to save the fork again."
+        )
+    return package
 
 
 # ---- files -----------------------------------------------------------------------------------

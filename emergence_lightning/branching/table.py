@@ -1,6 +1,6 @@
 """The branch results as a text table (what ``verbose`` prints) and as ``summary.csv`` rows.
 
-No Lightning import. The columns are those of the results :class:`~emergence_lightning.callbacks.branch_runner.BranchRunner` returns.
+No Lightning import. The columns are fields of :class:`~emergence_lightning.branching.result.BranchResult`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from emergence_lightning.branching.plan import percent
+from emergence_lightning.branching.result import BranchResult
+
+#: A result as the callback holds it, or as ``result.json`` reads back.
+Result = BranchResult | Mapping[str, Any]
 
 #: Columns of ``summary.csv`` (``summary.json`` holds these and each branch's metric history).
 SUMMARY_COLUMNS = (
@@ -50,7 +54,7 @@ SUMMARY_COLUMNS = (
 PATH_COLUMNS = ("E_path_fork", "relative_E_path_fork", "E_path_end", "relative_E_path_end")
 
 
-def csv_text(results: Sequence[Mapping[str, Any]]) -> str:
+def csv_text(results: Sequence[Result]) -> str:
     """``summary.csv``: one row per result, :data:`SUMMARY_COLUMNS` only."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
@@ -61,7 +65,7 @@ def csv_text(results: Sequence[Mapping[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def summary_table(results: Sequence[Mapping[str, Any]], branch_epoch: int) -> str:
+def summary_table(results: Sequence[Result], branch_epoch: int) -> str:
     """The results as an aligned text table, failed branches' errors below it."""
     monitor = next((r.get("monitor") for r in results if r.get("monitor")), None) or "metric"
     # The path-exact columns only when some branch has them (connectivity="weights").

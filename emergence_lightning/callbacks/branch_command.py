@@ -56,6 +56,7 @@ def run_branch_command(args: Any) -> int:
     import torch
 
     from emergence_lightning.branching import store
+    from emergence_lightning.branching.lock import BranchLockedError
     from emergence_lightning.callbacks.branch_runner import run_saved_branches, saved_plan
 
     if args.threads < 1:
@@ -75,9 +76,10 @@ def run_branch_command(args: Any) -> int:
         results = run_saved_branches(
             args.run_dir, args.name, trainer_kwargs=kwargs, resume=not args.no_resume
         )
-    except (FileNotFoundError, ValueError, store.ExperimentMismatchError) as error:
+    except (FileNotFoundError, ValueError, store.ExperimentMismatchError, BranchLockedError) as error:
+        # A missing or corrupt fork, another experiment's folder, a branch another job holds: named, no traceback.
         print(f"error: {error}", file=sys.stderr)
         return 2
     if not results:
         print("every branch of this fork has finished already; nothing to train")
-    return 1 if any(result["status"] == "failed" for result in results) else 0
+    return 1 if any(result.status == "failed" for result in results) else 0

@@ -9,7 +9,6 @@ arguments and :meth:`summary`.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -20,13 +19,14 @@ from torch import Tensor
 from typing_extensions import override
 
 from emergence_lightning.branching.fork_state import (
+    DataOrder,
     ForkPoint,
     ForkState,
     load_optimizer,
     load_schedulers,
     restore_rng,
 )
-from emergence_lightning.branching.monitor import epochs_to_fraction_of_final
+from emergence_lightning.branching.monitor import metric_figures
 from emergence_lightning.branching.plan import BranchSpec
 from emergence_lightning.callbacks import lightning_state as state
 from emergence_lightning.callbacks.emergence import EmergenceCallback
@@ -46,6 +46,7 @@ class BranchRecorder(Callback):
         pruning_fn: recorded in the HParams row.
         emergence_callback: the branch's own copy of the parent's EmergenceCallback, if any.
         started: ``time.perf_counter()`` when the branch began (for ``setup_s``).
+        order: the dataloaders' generators at the fork, set again as the branch starts training.
     """
 
     def __init__(
@@ -58,6 +59,7 @@ class BranchRecorder(Callback):
         pruning_fn: str,
         emergence_callback: EmergenceCallback | None,
         started: float,
+        order: DataOrder | None = None,
     ) -> None:
         self.spec = spec
         self.fork = fork
@@ -67,6 +69,7 @@ class BranchRecorder(Callback):
         self.pruning_fn = pruning_fn
         self.emergence_callback = emergence_callback
         self.started = started
+        self.order = order
         self.values: dict[int, float] = {}  # epochs completed -> monitored value
         self.fork_record: EmergenceRecord | None = None
         self.train_started: float | None = None
@@ -90,10 +93,12 @@ class BranchRecorder(Callback):
             self.fork_record = self.emergence_callback.measure_now(
                 trainer, pl_module, epoch=trainer.current_epoch, before_training=False, log=True
             )
+        # Last, after the fork measurement and the iterator Lightning's `setup_data` started (one more than the
+        # unforked run starts): the first batch draws exactly as the unforked run's would.
+        if self.order is not None:
+            self.order.restore(trainer.train_dataloader)
         if self.fork_state is not None:
-            restore_rng(
-                self.fork_state.rng
-            )  # last: the first batch draws exactly as the unforked run's would
+            restore_rng(self.fork_state.rng)
 
     @override
     def on_train_batch_end(
@@ -142,8 +147,6 @@ class BranchRecorder(Callback):
         """The branch's figures for the results table (see ``SUMMARY_COLUMNS``), plus its ``history``."""
         epochs = sorted(self.values)
         values = [self.values[e] for e in epochs]
-        finite = [v for v in values if math.isfinite(v)]
-        best = (max(finite) if self.mode == "max" else min(finite)) if finite else None
         records = self.emergence_callback.records() if self.emergence_callback is not None else []
         fork, end = self.fork_record, (records[-1] if records else None)
         return {
@@ -158,10 +161,7 @@ class BranchRecorder(Callback):
             "relative_E_path_fork": fork.relative_path if fork else None,
             "E_path_end": end.E_path if end else None,
             "relative_E_path_end": end.relative_path if end else None,
-            "final": values[-1] if values else None,
-            "best": best,
-            "best_epoch": epochs[values.index(best)] if best is not None else None,
-            "epochs_to_99": epochs_to_fraction_of_final(values, 0.99, self.mode) if values else None,
+            **metric_figures(self.values, self.mode),
             "epochs": (self.final_epoch - self.fork.epoch) if self.final_epoch is not None else 0,
             "setup_s": round(self.train_started - self.started, 3)
             if self.train_started is not None

@@ -3,13 +3,16 @@
 :class:`BranchRunner` trains branches one after the other in this process, each from
 :class:`Fork` (the parent at the fork, live or loaded from ``fork.pt``), each in its own Trainer
 (built by a :data:`~emergence_lightning.callbacks.trainer_factory.TrainerFactory`) and its own run
-directory. A failing branch is recorded as ``failed`` and the others run. :func:`run_saved_branches`
-runs branches by name from a saved fork, in another process: one job per branch.
+directory. A failing branch is recorded as ``failed`` and the others run, also when its folder
+cannot be written. One job at a time trains a branch (its lock file; another job's branch is
+refused, naming the holder, and none of its files is touched). :func:`run_saved_branches` runs
+branches by name from a saved fork, in another process: one job per branch.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -18,16 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
-from torch import Tensor
-from torch.utils.data import DataLoader
 
 from emergence_lightning import _compat
 from emergence_lightning.branching import store
-from emergence_lightning.branching.fork_state import ForkPoint, ForkState
+from emergence_lightning.branching.fork_state import DataOrder, ForkPoint, ForkState
+from emergence_lightning.branching.lock import LOCK_FILE, BranchLockedError, acquire_lock, release_lock
 from emergence_lightning.branching.plan import (
     CONTINUING_KINDS,
     PRUNED_KINDS,
@@ -35,11 +36,13 @@ from emergence_lightning.branching.plan import (
     PruningSettings,
     select,
 )
+from emergence_lightning.branching.result import BranchResult
 from emergence_lightning.branching.table import csv_text, summary_table
 from emergence_lightning.callbacks.branch_recorder import BranchRecorder
 from emergence_lightning.callbacks.emergence import EmergenceCallback
 from emergence_lightning.callbacks.loggers import BranchLoggerSpec
 from emergence_lightning.callbacks.tensorboard_views import branch_overlay_layout, write_custom_scalars
+from emergence_lightning.callbacks.trainer_arguments import processes_of, recorded_trainer_settings
 from emergence_lightning.callbacks.trainer_factory import (
     TrainerFactory,
     branch_loggers,
@@ -62,7 +65,12 @@ class Fork:
     monitor: str | None
     mode: str
     dense_parameters: int
-    generators: list[tuple[torch.Generator, Tensor]] = field(default_factory=list)  # data-order replay
+    order: DataOrder = field(
+        default_factory=DataOrder
+    )  # the loaders' generators at the fork: data-order replay
+    data_sizes: dict[str, Any] = field(
+        default_factory=dict
+    )  # samples and batch sizes (the experiment record)
 
 
 @dataclass
@@ -82,59 +90,98 @@ class BranchSetup:
 class BranchRunner:
     """Trains branches of ``fork`` into ``directory`` (``<run>/branches``); rank zero writes the files.
 
-    ``strategy``: the parent's (its ``barrier``/``broadcast`` keep DDP processes in step), or None
-    in a process of its own.
+    ``experiment``: the experiment's id (:func:`~emergence_lightning.branching.store.experiment_id`),
+    written into every result. ``strategy``: the parent's (its ``barrier``/``broadcast`` keep DDP
+    processes in step), or None in a process of its own.
     """
 
-    def __init__(self, fork: Fork, setup: BranchSetup, directory: Path, strategy: Any = None) -> None:
+    def __init__(
+        self, fork: Fork, setup: BranchSetup, directory: Path, experiment: str, strategy: Any = None
+    ) -> None:
         self.fork = fork
         self.setup = setup
         self.directory = directory
+        self.experiment = experiment
         self.strategy = strategy
         self.is_global_zero = strategy is None or strategy.is_global_zero
 
     def run(
-        self, specs: Sequence[BranchSpec], previous: Mapping[str, dict[str, Any]]
-    ) -> Iterator[dict[str, Any]]:
-        """Yields each branch's result in turn: read back from ``previous`` (resumed), or trained now."""
+        self, specs: Sequence[BranchSpec], previous: Mapping[str, BranchResult]
+    ) -> Iterator[BranchResult]:
+        """Yields each branch's result in turn: read back from ``previous`` (resumed), or trained now.
+
+        Raises:
+            BranchLockedError: another job trains one of ``specs`` now (in every process, before it trains).
+        """
         with _PreserveSeedEnvironment(), isolate_rng():
             for spec in specs:
                 if spec.name in previous:
-                    result = {**previous[spec.name], "resumed": True}
+                    result = dataclasses.replace(previous[spec.name], resumed=True)
                 else:
-                    _restore_generators(
-                        self.fork.generators
-                    )  # every branch sees the parent's next data order
-                    result = self.run_branch(spec)
+                    result = self._run_locked(spec)
                 yield result
                 self._barrier("prune-and-branch")
 
-    def run_branch(self, spec: BranchSpec) -> dict[str, Any]:
-        """Trains one branch; its result (``status`` "finished" or "failed", never raises for the branch's own error)."""
+    def _run_locked(self, spec: BranchSpec) -> BranchResult:
+        """Trains ``spec`` holding its lock (rank zero takes it; every process learns the outcome)."""
+        run_dir = self.directory / spec.name
+        lock, locked, unwritable = None, None, None
+        if self.is_global_zero:
+            try:
+                lock = acquire_lock(run_dir)
+                removed = store.clear_stale_run(run_dir)  # ours now: no other job writes there
+                if removed:
+                    rank_zero_info(
+                        f"PruneAndBranchCallback: rerunning {spec.name}; removed {len(removed)} stale file(s)."
+                    )
+            except BranchLockedError as error:
+                locked = str(error)
+            except OSError as error:  # a folder that cannot be written: this branch fails, the others run
+                unwritable = f"{type(error).__name__}: {error}"
+        if self.strategy is not None:
+            locked, unwritable = self.strategy.broadcast((locked, unwritable))
+        if locked is not None:
+            raise BranchLockedError(locked)
+        try:
+            if unwritable is not None:
+                rank_zero_warn(f"PruneAndBranchCallback: branch {spec.name!r} failed: {unwritable}")
+                return self._failed_result(spec, unwritable)
+            return self.run_branch(spec)
+        finally:
+            if lock is not None:
+                release_lock(lock)
+
+    def _failed_result(self, spec: BranchSpec, error: str) -> BranchResult:
+        """The result of a branch that could not start (its files cannot be written): kept in memory only."""
+        result = self._new_result(spec)
+        result.update(status="failed", error=error, wall_time_s=0.0)
+        return result
+
+    def _new_result(self, spec: BranchSpec) -> BranchResult:
+        fork, setup = self.fork, self.setup
+        return BranchResult(
+            name=spec.name,
+            kind=spec.kind,
+            amount=spec.amount,
+            pruning_fn=setup.pruning.pruning_fn if spec.kind in PRUNED_KINDS else None,
+            parameters_dense=fork.dense_parameters,
+            monitor=fork.monitor,
+            mode=fork.mode,
+            fork_epoch=fork.point.epoch,
+            log_dir=str(self.directory / spec.name),
+            fork_fingerprint=fork.point.fingerprint,
+            experiment=self.experiment,
+        )
+
+    def run_branch(self, spec: BranchSpec) -> BranchResult:
+        """Trains one branch; its result (``status`` "finished" or "failed", never raises for the branch's own error).
+
+        Call it holding the branch's lock (as :meth:`run` does).
+        """
         started = time.perf_counter()
         fork, setup = self.fork, self.setup
-        run_dir = self.directory / spec.name
-        if self.is_global_zero:
-            removed = store.clear_stale_run(run_dir)
-            if removed:
-                rank_zero_info(
-                    f"PruneAndBranchCallback: rerunning {spec.name}; removed {len(removed)} stale file(s)."
-                )
         self._barrier("prune-and-branch-clear")
-        result: dict[str, Any] = {
-            "name": spec.name,
-            "kind": spec.kind,
-            "amount": spec.amount,
-            "pruning_fn": setup.pruning.pruning_fn if spec.kind in PRUNED_KINDS else None,
-            "parameters": None,
-            "parameters_dense": fork.dense_parameters,
-            "monitor": fork.monitor,
-            "mode": fork.mode,
-            "fork_epoch": fork.point.epoch,
-            "log_dir": str(run_dir),
-            "fork_fingerprint": fork.point.fingerprint,
-            "resumed": False,
-        }
+        result = self._new_result(spec)
         model: pl.LightningModule | None = None
         recorder: BranchRecorder | None = None
         try:
@@ -146,8 +193,8 @@ class BranchRunner:
                     f"PruneAndBranchCallback: {spec.name}: modules {left!r} have parameters but no "
                     "`reset_parameters()`; they keep their trained values."
                 )
-            result["parameters"] = count_parameters(model)
-            result["pruned_tensors"] = list(masks(model))  # qualified names, e.g. `net.0.weight`
+            # `pruned_tensors`: qualified names, e.g. `net.0.weight`
+            result.update(parameters=count_parameters(model), pruned_tensors=list(masks(model)))
             callbacks = fresh_callbacks(setup.templates, spec.name, self.directory)
             emergence = next((cb for cb in callbacks if isinstance(cb, EmergenceCallback)), None)
             if emergence is not None:
@@ -161,6 +208,7 @@ class BranchRunner:
                 setup.pruning.pruning_fn,
                 emergence,
                 started,
+                fork.order,
             )
             loggers = branch_loggers(setup.logger_kinds, self.directory, spec.name)
             kwargs = branch_trainer_kwargs(
@@ -181,16 +229,27 @@ class BranchRunner:
             status, error = "failed", f"{type(exception).__name__}: {exception}"
             rank_zero_warn(f"PruneAndBranchCallback: branch {spec.name!r} failed: {error}")
         if recorder is not None:
-            result.update(recorder.summary())
+            result.update(**recorder.summary())
         result.update(status=status, error=error, wall_time_s=round(time.perf_counter() - started, 3))
-        result["state_dict"] = None
-        if status == "finished" and model is not None and self.is_global_zero:
-            result["state_dict"] = str(
-                store.save_final_weights(self.directory, spec.name, permanent_state_dict(model))
-            )
         if self.is_global_zero:
-            store.write_result(self.directory, result)
+            self._save(spec, result, model)
         return result
+
+    def _save(self, spec: BranchSpec, result: BranchResult, model: pl.LightningModule | None) -> None:
+        """Writes the branch's weights (with their checksum) and ``result.json``; a write that fails fails the branch."""
+        try:
+            if result.status == "finished" and model is not None:
+                path, checksum = store.save_final_weights(
+                    self.directory, spec.name, permanent_state_dict(model)
+                )
+                result.update(state_dict=str(path), state_dict_sha256=checksum)
+            store.write_result(self.directory, result)
+        except OSError as error:
+            result.update(status="failed", error=f"{type(error).__name__}: {error}", state_dict=None)
+            rank_zero_warn(
+                f"PruneAndBranchCallback: branch {spec.name!r} failed: its files cannot be written ({error}); "
+                "the other branches run."
+            )
 
     def _barrier(self, name: str) -> None:
         if self.strategy is not None:
@@ -200,27 +259,32 @@ class BranchRunner:
 def write_summary(
     directory: Path,
     plan: Sequence[BranchSpec],
-    results: Sequence[Mapping[str, Any]],
+    results: Sequence[BranchResult],
     header: Mapping[str, Any],
-) -> list[dict[str, Any]]:
+) -> list[BranchResult]:
     """Writes ``summary.csv``/``summary.json`` over every planned branch with a result, here or on disk.
 
-    Branches trained by other processes (parallel jobs) are merged in from their ``result.json``;
-    returns the merged results in plan order.
+    Branches trained by other processes (parallel jobs) are merged in from their ``result.json``,
+    those of this experiment only (``header["experiment"]``): one summary never mixes settings.
+    Returns the merged results in plan order.
     """
-    here = {result["name"]: dict(result) for result in results}
+    here = {result.name: result for result in results}
     merged = []
     for spec in plan:
-        result = here.get(spec.name) or store.read_result(directory, spec.name)
-        if result is not None and result.get("fork_fingerprint") == header.get("fork_fingerprint"):
+        result = here.get(spec.name)
+        if result is None:
+            found = store.read_result(directory, spec.name)
+            result = BranchResult.from_dict(found) if found is not None else None
+        if result is not None and result.experiment == header.get("experiment"):
             merged.append(result)
     store.write_summary(directory, csv_text(merged), merged, header)
     return merged
 
 
-def summary_header(fork: Fork, pruning: PruningSettings) -> dict[str, Any]:
-    """What ``summary.json`` records beside the branches."""
+def summary_header(fork: Fork, pruning: PruningSettings, experiment: str) -> dict[str, Any]:
+    """What ``summary.json`` records beside the branches (``experiment``: the id every row carries)."""
     return {
+        "experiment": experiment,
         "fork_epoch": fork.point.epoch,
         "fork_global_step": fork.point.global_step,
         "fork_fingerprint": fork.point.fingerprint,
@@ -234,7 +298,7 @@ def summary_header(fork: Fork, pruning: PruningSettings) -> dict[str, Any]:
 # ---- the saved fork: one job per branch ------------------------------------------------------
 def fork_package(fork: Fork, setup: BranchSetup, experiment: Mapping[str, Any]) -> dict[str, Any]:
     """What ``fork.pt`` holds: the fork and how branches are built, for :func:`run_saved_branches`."""
-    return {"format": 1, "fork": fork, "setup": setup, "experiment": dict(experiment)}
+    return {"format": store.FORK_FORMAT, "fork": fork, "setup": setup, "experiment": dict(experiment)}
 
 
 def script_classes(package: Mapping[str, Any]) -> list[str]:
@@ -251,7 +315,7 @@ def run_saved_branches(
     trainer_factory: TrainerFactory | None = None,
     resume: bool = True,
     verbose: bool = True,
-) -> list[dict[str, Any]]:
+) -> list[BranchResult]:
     """Trains branches by name from the fork a run saved (``<run_dir>/branches/fork.pt``), in this process.
 
     Each branch writes its run, ``result.json`` and weights beside the others' and the summary is
@@ -276,7 +340,9 @@ def run_saved_branches(
     setup: BranchSetup = copy.copy(package["setup"])
     setup.trainer_kwargs = {**setup.trainer_kwargs, **dict(trainer_kwargs or {})}
     setup.trainer_factory = trainer_factory or setup.trainer_factory
-    store.check_experiment(directory, package["experiment"])
+    record = job_record(package["experiment"], setup)
+    store.check_experiment(directory, record)  # this job's Trainer settings against the experiment's
+    experiment = store.experiment_id(record)
     valid = [spec.name for spec in setup.plan]
     wanted = None if names is None else list(names)
     unknown = [name for name in wanted or [] if name not in valid]
@@ -285,14 +351,12 @@ def run_saved_branches(
             f"`names` holds {unknown!r}, which are no branches of {directory}; the branches are {valid!r}."
         )
     specs = select(setup.plan, wanted)
-    header = summary_header(fork, setup.pruning)
-    finished = store.read_finished(
-        directory, specs, fork.point.fingerprint, fork.point.epoch, setup.pruning.pruning_fn
-    )
+    header = summary_header(fork, setup.pruning, experiment)
+    finished = store.read_finished(directory, specs, experiment, setup.pruning.pruning_fn)
     if wanted is None:
         specs = [spec for spec in specs if spec.name not in finished]
     previous = finished if resume else {}
-    runner = BranchRunner(fork, setup, directory)
+    runner = BranchRunner(fork, setup, directory, experiment)
     results = []
     for result in runner.run(specs, previous):
         results.append(result)
@@ -312,16 +376,30 @@ def saved_plan(run_dir: str | os.PathLike) -> list[tuple[str, str]]:
     package = store.load_fork(directory)
     fork: Fork = package["fork"]
     setup: BranchSetup = package["setup"]
+    experiment = store.experiment_id(package["experiment"])
     found, results = [], []
     for spec in setup.plan:
-        result = store.read_result(directory, spec.name)
-        if result is None or result.get("fork_fingerprint") != fork.point.fingerprint:
+        if (directory / spec.name / LOCK_FILE).is_file():
+            found.append((spec.name, "running (locked)"))
+            continue
+        result = store.read_result(directory, spec.name, warn=True)
+        if result is None or result.get("experiment") != experiment:
             found.append((spec.name, "not run"))
+        elif result.get("status") == "finished" and not store.verified_weights(directory, spec.name, result):
+            found.append((spec.name, f"corrupt ({store.STATE_DICT_FILE} fails its checksum; reruns)"))
         else:
             found.append((spec.name, str(result.get("status"))))
-            results.append(result)
-    write_summary(directory, setup.plan, results, summary_header(fork, setup.pruning))
+            results.append(BranchResult.from_dict(result))
+    write_summary(directory, setup.plan, results, summary_header(fork, setup.pruning, experiment))
     return found
+
+
+def job_record(recorded: Mapping[str, Any], setup: BranchSetup) -> dict[str, Any]:
+    """The experiment record of a job that runs saved branches with ``setup`` (its own Trainer settings)."""
+    kwargs = {**setup.settings, **setup.trainer_kwargs}
+    settings = dict(recorded.get("settings") or {})
+    settings["trainer"] = recorded_trainer_settings(kwargs, processes_of(kwargs))
+    return {**dict(recorded), "settings": store.experiment_record(None, {}, settings)["settings"]}
 
 
 def _fork_directory(directory: Path) -> Path:
@@ -338,29 +416,6 @@ def _copy_module(pl_module: pl.LightningModule) -> pl.LightningModule:
     if hasattr(model, cache):
         setattr(model, cache, None)
     return model
-
-
-def generator_states(loaders: Iterable[Any]) -> list[tuple[torch.Generator, Tensor]]:
-    """The state of every generator the given dataloaders shuffle with, to replay their order per branch."""
-    found: list[torch.Generator] = []
-    stack = list(loaders)
-    while stack:
-        item = stack.pop()
-        if isinstance(item, (list, tuple)):
-            stack.extend(item)
-        elif isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, DataLoader):
-            for owner in (item, item.sampler, getattr(item.batch_sampler, "sampler", None)):
-                generator = getattr(owner, "generator", None)
-                if isinstance(generator, torch.Generator) and all(generator is not g for g in found):
-                    found.append(generator)
-    return [(generator, generator.get_state()) for generator in found]
-
-
-def _restore_generators(states: list[tuple[torch.Generator, Tensor]]) -> None:
-    for generator, state in states:
-        generator.set_state(state)
 
 
 class _PreserveSeedEnvironment:

@@ -600,6 +600,46 @@ class EmergenceCallback(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = [dict(record) for record in state_dict.get("history", [])]
 
+    # ---- what an experiment record holds -------------------------------------------------
+    def measurement_settings(self) -> dict[str, Any]:
+        """Every argument that changes what this callback measures or when it stops a run.
+
+        (``measure_at_start`` adds a point before training and changes no measured value: left out.)
+
+        Plain values only (``probe_dataloader`` by its type and sample count, ``probe_step`` by its
+        name), so that two runs compare equal exactly when they measure alike:
+        ``PruneAndBranchCallback`` records it in its experiment record.
+        """
+        probe = self.probe_dataloader
+        return {
+            "threshold": self.threshold,
+            "statistic": self.statistic,
+            "variant": self.variant,
+            "layers": list(self.layers) if self.layers is not None else None,
+            "node_dim": dict(self.node_dim) if isinstance(self.node_dim, Mapping) else self.node_dim,
+            "include_input": self.include_input,
+            "include_output": self.include_output,
+            "min_firing_rate": self.min_firing_rate,
+            "probe_dataloader": None
+            if probe is None
+            else f"{type(probe).__name__}({_samples(probe)} samples)",
+            "probe_step": None
+            if self.probe_step is None
+            else getattr(self.probe_step, "__qualname__", repr(self.probe_step)),
+            "stop_at_zero": self.stop_at_zero,
+            "patience": self.patience,
+            "connectivity": self.connectivity,
+            "prefix": self.prefix,
+        }
+
+
+def _samples(data: Any) -> int | None:
+    """The number of samples of a dataloader (its dataset's length), or None when it has none."""
+    try:
+        return len(getattr(data, "dataset", data))
+    except TypeError:
+        return None
+
 
 @rank_zero_only
 def _write(trainer: pl.Trainer, metrics: dict[str, float], step: int) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from emergence_lightning.callbacks import lightning_state as state
-from emergence_lightning.functional import VARIANTS
+from emergence_lightning.functional import check_variant
 from emergence_lightning.measure import check_flags, check_tracking_arguments, parametrised_leaves
 
 # A model with at least this many parametrised leaf modules should show at least two layers.
@@ -95,8 +95,7 @@ def check_callback_arguments(
 ) -> None:
     """Raises on a bad ``EmergenceCallback`` argument, naming it and the value received."""
     check_tracking_arguments(threshold, statistic, min_firing_rate, node_dim, layers)
-    if variant not in VARIANTS:
-        raise ValueError(f"`variant` must be one of {VARIANTS}, got {variant!r}.")
+    check_variant(variant)
     if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
         raise ValueError(f"`patience` must be an int >= 0, got {patience!r}.")
     if not isinstance(prefix, str) or not prefix or prefix.endswith("/"):

@@ -15,7 +15,7 @@ branches in the same order, reusing the initialised process group. See ``docs/pr
 from __future__ import annotations
 
 import dataclasses
-import math
+import numbers
 import os
 import pickle
 from collections.abc import Sequence
@@ -34,9 +34,11 @@ from emergence_lightning.branching.fork_state import (
     capture_optimizer,
     capture_rng,
     capture_schedulers,
+    data_order,
 )
-from emergence_lightning.branching.monitor import epochs_to_fraction_of_final, pick_monitor
+from emergence_lightning.branching.monitor import metric_figures, pick_monitor
 from emergence_lightning.branching.plan import (
+    PARENT,
     BranchSpec,
     PruningSettings,
     check_amounts,
@@ -45,15 +47,20 @@ from emergence_lightning.branching.plan import (
     plan_branches,
     select,
 )
+from emergence_lightning.branching.result import BranchResult
 from emergence_lightning.branching.table import summary_table
 from emergence_lightning.callbacks import lightning_state as state
+from emergence_lightning.callbacks.branch_experiment import (
+    check_experiment_everywhere,
+    experiment_settings,
+    fork_data_sizes,
+)
 from emergence_lightning.callbacks.branch_recorder import BranchRecorder
 from emergence_lightning.callbacks.branch_runner import (
     BranchRunner,
     BranchSetup,
     Fork,
     fork_package,
-    generator_states,
     script_classes,
     summary_header,
     write_summary,
@@ -63,6 +70,7 @@ from emergence_lightning.callbacks.tensorboard_views import run_hparams, summary
 from emergence_lightning.callbacks.trainer_factory import (
     TrainerFactory,
     callback_templates,
+    check_branch_trainer,
     check_lightning_attributes,
     check_strategy,
     check_trainer_kwargs,
@@ -74,15 +82,8 @@ from emergence_lightning.callbacks.trainer_factory import (
     skip_placeholder_hp_metric,
 )
 from emergence_lightning.measure import check_flags
-from emergence_lightning.pruning import (
-    STRUCTURED_PRUNING_FUNCTIONS,
-    check_pruning_arguments,
-    count_parameters,
-    find_prunable,
-)
-
-#: The parent's name in the results, the report and its HParams row (``branch/name``).
-PARENT = "parent"
+from emergence_lightning.pruning import STRUCTURED_PRUNING_FUNCTIONS, count_parameters, find_prunable
+from emergence_lightning.pruning.arguments import check_pruning_dim
 
 #: What a branch starts with besides the weights: the parent's optimizer, scheduler and RNG state, or fresh ones.
 OPTIMIZER_STATES = ("continue", "fresh")
@@ -150,7 +151,7 @@ class PruneAndBranchCallback(Callback):
         trainer = Trainer(max_epochs=20, logger=TensorBoardLogger("runs"),
                           callbacks=[EmergenceCallback(), PruneAndBranchCallback(branch_epoch=5)])
         trainer.fit(model, datamodule=dm)
-        callback.results   # one dict per branch: control, pruned-30, pruned-50, pruned-70
+        callback.results   # one BranchResult per branch: control, pruned-30, pruned-50, pruned-70
     """
 
     def __init__(
@@ -177,21 +178,20 @@ class PruneAndBranchCallback(Callback):
         only: Sequence[str] | None = None,
         trainer_factory: TrainerFactory | None = None,
     ) -> None:
-        if isinstance(branch_epoch, bool) or not isinstance(branch_epoch, int) or branch_epoch < 1:
+        if (
+            isinstance(branch_epoch, bool)
+            or not isinstance(branch_epoch, numbers.Integral)
+            or branch_epoch < 1
+        ):
             raise ValueError(f"`branch_epoch` must be an int >= 1, got {branch_epoch!r}.")
+        branch_epoch = int(branch_epoch)  # NumPy ints too
         self.amounts = check_amounts(amounts)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"`seed` must be an int, got {seed!r}.")
-        # Checked as given, so a message shows the value received.
-        check_pruning_arguments(
-            pruning_fn, use_global_unstructured, parameter_names, modules, pruning_dim, pruning_norm
-        )
-        #: How the pruned branches are pruned and seeded.
+        #: How the pruned branches are pruned and seeded (its construction checks the arguments and the seed).
         self.pruning = PruningSettings(
             pruning_fn=pruning_fn,
             use_global_unstructured=use_global_unstructured,
-            parameter_names=tuple(parameter_names),
-            modules=list(modules) if modules is not None else None,
+            parameter_names=parameter_names,
+            modules=modules,
             pruning_dim=pruning_dim,
             pruning_norm=pruning_norm,
             seed=seed,
@@ -224,8 +224,8 @@ class PruneAndBranchCallback(Callback):
         self._state_key = self._generate_state_key(
             branch_epoch=branch_epoch, amounts=self.amounts, pruning_fn=pruning_fn
         )
-        #: One dict per branch, in the order they ran (see ``SUMMARY_COLUMNS``, plus ``history``).
-        self.results: list[dict[str, Any]] = []
+        #: One BranchResult per branch, in the order they ran (``result.name`` or ``result["name"]``).
+        self.results: list[BranchResult] = []
         #: The directory holding the branch runs and the summary, once known.
         self.branches_dir: Path | None = None
         #: Where the parent stopped (epoch, step, weights' fingerprint), once forked.
@@ -251,21 +251,25 @@ class PruneAndBranchCallback(Callback):
         if stage != "fit":
             return
         check_epochs(self.branch_epoch, trainer.max_epochs, trainer.min_epochs, self.trainer_kwargs)
-        # Names, parameter names and "nothing to prune" are checked on the real model now, not at the fork.
-        find_prunable(
+        # Names, parameter names, "nothing to prune" and the pruning dimension are checked on the real model
+        # now, not at the fork.
+        targets = find_prunable(
             pl_module,
             self.pruning.modules,
             self.pruning.parameter_names,
             skip_last=self.pruning.pruning_fn in STRUCTURED_PRUNING_FUNCTIONS,
         )
+        check_pruning_dim(targets, self.pruning.pruning_fn, self.pruning.pruning_dim)
         if "strategy" not in self.trainer_kwargs:
             check_strategy(trainer.strategy)
         check_lightning_attributes(trainer)  # before the parent trains, not at the fork
+        if self.trainer_factory is None:
+            check_branch_trainer(parent_settings(trainer), self.trainer_kwargs)
         # Before training the parent: a directory holding another model's or setting's branches is refused now.
         record = store.experiment_record(
             None, store.architecture(pl_module), self._experiment_settings(trainer)
         )
-        self._check_experiment(trainer, _branches_dir(trainer), record, False)
+        check_experiment_everywhere(trainer, _branches_dir(trainer), record, weights=False)
         self._parent_metrics = {}
         skip_placeholder_hp_metric(trainer)
         if not trainer.loggers:
@@ -280,7 +284,9 @@ class PruneAndBranchCallback(Callback):
         self._saved = None
         if self.only is not None and (_branches_dir(trainer) / store.FORK_FILE).is_file():
             # A job for a few branches of an experiment whose fork is saved: start from it, don't retrain the parent.
-            self._saved = store.load_fork(_branches_dir(trainer))["fork"]
+            self._saved = store.load_fork(_branches_dir(trainer))[
+                "fork"
+            ]  # an unreadable one: an error naming it
             for callback in trainer.callbacks:
                 if isinstance(callback, EmergenceCallback):
                     callback.measure_at_start = False  # the parent's run has its curve already
@@ -342,7 +348,7 @@ class PruneAndBranchCallback(Callback):
     # ---- the branches -------------------------------------------------------------------------
     def run_branches(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, saved: Fork | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[BranchResult]:
         """Forks ``pl_module`` as ``trainer`` left it (or starts from a ``saved`` fork) and trains the branches.
 
         Trains the branches ``only`` names (all by default); returns :attr:`results`.
@@ -354,9 +360,13 @@ class PruneAndBranchCallback(Callback):
             pl_module.load_state_dict(saved.model.state_dict())  # the module ends this fit as at the fork
         self.fork = fork.point
         record = store.experiment_record(
-            fork.point.fingerprint, store.architecture(fork.model), self._experiment_settings(trainer)
+            fork.point.fingerprint,
+            store.architecture(fork.model),
+            self._experiment_settings(trainer),
+            fork.data_sizes,
         )
-        self._check_experiment(trainer, directory, record, True)
+        check_experiment_everywhere(trainer, directory, record, weights=True)
+        experiment = store.experiment_id(record)
         setup = BranchSetup(
             plan=self.branches,
             pruning=self.pruning,
@@ -374,13 +384,11 @@ class PruneAndBranchCallback(Callback):
         specs = select(setup.plan, self.only)
         previous = {}
         if self.resume and trainer.is_global_zero:
-            previous = store.read_finished(
-                directory, specs, fork.point.fingerprint, self.branch_epoch, self.pruning.pruning_fn
-            )
+            previous = store.read_finished(directory, specs, experiment, self.pruning.pruning_fn)
         previous = trainer.strategy.broadcast(previous)  # every process skips the same branches
-        self.results = [result for result in self.results if result["name"] not in {s.name for s in specs}]
-        header = summary_header(fork, self.pruning)
-        runner = BranchRunner(fork, setup, directory, trainer.strategy)
+        self.results = [result for result in self.results if result.name not in {s.name for s in specs}]
+        header = summary_header(fork, self.pruning, experiment)
+        runner = BranchRunner(fork, setup, directory, experiment, trainer.strategy)
         for result in runner.run(specs, previous):
             self.results.append(result)
             if trainer.is_global_zero:
@@ -405,6 +413,7 @@ class PruneAndBranchCallback(Callback):
             monitor, mode = self.monitor, None
         mode = self.mode or mode or (pick_monitor([str(monitor)]) or (None, "min"))[1]  # accuracy: max
         data = self._data_kwargs(trainer)
+        parents_data = not (self.branch_datamodule or self.branch_train_dataloaders)
         state = None
         if self.optimizer_state == "continue":
             state = ForkState(
@@ -421,20 +430,20 @@ class PruneAndBranchCallback(Callback):
             monitor=monitor,
             mode=mode,
             dense_parameters=count_parameters(pl_module),
-            generators=generator_states(data.values()),
+            order=data_order(data.values(), trainer.train_dataloader if parents_data else None),
+            data_sizes=fork_data_sizes(
+                trainer, self.branch_datamodule, self.branch_train_dataloaders, self.branch_val_dataloaders
+            ),
         )
 
     def _log_parent_summary(self, trainer: pl.Trainer, fork: Fork) -> None:
         """The parent's end-of-run scalars and HParams row, with the same columns as every branch's."""
-        values = [m[fork.monitor] for _, m in sorted(self._parent_metrics.items()) if fork.monitor in m]
-        finite = [value for value in values if math.isfinite(value)]
+        values = {epoch: m[fork.monitor] for epoch, m in self._parent_metrics.items() if fork.monitor in m}
         emergence = next((cb for cb in trainer.callbacks if isinstance(cb, EmergenceCallback)), None)
         records = emergence.records() if emergence is not None else []
         end = records[-1] if records else None
         figures = {
-            "final": values[-1] if values else None,
-            "best": (max(finite) if fork.mode == "max" else min(finite)) if finite else None,
-            "epochs_to_99": epochs_to_fraction_of_final(values, 0.99, fork.mode) if values else None,
+            **metric_figures(values, fork.mode),
             "parameters": fork.dense_parameters,
             **(
                 {"E_end": end.E, "log10_E_end": end.log10_E, "relative_E_end": end.relative,
@@ -458,10 +467,13 @@ class PruneAndBranchCallback(Callback):
         package = fork_package(fork, portable, record)
         try:
             store.save_fork(directory, package)
-        except (pickle.PicklingError, TypeError, AttributeError) as error:
+        except (pickle.PicklingError, TypeError, AttributeError, OSError) as error:
+            # Nothing the parent trained is lost: the module (and any checkpoint Lightning wrote) stays as it is,
+            # and the branches run in this process from it.
             rank_zero_warn(
-                f"PruneAndBranchCallback: the fork could not be saved to {directory / store.FORK_FILE} ({error}); "
-                "branches can run only in this process, not later by name (`emergence-lightning branch`)."
+                f"PruneAndBranchCallback: the fork could not be saved to {directory / store.FORK_FILE} "
+                f"({type(error).__name__}: {error}); the branches run in this process from the parent's module, "
+                "but not later by name (`emergence-lightning branch`)."
             )
             return
         local = script_classes(package)
@@ -483,29 +495,17 @@ class PruneAndBranchCallback(Callback):
         return parent_data(trainer)
 
     def _experiment_settings(self, trainer: pl.Trainer) -> dict[str, Any]:
-        """The settings every branch shares, recorded in ``experiment.json`` (see :mod:`~emergence_lightning.branching.store`)."""
+        """Every setting that changes the branches' numbers (see :func:`~.branch_experiment.experiment_settings`)."""
         data = self.branch_datamodule or self.branch_train_dataloaders
-        return {
+        own = {
             "branch_epoch": self.branch_epoch,
-            "max_epochs": self.trainer_kwargs.get("max_epochs", trainer.max_epochs),
-            **{key: value for key, value in dataclasses.asdict(self.pruning).items()},
+            **dataclasses.asdict(self.pruning),
             "optimizer_state": self.optimizer_state,
+            "monitor": self.monitor,
+            "mode": self.mode,
             "branch_data": type(data).__name__ if data is not None else None,
         }
-
-    def _check_experiment(
-        self, trainer: pl.Trainer, directory: Path, record: dict[str, Any], weights: bool
-    ) -> None:
-        """Raises, in every process, when ``directory`` holds another experiment's branches (rank zero reads)."""
-        message = None
-        if trainer.is_global_zero:
-            try:
-                store.check_experiment(directory, record, weights=weights)
-            except store.ExperimentMismatchError as error:
-                message = str(error)
-        message = trainer.strategy.broadcast(message)
-        if message is not None:
-            raise store.ExperimentMismatchError(message)
+        return experiment_settings(trainer, own, self.trainer_kwargs)
 
     def summary_table(self) -> str:
         """The results as a text table (what ``verbose`` prints)."""
@@ -514,11 +514,11 @@ class PruneAndBranchCallback(Callback):
     # ---- checkpointing -----------------------------------------------------------------------
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"results": [dict(result) for result in self.results], "forked": self._forked}
+        return {"results": [result.to_dict() for result in self.results], "forked": self._forked}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.results = [dict(result) for result in state_dict.get("results", [])]
+        self.results = [BranchResult.from_dict(result) for result in state_dict.get("results", [])]
         self._forked = bool(state_dict.get("forked", False))
 
 

@@ -23,7 +23,12 @@ import lightning.pytorch as pl
 from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator, MPSAccelerator
 from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint, ModelSummary, ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.strategies import (
+    DDPStrategy,
+    FSDPStrategy,
+    ModelParallelStrategy,
+    SingleDeviceStrategy,
+)
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
@@ -36,6 +41,7 @@ from emergence_lightning.callbacks.loggers import (
     build_branch_logger,
     parent_logger_spec,
 )
+from emergence_lightning.callbacks.trainer_arguments import checked_number, global_flags, restore_global_flags
 
 #: Builds one branch's Trainer: ``factory(spec, kwargs) -> Trainer``. ``kwargs`` are the Trainer
 #: arguments taken from the parent (and ``trainer_kwargs``), with ``callbacks`` (fresh copies of the
@@ -83,7 +89,34 @@ def check_trainer_kwargs(trainer_kwargs: Any) -> dict[str, Any]:
             f"`trainer_kwargs` may not set {reserved!r}: branches get fresh copies of the parent's callbacks "
             "and a logger under the parent's log directory."
         )
+    for key, value in trainer_kwargs.items():
+        trainer_kwargs[key] = checked_number(key, value)
     return trainer_kwargs
+
+
+def check_branch_trainer(settings: Mapping[str, Any], trainer_kwargs: Mapping[str, Any]) -> None:
+    """Builds (and drops) a branch Trainer from the parent's settings and ``trainer_kwargs``, at ``setup``.
+
+    A combination the Trainer refuses (an unknown accelerator or precision, a strategy it cannot
+    build) fails now, before the parent trains, not in every branch at the fork. The global flags
+    a Trainer sets as it is built (deterministic algorithms, cuDNN benchmark) are put back: the
+    parent's run must not change.
+
+    Raises:
+        ValueError: the Trainer refuses the arguments (its message included).
+    """
+    kwargs = branch_trainer_kwargs(settings, trainer_kwargs, [], [])
+    flags = global_flags()
+    try:
+        with _QuietLightningInfo():
+            pl.Trainer(**kwargs)
+    except Exception as error:  # noqa: BLE001 - whatever the Trainer refuses, named with the arguments
+        raise ValueError(
+            f"`trainer_kwargs`={dict(trainer_kwargs)!r} with the parent's settings give no branch Trainer: "
+            f"{type(error).__name__}: {error}"
+        ) from error
+    finally:
+        restore_global_flags(flags)
 
 
 # ---- the parent's settings -------------------------------------------------------------------
@@ -185,6 +218,14 @@ def check_strategy(strategy: Any) -> None:
     if isinstance(strategy, DDPStrategy) and getattr(strategy, "_start_method", "popen") == "popen":
         return
     name = type(strategy).__name__
+    if isinstance(strategy, (ModelParallelStrategy, FSDPStrategy)):
+        raise ValueError(
+            f"PruneAndBranchCallback does not run branches under a sharded strategy, got {name}: "
+            "`torch.nn.utils.prune` renames the `weight` parameter that the sharding wraps, and branches would "
+            "have to be pruned on the gathered full state and sharded again (not built; see the known limits "
+            "in docs/prune-and-branch.md). Use `strategy='ddp'` or one device for a prune-and-branch run; "
+            "EmergenceCallback alone measures under FSDP2."
+        )
     if isinstance(strategy, DDPStrategy):
         name += f"(start_method={strategy._start_method!r})"
     raise ValueError(

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from emergence_lightning.functional import VARIANTS
+from emergence_lightning.functional import check_variant
 
 
 def path_emergence(
@@ -67,8 +67,7 @@ def path_emergence(
         >>> path_emergence(skip, active)  # + 3 paths from the dead nodes 0 and 2 of layer 0
         15
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"`variant` must be one of {VARIANTS}, got {variant!r}.")
+    check_variant(variant)
     masks = _check_active(active)
     blocks = _check_edges(edges, [int(mask.numel()) for mask in masks])
     return _count_paths(blocks, masks, variant)
