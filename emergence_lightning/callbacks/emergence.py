@@ -39,6 +39,7 @@ from emergence_lightning.functional import (
     relative_emergence,
 )
 from emergence_lightning.measure import ActivityTracker, Measurement
+from emergence_lightning.measure.observer import eval_pass, fresh_iteration, left_as_found
 from emergence_lightning.pruning import count_parameters
 
 __all__ = ["EmergenceCallback", "batch_input", "default_probe_step", "zero_streak"]
@@ -241,11 +242,12 @@ class EmergenceCallback(Callback):
     # ---- when to measure -----------------------------------------------------------------
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._source = state.measurement_source(trainer, self.probe_dataloader)
+        with left_as_found(pl_module):  # loading the validation data early must not move the random states
+            self._source = state.measurement_source(trainer, self.probe_dataloader)
         self._log_tensorboard_extras(trainer)
         if self.measure_at_start and not self.history:
-            batches, sampler = state.start_batches(trainer, self._source, self.probe_dataloader)
-            measurement = self._run_probe(trainer, pl_module, batches, sampler)
+            loader, limit = state.start_data(trainer, self._source, self.probe_dataloader)
+            measurement = self._run_probe(trainer, pl_module, loader, limit)
             if measurement is not None:
                 self._record(
                     trainer, pl_module, measurement, epoch=0, through_loggers=True, before_training=True
@@ -343,9 +345,7 @@ class EmergenceCallback(Callback):
             measurement = self._close_window(trainer)
         elif self._source == "probe":
             assert self.probe_dataloader is not None
-            measurement = self._run_probe(
-                trainer, pl_module, self.probe_dataloader, state.sampler_of(self.probe_dataloader)
-            )
+            measurement = self._run_probe(trainer, pl_module, self.probe_dataloader, math.inf)
         else:
             return
         if measurement is not None:
@@ -387,8 +387,8 @@ class EmergenceCallback(Callback):
             )
         if self._source is None:
             self._source = state.measurement_source(trainer, self.probe_dataloader)
-        batches, sampler = state.start_batches(trainer, self._source, self.probe_dataloader)
-        measurement = self._run_probe(trainer, pl_module, batches, sampler)
+        loader, limit = state.start_data(trainer, self._source, self.probe_dataloader)
+        measurement = self._run_probe(trainer, pl_module, loader, limit)
         if measurement is None:
             return None
         record = self._new_record(trainer, pl_module, measurement, epoch, before_training)
@@ -440,18 +440,17 @@ class EmergenceCallback(Callback):
         return measurement
 
     def _run_probe(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batches: Iterable[Any], sampler: Any
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, loader: Iterable[Any], limit: float
     ) -> Measurement | None:
-        """A forward-only pass over ``batches`` in eval mode through the module's own step (see
-        :mod:`~emergence_lightning.callbacks.probe`); every module's mode is restored.
+        """A forward-only pass over the first ``limit`` batches of ``loader`` through the module's own step
+        (see :mod:`~emergence_lightning.callbacks.probe`), leaving the run as it found it (random states,
+        loader generators and workers, modes: see :mod:`~emergence_lightning.measure.observer`).
         """
         assert self.tracker is not None
-        modes = {module: module.training for module in pl_module.modules()}
-        self._open_window(trainer, sampler)
+        self._open_window(trainer, state.sampler_of(loader))
         try:
-            pl_module.eval()
-            with torch.no_grad(), trainer.precision_plugin.val_step_context():
-                for batch_idx, batch in enumerate(batches):
+            with eval_pass(pl_module, [loader]), trainer.precision_plugin.val_step_context():
+                for batch_idx, batch in enumerate(state.take(fresh_iteration(loader), limit)):
                     batch = trainer.strategy.batch_to_device(batch)
                     self.tracker.start_pass()
                     self._remember_input(batch)
@@ -460,9 +459,6 @@ class EmergenceCallback(Callback):
         except BaseException:
             self._close_window()
             raise
-        finally:
-            for module, training in modes.items():
-                module.training = training
         return self._close_window(trainer)
 
     # ---- recording, logging, stopping ----------------------------------------------------

@@ -131,16 +131,10 @@ def measurement_source(trainer: pl.Trainer, probe_dataloader: Any) -> str:
     return "validation" if has_validation_batches(trainer) else "train"
 
 
-def start_batches(
-    trainer: pl.Trainer, source: str | None, probe_dataloader: Any
-) -> tuple[Iterable[Any], Any]:
-    """The data of the epoch-0 pass (the same data later epochs measure) and its sampler."""
+def start_data(trainer: pl.Trainer, source: str | None, probe_dataloader: Any) -> tuple[Any, float]:
+    """The loader of the epoch-0 pass (the same data later epochs measure) and how many of its batches to take."""
     if source == "probe":
-        return probe_dataloader, sampler_of(probe_dataloader)
+        return probe_dataloader, math.inf
     if source == "validation":
-        loader = first(trainer.val_dataloaders)
-        limit = trainer.num_val_batches[0]
-    else:
-        loader = first(trainer.train_dataloader)
-        limit = trainer.num_training_batches
-    return take(loader, limit), sampler_of(loader)
+        return first(trainer.val_dataloaders), trainer.num_val_batches[0]
+    return first(trainer.train_dataloader), trainer.num_training_batches
