@@ -13,7 +13,7 @@ from tiny_models import Classifier, cnn, loaders, mlp
 from torch import nn
 from torch.utils.data import DataLoader
 
-from emergence_lightning import EmergenceCallback, count_parameters
+from emergence_lightning import EmergenceCallback, EmergenceRecord, count_parameters
 
 
 def make_trainer(tmp_path, callbacks, max_epochs=3, **kwargs):
@@ -114,6 +114,9 @@ def test_history_record_contents(tmp_path):
     record = callback.history[-1]
     assert set(record) >= {"epoch", "step", "layers", "n", "a", "E", "relative", "log10_E", "active_fraction"}
     assert record["layers"] == ["net.1", "net.3"] and record["n"] == [16, 12]
+    assert (
+        isinstance(record, EmergenceRecord) and record.names == ("net.1", "net.3") and record.global_step == 6
+    )
     assert isinstance(record["E"], int)
     assert record["step"] == 6  # 96 samples / 16 per batch
 

@@ -126,3 +126,12 @@ def test_loader_workers_leave_the_fit_untouched(tmp_path):
     with_callback = final_state(tmp_path, [callback], **options)
     assert callback.history[0]["epoch"] == 0
     assert_same_fit(with_callback, final_state(tmp_path, [], **options))
+
+
+@pytest.mark.parametrize("validation", [True, False], ids=["drawn-from-validation", "drawn-from-training"])
+def test_cadence_on_a_probe_set_leaves_the_fit_untouched(tmp_path, validation):
+    options = {"generator": True, "validation": validation}
+    callback = EmergenceCallback(every_n_train_steps=2, every_n_epochs=1, probe_batches=2)
+    with_callback = final_state(tmp_path, [callback], **options)
+    assert [record.global_step for record in callback.history] == [0, 2, 4, 6, 8]
+    assert_same_fit(with_callback, final_state(tmp_path, [], **options))

@@ -1,7 +1,8 @@
-"""EmergenceCallback: measure emergence each epoch, log it, and optionally stop at zero."""
+"""EmergenceCallback: measure emergence each epoch (or every N steps), log it, and optionally stop at zero."""
 
 from __future__ import annotations
 
+import ast
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -15,86 +16,100 @@ from typing_extensions import override
 
 from emergence_lightning.callbacks import lightning_state as state
 from emergence_lightning.callbacks.emergence_checks import (
+    Connectivity,
     check_callback_arguments,
     duplicate_prefix_error,
     layer_coverage_warnings,
 )
-from emergence_lightning.callbacks.emergence_metrics import (
-    all_metrics,
-    layer_metrics,
-    scalar_metrics,
-    zero_streak,
-)
-from emergence_lightning.callbacks.emergence_record import EmergenceRecord
+from emergence_lightning.callbacks.emergence_metrics import all_metrics, layer_metrics, scalar_metrics
+from emergence_lightning.callbacks.emergence_record import EmergenceRecord, in_training_E
 from emergence_lightning.callbacks.path_exact import PathExactCounter
-from emergence_lightning.callbacks.probe import ProbeStep, batch_input, default_probe_step, run_step
+from emergence_lightning.callbacks.probe import (
+    ProbeStep,
+    batch_input,
+    default_probe_step,
+    fingerprint,
+    run_step,
+)
 from emergence_lightning.callbacks.tensorboard_views import (
     emergence_layout,
     write_activity_histograms,
     write_custom_scalars,
 )
 from emergence_lightning.functional import (
+    Variant,
     emergence,
     log10_emergence,
     relative_emergence,
+    stops_at_zero,
+    zero_streak,
 )
 from emergence_lightning.measure import ActivityTracker, Measurement
 from emergence_lightning.measure.observer import eval_pass, fresh_iteration, left_as_found
+from emergence_lightning.measure.statistics import Statistic
 from emergence_lightning.pruning import count_parameters
 
-__all__ = ["EmergenceCallback", "batch_input", "default_probe_step", "zero_streak"]
+__all__ = ["EmergenceCallback", "batch_input", "default_probe_step"]
+
+# The source of the measurements when a cadence is set: a fixed probe set drawn once.
+PROBE_SET = "probe set"
 
 
 class EmergenceCallback(Callback):
-    r"""Measures emergence ``E`` and relative emergence ``E~ = E / P`` once per epoch.
+    r"""Measures emergence E and relative emergence E~ = E / P once per epoch, or every N steps.
 
     Nodes of each tracked layer (by default, every activation call site's output) are active when
-    their mean output over the measured samples exceeds ``threshold``. With ``n_i`` nodes and
-    ``a_i`` active ones in layer ``i``::
+    their mean output over the measured samples exceeds `threshold`. With n_i nodes and a_i active
+    ones in layer i: E = sum over i<j of (n_i - a_i) * a_j * prod_{k=i+1}^{j-1} n_k.
 
-        E = sum_{i<j} (n_i - a_i) * a_j * prod_{k=i+1}^{j-1} n_k
-
-    Measurements come from the validation forward passes (no extra compute), from the training
-    passes when there is no validation loop, or from ``probe_dataloader`` when one is given; one
-    more is taken before the first training step (epoch 0). They are logged with
-    ``pl_module.log``, so ``EarlyStopping`` and ``ModelCheckpoint`` can monitor them (use
-    ``emergence/log10_E``: E is beyond float32 on real CNNs), and kept exactly in :attr:`history`.
-    ``trainer.test`` and ``trainer.predict`` runs are not measured.
+    Measurements come from the validation forward passes (no extra compute; the first validation
+    dataloader), from the training passes when there is no validation loop, or from
+    `probe_dataloader` when one is given; one more is taken before the first training step (epoch
+    0). With `every_n_train_steps` or `every_n_epochs`, every measurement is taken instead on a
+    fixed probe set of `probe_batches` batches drawn once at the start. Values are logged so that
+    `EarlyStopping` and `ModelCheckpoint` can monitor them (use `emergence/log10_E`: E is beyond
+    float32 on real CNNs) and kept exactly in `history`. The callback never changes the run it
+    observes (random states, data order, modes); `trainer.test` and `trainer.predict` runs are
+    not measured. A measurement in which a tracked layer produced NaN or inf logs E as NaN.
 
     Args:
         threshold: a node is active when its activity exceeds this (the paper's 0.05).
-        statistic: ``"mean"``, ``"fraction"`` (firing rate) or ``"max"``; see
-            :class:`~emergence_lightning.measure.ActivityTracker`.
-        variant: ``"paper"`` or ``"induced"``; see :func:`~emergence_lightning.emergence`.
+        statistic: the per-node activity: the mean output, the firing fraction, or the max.
+        variant: how paths are counted: the paper's formula, or induced (see docs/measure.md).
         layers: the layers to keep, by module name (every call of it) or call-site name
-            (``"layer1.0.relu#2"``, ``"encoder.layers.0.relu()"``); ``None``: every activation
-            call site (modules of any library, functional calls, recurrent outputs).
+            ("layer1.0.relu#2", "encoder.layers.0.relu()"); None: every activation call site.
         node_dim: the dimension that indexes nodes, one int for every layer or a mapping from
-            layer name to int; ``None`` decides it per layer from the layer that produced it (a
-            conv's channels, a Linear's features); see ``docs/measure.md``.
+            layer name to int; None decides it per layer from the layer that produced it.
         include_input: also track the data entering the first Linear/Conv.
         include_output: also track the logits leaving the last Linear/Conv.
-        min_firing_rate: with ``statistic="fraction"``, the firing rate above which a node is active.
-        probe_dataloader: measure on this fixed data at the end of every training epoch instead.
-        probe_step: ``probe_step(pl_module, batch)`` runs the forward pass for the passes this
-            callback drives itself (epoch 0, probe data). Default: the module's own
-            ``validation_step`` (else ``training_step``) with its logging muted and its side
-            effects undone, else ``pl_module(batch[0])``.
+        min_firing_rate: with statistic "fraction", the firing rate above which a node is active.
+        probe_dataloader: measure on this data (at the end of every training epoch, or as the
+            source of the probe set with a cadence) instead of the validation or training data.
+        probe_step: probe_step(pl_module, batch) runs the forward pass for the passes this callback
+            drives itself (epoch 0, probe data). Default: the module's own validation_step (else
+            training_step) with its logging muted and its side effects undone.
         measure_at_start: take the epoch-0 measurement before the first training step.
-        stop_at_zero: stop training once E has been exactly 0 for ``patience + 1`` measurements.
+        stop_at_zero: stop training once E has been exactly 0 for patience + 1 measurements.
         patience: measurements with E = 0 to tolerate before stopping.
         log_histograms: also log each layer's per-node activity as a TensorBoard histogram.
-        prefix: the logged keys start with ``f"{prefix}/"``.
-        connectivity: ``"dense"`` (the paper's formula) or ``"weights"``, which also counts the
-            paths on the graph the weights define (pruned weights are no edge, residual skips
-            are) and logs it as ``emergence/E_path``; see ``docs/connectivity.md``.
+        prefix: the logged keys start with this and a slash.
+        connectivity: "dense" (the paper's formula) or "weights", which also counts the paths on
+            the graph the weights define and logs it as emergence/E_path (see docs/connectivity.md).
+        every_n_train_steps: measure on the probe set every this many optimizer steps (logged at
+            the global step): the cadence for long runs (needs probe_batches).
+        every_n_epochs: measure on the probe set at the end of every this many training epochs
+            (needs probe_batches).
+        probe_batches: how many batches every measurement reads: it bounds the epoch-0 pass, the
+            probe, the validation or training passes measured; with a cadence, the size of the
+            probe set (drawn once from probe_dataloader, else the first validation dataloader,
+            else the training data, and kept in memory).
     """
 
     def __init__(
         self,
         threshold: float = 0.05,
-        statistic: str = "mean",
-        variant: str = "paper",
+        statistic: Statistic = "mean",
+        variant: Variant = "paper",
         layers: Sequence[str] | None = None,
         node_dim: int | Mapping[str, int] | None = None,
         include_input: bool = False,
@@ -107,20 +122,24 @@ class EmergenceCallback(Callback):
         patience: int = 0,
         log_histograms: bool = False,
         prefix: str = "emergence",
-        connectivity: str = "dense",
+        connectivity: Connectivity = "dense",
+        every_n_train_steps: int | None = None,
+        every_n_epochs: int | None = None,
+        probe_batches: int | None = None,
     ) -> None:
         check_callback_arguments(
             threshold=threshold, statistic=statistic, variant=variant, layers=layers, node_dim=node_dim,
             include_input=include_input, include_output=include_output, min_firing_rate=min_firing_rate,
             probe_dataloader=probe_dataloader, probe_step=probe_step, measure_at_start=measure_at_start,
             stop_at_zero=stop_at_zero, patience=patience, log_histograms=log_histograms, prefix=prefix,
-            connectivity=connectivity,
+            connectivity=connectivity, every_n_train_steps=every_n_train_steps, every_n_epochs=every_n_epochs,
+            probe_batches=probe_batches,
         )  # fmt: skip
-        self.threshold = float(threshold)
+        self.threshold = float(threshold)  # numpy scalars (np.float32(0.05)) become Python numbers
         self.statistic = statistic
         self.variant = variant
         self.layers = list(layers) if layers is not None else None
-        self.node_dim = node_dim
+        self.node_dim = _plain_node_dim(node_dim)
         self.include_input = include_input
         self.include_output = include_output
         self.min_firing_rate = float(min_firing_rate)
@@ -128,21 +147,27 @@ class EmergenceCallback(Callback):
         self.probe_step = probe_step  # None: the module's own validation_step (see callbacks/probe.py)
         self.measure_at_start = measure_at_start
         self.stop_at_zero = stop_at_zero
-        self.patience = patience
+        self.patience = int(patience)
         self.log_histograms = log_histograms
         self.prefix = prefix
         self.connectivity = connectivity
+        self.every_n_train_steps = _int_or_none(every_n_train_steps)
+        self.every_n_epochs = _int_or_none(every_n_epochs)
+        self.probe_batches = _int_or_none(probe_batches)
+        # A resume with other settings finds its history under the old key (see `on_load_checkpoint`).
         self._state_key = self._generate_state_key(
             threshold=self.threshold, statistic=statistic, variant=variant, prefix=prefix
         )
-        #: One record per measurement: epoch, step, layers, n, a, E (exact int), relative, ...
-        self.history: list[dict[str, Any]] = []
+        #: One typed record per measurement, oldest first; each also reads as a dict (``record["E"]``).
+        self.history: list[EmergenceRecord] = []
         self.tracker: ActivityTracker | None = None
-        self._source: str | None = None  # "validation", "train" or "probe"
+        self._source: str | None = None  # "validation", "train", "probe" or PROBE_SET
+        self._run = 0  # which fit of this callback is running (records carry it)
+        self._probe_set: list[Any] | None = None  # with a cadence: the batches every measurement reads
+        self._probe_set_samples: int | None = None  # of which real samples (not DDP padding) on this rank
+        self._resumed_probe_set: str | None = None  # the probe set's fingerprint in the resumed checkpoint
         self._window_open = False
         self._window_batches = 0  # batches fed to the model while the window is open
-        self._unmeasured_batches = 0  # batches of validation dataloaders after the first
-        self._warned_empty_first_loader = False
         self._paused = False  # a training-data window, closed to the validation batches running inside it
         self._measured_at_setup, self._failed = 0, False
         self._said_not_measured: set[str] = set()
@@ -158,20 +183,39 @@ class EmergenceCallback(Callback):
         return self._state_key
 
     @property
+    def cadence(self) -> bool:
+        """Whether measurements come from the fixed probe set at a step or epoch cadence."""
+        return self.every_n_train_steps is not None or self.every_n_epochs is not None
+
+    @property
     def settings(self) -> dict[str, Any]:
         """The arguments that shape the measurement (logged to the hparams table)."""
+        return {
+            **self.measurement_settings,
+            # Layers are found as the forward pass runs; hparams are written before it.
+            "layers": ",".join(self.layers) if self.layers else "every activation",
+            "source": str(self._source),
+            "stop_at_zero": self.stop_at_zero,
+            "patience": self.patience,
+        }
+
+    @property
+    def measurement_settings(self) -> dict[str, Any]:
+        """Every setting that changes the numbers measured (kept in checkpoints, compared at a resume)."""
         return {
             "threshold": self.threshold,
             "statistic": self.statistic,
             "variant": self.variant,
-            # Layers are found as the forward pass runs; hparams are written before it.
-            "layers": ",".join(self.layers) if self.layers else "every activation",
+            "layers": list(self.layers) if self.layers else None,
+            "node_dim": self.node_dim,
             "include_input": self.include_input,
             "include_output": self.include_output,
-            "source": str(self._source),
+            "min_firing_rate": self.min_firing_rate,
             "connectivity": self.connectivity,
-            "stop_at_zero": self.stop_at_zero,
-            "patience": self.patience,
+            "probe_dataloader": self.probe_dataloader is not None,
+            "every_n_train_steps": self.every_n_train_steps,
+            "every_n_epochs": self.every_n_epochs,
+            "probe_batches": self.probe_batches,
         }
 
     # ---- set-up and clean-up -------------------------------------------------------------
@@ -195,12 +239,27 @@ class EmergenceCallback(Callback):
             rank_zero_warn(
                 f"{type(pl_module).__name__} has no trainable parameter: relative emergence is logged as NaN."
             )
+        self._start_run(stage)
         self._measured_at_setup, self._failed = len(self.history), False
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 if isinstance(logger, TensorBoardLogger):
                     # Before Lightning writes hparams.yaml (once, at the start of the run): ours go in too.
                     logger.hparams.update(self._hparams())
+
+    def _start_run(self, stage: str) -> None:
+        """A fit after an earlier one starts a new run: its records carry the next `run` number."""
+        stage = getattr(stage, "value", stage)  # Lightning passes a TrainerFn (a str enum)
+        if stage != "fit" and self._run:
+            return  # a validate run after a fit belongs to that fit's run
+        self._run = self.history[-1].run + 1 if self.history else 1
+        self._probe_set = None
+        if self.history and stage == "fit":
+            rank_zero_info(
+                f"EmergenceCallback: this callback already holds {len(self.history)} measurements of an earlier "
+                f"run; this fit is run {self._run}: its records carry `run={self._run}`, it gets its own epoch-0 "
+                "measurement (of the weights it starts from), and `stop_at_zero` counts only its own measurements."
+            )
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -244,20 +303,25 @@ class EmergenceCallback(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         with left_as_found(pl_module):  # loading the validation data early must not move the random states
             self._source = state.measurement_source(trainer, self.probe_dataloader)
+        if self.cadence:
+            self._draw_probe_set(trainer, pl_module)
         self._log_tensorboard_extras(trainer)
-        if self.measure_at_start and not self.history:
-            loader, limit = state.start_data(trainer, self._source, self.probe_dataloader)
-            measurement = self._run_probe(trainer, pl_module, loader, limit)
+        if self.measure_at_start and not self._records_of_this_run():
+            measurement = self._run_probe(trainer, pl_module, *self._probe_data(trainer))
             if measurement is not None:
+                # Resumed weights are trained weights: measured at their epoch, never "before training".
+                fresh = trainer.global_step == 0
+                epoch = 0 if fresh else trainer.current_epoch  # the epochs the checkpoint had completed
                 self._record(
-                    trainer, pl_module, measurement, epoch=0, through_loggers=True, before_training=True
+                    trainer, pl_module, measurement, epoch, through_loggers=True, before_training=fresh
                 )
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The last steps went unmeasured (max_steps mid-epoch, check_val_every_n_epoch > 1): measure the
         # final weights once, on the same samples, so the history always ends at the trained model.
-        if self._source is None or not self.history or self.history[-1]["step"] == trainer.global_step:
+        records = self._records_of_this_run()
+        if self._source is None or not records or records[-1].global_step == trainer.global_step:
             return
         self.measure_now(trainer, pl_module, epoch=state.epochs_completed(trainer, ended=True))
 
@@ -266,7 +330,10 @@ class EmergenceCallback(Callback):
         if trainer.sanity_checking or trainer.state.fn not in ("fit", "validate"):
             return
         if self._source in (None, "validation"):
-            self._open_window(trainer, state.sampler_of(state.first(trainer.val_dataloaders)))
+            self._say_once_other_loaders_unmeasured(trainer)
+            self._open_window(
+                trainer, state.real_samples_on_this_rank(state.sampler_of(self._first_val(trainer)))
+            )
         elif self._window_open and self.tracker is not None:
             self._paused = True  # a training-data window: validation batches must not enter it
             self.tracker.enabled = False
@@ -284,7 +351,7 @@ class EmergenceCallback(Callback):
             self.tracker.start_pass()
             self._remember_input(batch)
             # Only the first validation dataloader is measured, so every epoch sees the same data.
-            self.tracker.enabled = dataloader_idx == 0
+            self.tracker.enabled = dataloader_idx == 0 and batch_idx < (self.probe_batches or math.inf)
 
     @override
     def on_validation_batch_end(
@@ -298,7 +365,6 @@ class EmergenceCallback(Callback):
     ) -> None:
         if self._window_open and self.tracker is not None and not self._paused:
             self._window_batches += self.tracker.enabled  # counted once the batch really ran
-            self._unmeasured_batches += not self.tracker.enabled
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -310,42 +376,66 @@ class EmergenceCallback(Callback):
         measurement = self._close_window(trainer)
         if measurement is not None:
             self._record(trainer, pl_module, measurement, epoch=state.epochs_completed(trainer))
-        elif self._unmeasured_batches and not self._warned_empty_first_loader:
-            self._warned_empty_first_loader = True
+        elif "empty-first-loader" not in self._warned:
+            self._warned.add("empty-first-loader")
             rank_zero_warn(
                 "EmergenceCallback: the first validation dataloader gave no batch, so nothing was measured "
-                f"this epoch ({self._unmeasured_batches} batches of the other dataloaders are not measured, "
-                "so that every epoch sees the same data). Put the data to measure first, or pass "
-                "`probe_dataloader=`."
+                "this epoch (the other dataloaders are not measured, so that every epoch sees the same data). "
+                "Put the data to measure first, or pass `probe_dataloader=`."
             )
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._source == "train":
-            self._open_window(trainer, None)
+            # Under DDP the sampler pads the data to a multiple of the processes: padding is not counted.
+            self._open_window(
+                trainer, state.real_samples_on_this_rank(state.sampler_of(self._first_train(trainer)))
+            )
 
     @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self._window_open and self.tracker is not None:
+        if self._window_open and self.tracker is not None and not self._paused:
             self.tracker.start_pass()
             self._remember_input(batch)
+            self.tracker.enabled = batch_idx < (self.probe_batches or math.inf)
 
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self._window_open:
-            self._window_batches += 1  # not at the start: `on_train_batch_start` may return -1 and skip it
+        if self._window_open and self.tracker is not None:
+            # Not at the start: `on_train_batch_start` may return -1 and skip the batch.
+            self._window_batches += self.tracker.enabled
+        step = trainer.global_step
+        if (
+            self.every_n_train_steps
+            and step
+            and step % self.every_n_train_steps == 0
+            and not self._measured_at(step)
+        ):
+            measurement = self._run_probe(trainer, pl_module, *self._probe_data(trainer))
+            if measurement is not None:
+                self._record(
+                    trainer,
+                    pl_module,
+                    measurement,
+                    state.epochs_completed(trainer, batch_over=True),
+                    through_loggers=True,
+                )
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._source == "train" and self._window_open:
             measurement = self._close_window(trainer)
-        elif self._source == "probe":
-            assert self.probe_dataloader is not None
-            measurement = self._run_probe(trainer, pl_module, self.probe_dataloader, math.inf)
+        elif self._source == "probe" or (
+            self._source == PROBE_SET
+            and self.every_n_epochs
+            and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+            and not self._measured_at(trainer.global_step)
+        ):
+            measurement = self._run_probe(trainer, pl_module, *self._probe_data(trainer))
         else:
             return
         if measurement is not None:
@@ -365,9 +455,10 @@ class EmergenceCallback(Callback):
     ) -> EmergenceRecord | None:
         """Takes one measurement now, on the data the epoch-0 pass uses, and records it.
 
-        The pass runs in eval mode with no gradient, on the probe data, else the first validation
-        dataloader, else the training data (the same samples every time). It never triggers
-        ``stop_at_zero``: the caller decides what a measurement it asked for means.
+        The pass runs in eval mode with no gradient, on the probe set (with a cadence), else the
+        probe data, else the first validation dataloader, else the training data (the same samples
+        every time), and leaves the run as it found it. It never triggers ``stop_at_zero``: the
+        caller decides what a measurement it asked for means.
 
         Args:
             trainer: the Trainer running ``pl_module`` (its loggers and strategy are used).
@@ -386,9 +477,9 @@ class EmergenceCallback(Callback):
                 f"of a running `Trainer` whose callbacks include it (got {type(pl_module).__name__})."
             )
         if self._source is None:
-            self._source = state.measurement_source(trainer, self.probe_dataloader)
-        loader, limit = state.start_data(trainer, self._source, self.probe_dataloader)
-        measurement = self._run_probe(trainer, pl_module, loader, limit)
+            with left_as_found(pl_module):
+                self._source = state.measurement_source(trainer, self.probe_dataloader)
+        measurement = self._run_probe(trainer, pl_module, *self._probe_data(trainer))
         if measurement is None:
             return None
         record = self._new_record(trainer, pl_module, measurement, epoch, before_training)
@@ -399,21 +490,78 @@ class EmergenceCallback(Callback):
                 write_activity_histograms(
                     trainer.loggers, self.prefix, measurement.layers, trainer.global_step
                 )
-        return EmergenceRecord.from_history(record)
+        return record
 
     def records(self) -> list[EmergenceRecord]:
-        """:attr:`history` as typed records, oldest first."""
-        return [EmergenceRecord.from_history(entry) for entry in self.history]
+        """:attr:`history`, oldest first (a copy of the list; the records are frozen)."""
+        return list(self.history)
+
+    def _records_of_this_run(self) -> list[EmergenceRecord]:
+        return [record for record in self.history if record.run == self._run]
+
+    def _measured_at(self, step: int) -> bool:
+        records = self._records_of_this_run()
+        return bool(records) and records[-1].global_step == step
+
+    # ---- the data a pass of our own reads ----------------------------------------------------
+    def _probe_data(self, trainer: pl.Trainer) -> tuple[Iterable[Any], float, int | None]:
+        """The batches a pass of our own reads, how many of them, and the real samples among them (DDP)."""
+        if self._source == PROBE_SET:
+            assert self._probe_set is not None
+            return self._probe_set, math.inf, self._probe_set_samples
+        loader, limit = state.start_data(trainer, self._source, self.probe_dataloader)
+        return (
+            loader,
+            min(limit, self.probe_batches or math.inf),
+            state.real_samples_on_this_rank(state.sampler_of(loader)),
+        )
+
+    def _draw_probe_set(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Draws the cadence's probe set once, leaving the loader's random state as it found it."""
+        if self._probe_set is None:
+            loader, limit = state.start_data(trainer, self._source, self.probe_dataloader)
+            assert self.probe_batches is not None  # checked in __init__
+            with left_as_found(pl_module, [loader]):
+                self._probe_set = list(state.take(fresh_iteration(loader), min(limit, self.probe_batches)))
+            self._probe_set_samples = state.real_samples_on_this_rank(state.sampler_of(loader))
+        self._source = PROBE_SET
+        if self._resumed_probe_set is not None and trainer.is_global_zero:
+            if fingerprint(self._probe_set) != self._resumed_probe_set:
+                rank_zero_warn(
+                    "EmergenceCallback: the probe set drawn at this resume differs from the one measured before "
+                    "the checkpoint (the data it is drawn from shuffles, or changed), so the measurements before "
+                    "and after the resume read different samples. Pass a `probe_dataloader` that does not "
+                    "shuffle to keep one probe set across resumes."
+                )
+            self._resumed_probe_set = None
+
+    def _first_val(self, trainer: pl.Trainer) -> Any:
+        return state.first(trainer.val_dataloaders)
+
+    def _first_train(self, trainer: pl.Trainer) -> Any:
+        return state.first(trainer.train_dataloader)
+
+    def _say_once_other_loaders_unmeasured(self, trainer: pl.Trainer) -> None:
+        loaders = trainer.val_dataloaders
+        count = len(loaders) if isinstance(loaders, (list, tuple, dict)) else 1
+        if count > 1 and "other-loaders" not in self._warned:
+            self._warned.add("other-loaders")
+            rank_zero_warn(
+                f"EmergenceCallback measures the first of the {count} validation dataloaders only, so that every "
+                "measurement reads the same samples (one series per run); the other dataloaders are not measured. "
+                "To measure other data, put it first or pass `probe_dataloader=`; one EmergenceCallback per "
+                "dataset needs its own `prefix`."
+            )
 
     # ---- measurement windows -------------------------------------------------------------
-    def _open_window(self, trainer: pl.Trainer, sampler: Any) -> None:
+    def _open_window(self, trainer: pl.Trainer, sample_limit: int | None) -> None:
         assert self.tracker is not None
-        self.tracker.limit_samples(state.real_samples_on_this_rank(sampler))
+        self.tracker.limit_samples(sample_limit)
         self.tracker.reset()
         self.tracker.enabled = True
         self.tracker.attach()
         self._window_open, self._paused = True, False
-        self._window_batches = self._unmeasured_batches = 0
+        self._window_batches = 0
 
     def _close_window(self, trainer: pl.Trainer | None = None) -> Measurement | None:
         """Removes the hooks; with a trainer, also reduces across processes and computes."""
@@ -440,14 +588,19 @@ class EmergenceCallback(Callback):
         return measurement
 
     def _run_probe(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, loader: Iterable[Any], limit: float
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        loader: Iterable[Any],
+        limit: float,
+        sample_limit: int | None,
     ) -> Measurement | None:
         """A forward-only pass over the first ``limit`` batches of ``loader`` through the module's own step
         (see :mod:`~emergence_lightning.callbacks.probe`), leaving the run as it found it (random states,
         loader generators and workers, modes: see :mod:`~emergence_lightning.measure.observer`).
         """
         assert self.tracker is not None
-        self._open_window(trainer, state.sampler_of(loader))
+        self._open_window(trainer, sample_limit)
         try:
             with eval_pass(pl_module, [loader]), trainer.precision_plugin.val_step_context():
                 for batch_idx, batch in enumerate(state.take(fresh_iteration(loader), limit)):
@@ -469,37 +622,52 @@ class EmergenceCallback(Callback):
         measurement: Measurement,
         epoch: float,
         before_training: bool,
-    ) -> dict[str, Any]:
-        E = emergence(measurement.n, measurement.a, variant=self.variant)
+    ) -> EmergenceRecord:
+        nonfinite = tuple(layer.name for layer in measurement.layers if layer.nonfinite_nodes)
+        E: int | float = emergence(measurement.n, measurement.a, variant=self.variant)
         for key, message in layer_coverage_warnings(pl_module, measurement.names, E):
             if key not in self._warned:
                 self._warned.add(key)
                 rank_zero_warn(message)
+        if nonfinite:
+            # Dead by NaN is no dead node: a diverged network must never read as E = 0 ("converged").
+            E = math.nan
+            if f"nonfinite:{self._run}" not in self._warned:
+                self._warned.add(f"nonfinite:{self._run}")
+                rank_zero_warn(
+                    f"EmergenceCallback: layers {list(nonfinite)} produced NaN or inf (has training diverged?): "
+                    f"`{self.prefix}/E`, `log10_E` and `relative` are logged as NaN, not counted, so "
+                    "`EarlyStopping(check_finite=True)` stops on them and `stop_at_zero` does not count them."
+                )
         parameters = count_parameters(pl_module)
-        record = {
-            "epoch": epoch,
-            "step": trainer.global_step,
-            "layers": measurement.names,
-            "n": measurement.n,
-            "a": measurement.a,
-            "E": E,
-            "relative": relative_emergence(E, parameters) if parameters else math.nan,
-            "log10_E": log10_emergence(E),
-            "active_fraction": measurement.active_fraction,
-            "parameters": parameters,
-            "samples": measurement.samples,
-            "before_training": before_training,
-        }
+        E_path = relative_path = None
         if self._path_counter is not None:
             E_path = self._path_counter.count(pl_module, measurement)
-            record["E_path"] = E_path
             if E_path is not None:
-                record["relative_path"] = relative_emergence(E_path, parameters) if parameters else math.nan
-        return record
+                E_path = math.nan if nonfinite else E_path
+                relative_path = _relative(E_path, parameters)
+        return EmergenceRecord(
+            epoch=epoch,
+            global_step=trainer.global_step,
+            E=E,
+            log10_E=log10_emergence(E),
+            relative=_relative(E, parameters),
+            parameters=parameters,
+            names=tuple(measurement.names),
+            n=tuple(measurement.n),
+            a=tuple(measurement.a),
+            before_training=before_training,
+            E_path=E_path,
+            active_fraction=measurement.active_fraction,
+            samples=measurement.samples,
+            relative_path=relative_path,
+            nonfinite_layers=nonfinite,
+            run=max(self._run, 1),
+        )
 
-    def _log_to_loggers(self, trainer: pl.Trainer, record: dict[str, Any]) -> None:
+    def _log_to_loggers(self, trainer: pl.Trainer, record: EmergenceRecord) -> None:
         """Writes a record straight to the loggers at ``global_step`` (where ``self.log`` can't: before the
-        first step, in ``on_train_end``, or for a measurement the caller asked for).
+        first step, in ``on_train_end``, mid-epoch, or for a measurement the caller asked for).
         """
         metrics = {**all_metrics(record, self.prefix), "epoch": record["epoch"]}
         _write(trainer, metrics, trainer.global_step)
@@ -514,7 +682,6 @@ class EmergenceCallback(Callback):
         before_training: bool = False,
     ) -> None:
         record = self._new_record(trainer, pl_module, measurement, epoch, before_training)
-        E = record["E"]
         self._append(trainer, record)
         if through_loggers:
             self._log_to_loggers(trainer, record)
@@ -531,7 +698,7 @@ class EmergenceCallback(Callback):
             _write(trainer, layer_metrics(record, self.prefix), state.logging_step(trainer))
         if self.log_histograms:
             write_activity_histograms(trainer.loggers, self.prefix, measurement.layers, trainer.global_step)
-        if self.stop_at_zero and before_training and E == 0:
+        if self.stop_at_zero and before_training and record.E == 0:
             rank_zero_warn(
                 "EmergenceCallback(stop_at_zero=True): E is already 0 before training (active nodes per "
                 f"layer {dict(zip(measurement.names, measurement.a))} of {measurement.n}). E counts paths "
@@ -543,12 +710,12 @@ class EmergenceCallback(Callback):
         if self.stop_at_zero and not before_training:
             self._maybe_stop(trainer)
 
-    def _append(self, trainer: pl.Trainer, record: dict[str, Any]) -> None:
+    def _append(self, trainer: pl.Trainer, record: EmergenceRecord) -> None:
         """Adds ``record`` to :attr:`history`; the first time its layers are seen, charts them one by one."""
-        if self._charted_layers != record["layers"]:
+        if self._charted_layers != list(record.names):
             # TensorBoard keeps a run's last layout: now that the layers are known, one chart per layer.
-            self._write_layout(trainer, layers=dict(zip(record["layers"], record["n"])))
-            self._charted_layers = list(record["layers"])
+            self._write_layout(trainer, layers=dict(zip(record.names, record.n)))
+            self._charted_layers = list(record.names)
         self.history.append(record)
 
     def _remember_input(self, batch: Any) -> None:
@@ -556,12 +723,12 @@ class EmergenceCallback(Callback):
             self._path_counter.remember_input(batch)
 
     def _maybe_stop(self, trainer: pl.Trainer) -> None:
-        streak = zero_streak(self.history)
-        should_stop = trainer.strategy.reduce_boolean_decision(streak > self.patience, all=True)
+        E = in_training_E(self.history)
+        should_stop = trainer.strategy.reduce_boolean_decision(stops_at_zero(E, self.patience), all=True)
         if should_stop and not trainer.should_stop:
             trainer.should_stop = True
             rank_zero_info(
-                f"EmergenceCallback: emergence has been 0 for {streak} consecutive measurements "
+                f"EmergenceCallback: emergence has been 0 for {zero_streak(E)} consecutive measurements "
                 f"(patience={self.patience}); stopping training."
             )
 
@@ -569,7 +736,7 @@ class EmergenceCallback(Callback):
         settings = self.settings
         if self._source is None:
             del settings["source"]  # known from `on_train_start` on
-        return {f"{self.prefix}/{key}": value for key, value in settings.items()}
+        return {f"{self.prefix}/{key}": _hparam_value(value) for key, value in settings.items()}
 
     @rank_zero_only
     def _log_tensorboard_extras(self, trainer: pl.Trainer) -> None:
@@ -590,11 +757,89 @@ class EmergenceCallback(Callback):
     # ---- checkpointing -------------------------------------------------------------------
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"history": [dict(record) for record in self.history]}
+        return {
+            "history": [record.to_dict() for record in self.history],
+            "settings": self.measurement_settings,
+            "probe_set": fingerprint(self._probe_set) if self._probe_set is not None else None,
+        }
+
+    @override
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Lightning restores a callback's state only under its exact `state_key`, which holds the
+        # threshold, statistic and variant: with one of them changed, find the history by prefix.
+        states = checkpoint.get("callbacks", {})
+        if self.state_key in states:
+            return  # `load_state_dict` gets it
+        for key, saved in states.items():
+            settings = _key_settings(key)
+            if settings is not None and settings.pop("prefix", None) == self.prefix:
+                self.load_state_dict({"settings": settings, **saved})
+                return
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = [dict(record) for record in state_dict.get("history", [])]
+        self.history = [EmergenceRecord.from_history(entry) for entry in state_dict.get("history", [])]
+        self._run = self.history[-1].run if self.history else max(self._run, 1)
+        saved = state_dict.get("settings")
+        current = self.measurement_settings
+        changes = _changes({**current, **saved}, current) if saved is not None else []
+        if changes:
+            # The records before the resume measured something else: a new run keeps them apart.
+            self._run += 1
+            rank_zero_warn(
+                "EmergenceCallback: this resume measures with other settings than the checkpoint's history: "
+                + "; ".join(changes)
+                + f". The measurements from here on are run {self._run} (their records carry `run={self._run}`), "
+                "the resumed weights are measured at their epoch (not as 'before training'), and the two runs "
+                "are not comparable."
+            )
+        else:
+            self._resumed_probe_set = state_dict.get("probe_set")
+        self._probe_set = None
+
+
+def _key_settings(key: str) -> dict[str, Any] | None:
+    """The settings in an EmergenceCallback's ``state_key`` (``EmergenceCallback{'threshold': ...}``), else None."""
+    name, brace, rest = key.partition("{")
+    if name != EmergenceCallback.__qualname__ or not brace:
+        return None
+    try:
+        settings = ast.literal_eval(brace + rest)
+    except (ValueError, SyntaxError):
+        return None
+    return settings if isinstance(settings, dict) else None
+
+
+def _changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """``"`name` a -> b"`` for each setting that differs (a setting missing on one side counts as None)."""
+    return [
+        f"`{name}` {saved.get(name)!r} -> {current.get(name)!r}"
+        for name in sorted(set(saved) | set(current))
+        if saved.get(name) != current.get(name)
+    ]
+
+
+def _relative(E: int | float, parameters: int) -> float:
+    if not parameters or (isinstance(E, float) and math.isnan(E)):
+        return math.nan
+    return relative_emergence(E, parameters)  # type: ignore[arg-type]
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _plain_node_dim(node_dim: int | Mapping[str, int] | None) -> int | dict[str, int] | None:
+    """``node_dim`` with Python ints (numpy's are accepted) and a plain dict (kept in checkpoints)."""
+    if isinstance(node_dim, Mapping):
+        return {name: int(dim) for name, dim in node_dim.items()}
+    return None if node_dim is None else int(node_dim)
+
+
+def _hparam_value(value: Any) -> Any:
+    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
 
 
 @rank_zero_only

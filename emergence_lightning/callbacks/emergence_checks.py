@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 from torch import Tensor, nn
 
 from emergence_lightning.callbacks import lightning_state as state
 from emergence_lightning.functional import VARIANTS
 from emergence_lightning.measure import check_flags, check_tracking_arguments, parametrised_leaves
+from emergence_lightning.measure.arguments import is_integer
 
 # A model with at least this many parametrised leaf modules should show at least two layers.
 MANY_PARAMETRISED_MODULES = 3
@@ -71,7 +72,9 @@ def layer_coverage_warnings(model: nn.Module, names: Sequence[str], E: int) -> l
     return warnings
 
 
-CONNECTIVITIES = ("dense", "weights")
+#: How E is counted: the paper's dense formula, or also on the graph the weights define.
+Connectivity = Literal["dense", "weights"]
+CONNECTIVITIES: tuple[str, ...] = get_args(Connectivity)
 
 
 def check_callback_arguments(
@@ -92,17 +95,32 @@ def check_callback_arguments(
     log_histograms: Any,
     prefix: Any,
     connectivity: Any,
+    every_n_train_steps: Any,
+    every_n_epochs: Any,
+    probe_batches: Any,
 ) -> None:
     """Raises on a bad ``EmergenceCallback`` argument, naming it and the value received."""
     check_tracking_arguments(threshold, statistic, min_firing_rate, node_dim, layers)
     if variant not in VARIANTS:
         raise ValueError(f"`variant` must be one of {VARIANTS}, got {variant!r}.")
-    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+    if not is_integer(patience) or patience < 0:
         raise ValueError(f"`patience` must be an int >= 0, got {patience!r}.")
     if not isinstance(prefix, str) or not prefix or prefix.endswith("/"):
         raise ValueError(f"`prefix` must be a non-empty string not ending in '/', got {prefix!r}.")
     if connectivity not in CONNECTIVITIES:
         raise ValueError(f"`connectivity` must be one of {CONNECTIVITIES}, got {connectivity!r}.")
+    for name, value in (
+        ("every_n_train_steps", every_n_train_steps), ("every_n_epochs", every_n_epochs), ("probe_batches", probe_batches)
+    ):  # fmt: skip
+        if value is not None and (not is_integer(value) or value < 1):
+            raise ValueError(f"`{name}` must be an int >= 1 or None, got {value!r}.")
+    if (every_n_train_steps is not None or every_n_epochs is not None) and probe_batches is None:
+        cadence = "every_n_train_steps" if every_n_train_steps is not None else "every_n_epochs"
+        raise ValueError(
+            f"`{cadence}` measures a fixed probe set kept in memory, so it needs `probe_batches` (how many "
+            f"batches to draw once at the start), got `probe_batches=None` with `{cadence}`="
+            f"{every_n_train_steps if every_n_train_steps is not None else every_n_epochs}."
+        )
     if probe_step is not None and not callable(probe_step):
         raise TypeError(f"`probe_step` must be callable, got {probe_step!r}.")
     check_flags(

@@ -8,7 +8,6 @@ counting ``/E_path``, ``/log10_E_path``, ``/relative_path``; per layer ``/active
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from emergence_lightning.functional import emergence_as_float, log10_emergence
@@ -43,13 +42,3 @@ def layer_metrics(record: dict[str, Any], prefix: str) -> dict[str, float]:
 def all_metrics(record: dict[str, Any], prefix: str) -> dict[str, float]:
     """Every logged value of a record: the monitorable scalars and the per-layer counts."""
     return {**scalar_metrics(record, prefix), **layer_metrics(record, prefix)}
-
-
-def zero_streak(history: Sequence[dict[str, Any]]) -> int:
-    """How many of the latest in-training measurements had E exactly 0."""
-    streak = 0
-    for record in reversed(history):
-        if record.get("before_training", record["epoch"] == 0) or record["E"] != 0:
-            break
-        streak += 1
-    return streak

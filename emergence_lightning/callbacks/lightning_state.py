@@ -47,7 +47,9 @@ def logging_step(trainer: pl.Trainer) -> int:
     return int(getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step))
 
 
-def epochs_completed(trainer: pl.Trainer, *, ended: bool = False, epoch_over: bool = False) -> float:
+def epochs_completed(
+    trainer: pl.Trainer, *, ended: bool = False, epoch_over: bool = False, batch_over: bool = False
+) -> float:
     """Training epochs completed, fractional mid-epoch (a validation run inside it, a fit cut by ``max_steps``).
 
     Args:
@@ -56,11 +58,12 @@ def epochs_completed(trainer: pl.Trainer, *, ended: bool = False, epoch_over: bo
             counts the last, possibly partial, epoch.
         epoch_over: the epoch has ended (``on_train_epoch_end``): it counts whole unless ``max_steps``
             cut it (an epoch ended early by ``on_train_batch_start`` returning -1 counts whole).
+        batch_over: called in ``on_train_batch_end``, before Lightning counts that batch as completed.
     """
     if trainer.state.fn != "fit":
         return trainer.current_epoch
     total = trainer.num_training_batches
-    done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.completed + int(batch_over)
     base = trainer.current_epoch - 1 if ended else trainer.current_epoch
     cut = 0 < trainer.max_steps <= trainer.global_step
     if (ended or epoch_over) and not cut:

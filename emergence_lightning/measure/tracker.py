@@ -158,6 +158,10 @@ class ActivityTracker:
         self.node_dim = node_dim
         self.include_input, self.include_output = include_input, include_output
         self._wanted = check_layer_names(model, layers)
+        if isinstance(node_dim, Mapping):  # a typo would be silently ignored: refuse it as `layers` does
+            check_layer_names(
+                model, [key for key in node_dim if key not in (INPUT_LAYER, OUTPUT_LAYER)], "node_dim"
+            )
         leaves = rules.parametrised_leaves(model)
         if (include_input or include_output) and not leaves:
             raise ValueError(
