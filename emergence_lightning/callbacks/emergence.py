@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -14,6 +13,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
+from emergence_lightning.callbacks import emergence_checks as says
+from emergence_lightning.callbacks import emergence_lifecycle as lifecycle
 from emergence_lightning.callbacks import lightning_state as state
 from emergence_lightning.callbacks.emergence_checks import (
     Connectivity,
@@ -22,30 +23,25 @@ from emergence_lightning.callbacks.emergence_checks import (
     layer_coverage_warnings,
 )
 from emergence_lightning.callbacks.emergence_metrics import all_metrics, layer_metrics, scalar_metrics
-from emergence_lightning.callbacks.emergence_record import EmergenceRecord, in_training_E
+from emergence_lightning.callbacks.emergence_record import EmergenceRecord, in_training_E, record_of
+from emergence_lightning.callbacks.emergence_window import MeasurementWindow
 from emergence_lightning.callbacks.path_exact import PathExactCounter
 from emergence_lightning.callbacks.probe import (
     ProbeStep,
     batch_input,
     default_probe_step,
+    draw_probe_set,
     fingerprint,
-    run_step,
+    probe_data,
 )
 from emergence_lightning.callbacks.tensorboard_views import (
     emergence_layout,
     write_activity_histograms,
     write_custom_scalars,
 )
-from emergence_lightning.functional import (
-    Variant,
-    emergence,
-    log10_emergence,
-    relative_emergence,
-    stops_at_zero,
-    zero_streak,
-)
+from emergence_lightning.functional import Variant, stops_at_zero, zero_streak
 from emergence_lightning.measure import ActivityTracker, Measurement
-from emergence_lightning.measure.observer import eval_pass, fresh_iteration, left_as_found
+from emergence_lightning.measure.observer import left_as_found
 from emergence_lightning.measure.statistics import Statistic
 from emergence_lightning.pruning import count_parameters
 
@@ -139,7 +135,7 @@ class EmergenceCallback(Callback):
         self.statistic = statistic
         self.variant = variant
         self.layers = list(layers) if layers is not None else None
-        self.node_dim = _plain_node_dim(node_dim)
+        self.node_dim = lifecycle.plain_node_dim(node_dim)
         self.include_input = include_input
         self.include_output = include_output
         self.min_firing_rate = float(min_firing_rate)
@@ -151,30 +147,32 @@ class EmergenceCallback(Callback):
         self.log_histograms = log_histograms
         self.prefix = prefix
         self.connectivity = connectivity
-        self.every_n_train_steps = _int_or_none(every_n_train_steps)
-        self.every_n_epochs = _int_or_none(every_n_epochs)
-        self.probe_batches = _int_or_none(probe_batches)
+        self.every_n_train_steps = lifecycle.int_or_none(every_n_train_steps)
+        self.every_n_epochs = lifecycle.int_or_none(every_n_epochs)
+        self.probe_batches = lifecycle.int_or_none(probe_batches)
         # A resume with other settings finds its history under the old key (see `on_load_checkpoint`).
         self._state_key = self._generate_state_key(
             threshold=self.threshold, statistic=statistic, variant=variant, prefix=prefix
         )
         #: One typed record per measurement, oldest first; each also reads as a dict (``record["E"]``).
         self.history: list[EmergenceRecord] = []
-        self.tracker: ActivityTracker | None = None
         self._source: str | None = None  # "validation", "train", "probe" or PROBE_SET
         self._run = 0  # which fit of this callback is running (records carry it)
-        self._probe_set: list[Any] | None = None  # with a cadence: the batches every measurement reads
-        self._probe_set_samples: int | None = None  # of which real samples (not DDP padding) on this rank
+        # With a cadence: the batches every measurement reads, as `probe_data` returns them.
+        self._probe_set: tuple[Iterable[Any], float, int | None] | None = None
         self._resumed_probe_set: str | None = None  # the probe set's fingerprint in the resumed checkpoint
-        self._window_open = False
-        self._window_batches = 0  # batches fed to the model while the window is open
-        self._paused = False  # a training-data window, closed to the validation batches running inside it
         self._measured_at_setup, self._failed = 0, False
         self._said_not_measured: set[str] = set()
         self._charted_layers: list[str] = []  # layers of the per-layer charts written to this run
         self._warned: set[str] = set()
         # connectivity="weights": E also counted on the weights' graph (None: the dense formula only).
         self._path_counter = PathExactCounter(variant) if connectivity == "weights" else None
+        self._window = MeasurementWindow(self._path_counter)
+
+    @property
+    def tracker(self) -> ActivityTracker | None:
+        """The activity tracker on the module this callback was set up with (None before `setup`)."""
+        return self._window.tracker
 
     @property
     @override
@@ -225,7 +223,7 @@ class EmergenceCallback(Callback):
         if error:
             raise ValueError(error)
         if self.tracker is None or self.tracker.model is not pl_module:
-            self.tracker = ActivityTracker(
+            self._window.tracker = ActivityTracker(
                 pl_module,
                 layers=self.layers,
                 threshold=self.threshold,
@@ -248,36 +246,26 @@ class EmergenceCallback(Callback):
                     logger.hparams.update(self._hparams())
 
     def _start_run(self, stage: str) -> None:
-        """A fit after an earlier one starts a new run: its records carry the next `run` number."""
         stage = getattr(stage, "value", stage)  # Lightning passes a TrainerFn (a str enum)
-        if stage != "fit" and self._run:
-            return  # a validate run after a fit belongs to that fit's run
-        self._run = self.history[-1].run + 1 if self.history else 1
-        self._probe_set = None
-        if self.history and stage == "fit":
-            rank_zero_info(
-                f"EmergenceCallback: this callback already holds {len(self.history)} measurements of an earlier "
-                f"run; this fit is run {self._run}: its records carry `run={self._run}`, it gets its own epoch-0 "
-                "measurement (of the weights it starts from), and `stop_at_zero` counts only its own measurements."
-            )
+        run, message = lifecycle.run_of_new_stage(self.history, stage, self._run)
+        if run != self._run:
+            self._run, self._probe_set = run, None
+        if message:
+            rank_zero_info(message)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._close_window()
+        self._window.close()
         stage = getattr(stage, "value", stage)  # Lightning passes a TrainerFn (a str enum)
         if stage in ("fit", "validate") and not self._failed and len(self.history) == self._measured_at_setup:
-            rank_zero_warn(
-                f"EmergenceCallback measured nothing in this `trainer.{stage}` run: no batch reached a measurement "
-                "(no validation or training batch, `limit_*_batches=0`, or `max_epochs=0`). Nothing was logged "
-                f"under `{self.prefix}/`."
-            )
+            rank_zero_warn(says.measured_nothing(stage, self.prefix))
 
     @override
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         self._failed = True
-        self._close_window()
+        self._window.close()
 
     @override
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -291,12 +279,8 @@ class EmergenceCallback(Callback):
         if stage in self._said_not_measured:
             return
         self._said_not_measured.add(stage)
-        message = (
-            f"EmergenceCallback does not measure `trainer.{stage}` runs (emergence is a property of training; "
-            "test data must not steer it). Call `trainer.validate(model, dataloaders)` to measure on given data."
-        )
         # Said as a warning when nothing was ever measured: the user then likely expected a measurement.
-        (rank_zero_info if self.history else rank_zero_warn)(message)
+        (rank_zero_info if self.history else rank_zero_warn)(says.not_measured(stage))
 
     # ---- when to measure -----------------------------------------------------------------
     @override
@@ -307,7 +291,7 @@ class EmergenceCallback(Callback):
             self._draw_probe_set(trainer, pl_module)
         self._log_tensorboard_extras(trainer)
         if self.measure_at_start and not self._records_of_this_run():
-            measurement = self._run_probe(trainer, pl_module, *self._probe_data(trainer))
+            measurement = self._own_pass(trainer, pl_module)
             if measurement is not None:
                 # Resumed weights are trained weights: measured at their epoch, never "before training".
                 fresh = trainer.global_step == 0
@@ -331,12 +315,11 @@ class EmergenceCallback(Callback):
             return
         if self._source in (None, "validation"):
             self._say_once_other_loaders_unmeasured(trainer)
-            self._open_window(
-                trainer, state.real_samples_on_this_rank(state.sampler_of(self._first_val(trainer)))
+            self._window.open(
+                state.real_samples_on_this_rank(state.sampler_of(state.first(trainer.val_dataloaders)))
             )
-        elif self._window_open and self.tracker is not None:
-            self._paused = True  # a training-data window: validation batches must not enter it
-            self.tracker.enabled = False
+        else:
+            self._window.pause()  # a training-data window: validation batches must not enter it
 
     @override
     def on_validation_batch_start(
@@ -347,11 +330,10 @@ class EmergenceCallback(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if self._window_open and self.tracker is not None and not self._paused:
-            self.tracker.start_pass()
-            self._remember_input(batch)
-            # Only the first validation dataloader is measured, so every epoch sees the same data.
-            self.tracker.enabled = dataloader_idx == 0 and batch_idx < (self.probe_batches or math.inf)
+        # Only the first validation dataloader is measured, so every epoch sees the same data.
+        self._window.start_pass(
+            batch, measured=dataloader_idx == 0 and batch_idx < (self.probe_batches or math.inf)
+        )
 
     @override
     def on_validation_batch_end(
@@ -363,51 +345,37 @@ class EmergenceCallback(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if self._window_open and self.tracker is not None and not self._paused:
-            self._window_batches += self.tracker.enabled  # counted once the batch really ran
+        self._window.count_pass()
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._paused and self.tracker is not None:
-            self._paused, self.tracker.enabled = False, True
+        if self._window.resume() or not self._window.is_open or self._source not in (None, "validation"):
             return
-        if not self._window_open or self._source not in (None, "validation"):
-            return
-        measurement = self._close_window(trainer)
+        measurement = self._window.close(trainer)
         if measurement is not None:
             self._record(trainer, pl_module, measurement, epoch=state.epochs_completed(trainer))
         elif "empty-first-loader" not in self._warned:
             self._warned.add("empty-first-loader")
-            rank_zero_warn(
-                "EmergenceCallback: the first validation dataloader gave no batch, so nothing was measured "
-                "this epoch (the other dataloaders are not measured, so that every epoch sees the same data). "
-                "Put the data to measure first, or pass `probe_dataloader=`."
-            )
+            rank_zero_warn(says.EMPTY_FIRST_LOADER)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._source == "train":
             # Under DDP the sampler pads the data to a multiple of the processes: padding is not counted.
-            self._open_window(
-                trainer, state.real_samples_on_this_rank(state.sampler_of(self._first_train(trainer)))
-            )
+            sampler = state.sampler_of(state.first(trainer.train_dataloader))
+            self._window.open(state.real_samples_on_this_rank(sampler))
 
     @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self._window_open and self.tracker is not None and not self._paused:
-            self.tracker.start_pass()
-            self._remember_input(batch)
-            self.tracker.enabled = batch_idx < (self.probe_batches or math.inf)
+        self._window.start_pass(batch, measured=batch_idx < (self.probe_batches or math.inf))
 
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self._window_open and self.tracker is not None:
-            # Not at the start: `on_train_batch_start` may return -1 and skip the batch.
-            self._window_batches += self.tracker.enabled
+        self._window.count_pass()  # not at the start: `on_train_batch_start` may return -1 and skip it
         step = trainer.global_step
         if (
             self.every_n_train_steps
@@ -415,27 +383,22 @@ class EmergenceCallback(Callback):
             and step % self.every_n_train_steps == 0
             and not self._measured_at(step)
         ):
-            measurement = self._run_probe(trainer, pl_module, *self._probe_data(trainer))
+            measurement = self._own_pass(trainer, pl_module)
             if measurement is not None:
-                self._record(
-                    trainer,
-                    pl_module,
-                    measurement,
-                    state.epochs_completed(trainer, batch_over=True),
-                    through_loggers=True,
-                )
+                epoch = state.epochs_completed(trainer, batch_over=True)
+                self._record(trainer, pl_module, measurement, epoch, through_loggers=True)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._source == "train" and self._window_open:
-            measurement = self._close_window(trainer)
+        if self._source == "train" and self._window.is_open:
+            measurement = self._window.close(trainer)
         elif self._source == "probe" or (
             self._source == PROBE_SET
             and self.every_n_epochs
             and (trainer.current_epoch + 1) % self.every_n_epochs == 0
             and not self._measured_at(trainer.global_step)
         ):
-            measurement = self._run_probe(trainer, pl_module, *self._probe_data(trainer))
+            measurement = self._own_pass(trainer, pl_module)
         else:
             return
         if measurement is not None:
@@ -479,7 +442,7 @@ class EmergenceCallback(Callback):
         if self._source is None:
             with left_as_found(pl_module):
                 self._source = state.measurement_source(trainer, self.probe_dataloader)
-        measurement = self._run_probe(trainer, pl_module, *self._probe_data(trainer))
+        measurement = self._own_pass(trainer, pl_module)
         if measurement is None:
             return None
         record = self._new_record(trainer, pl_module, measurement, epoch, before_training)
@@ -503,116 +466,35 @@ class EmergenceCallback(Callback):
         records = self._records_of_this_run()
         return bool(records) and records[-1].global_step == step
 
-    # ---- the data a pass of our own reads ----------------------------------------------------
+    # ---- the passes of our own and the data they read -----------------------------------------
+    def _own_pass(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Measurement | None:
+        """A measurement on the data of the epoch-0 pass, the probe or the probe set (see `_probe_data`)."""
+        return self._window.run_pass(trainer, pl_module, self._probe_data(trainer), self.probe_step)
+
     def _probe_data(self, trainer: pl.Trainer) -> tuple[Iterable[Any], float, int | None]:
-        """The batches a pass of our own reads, how many of them, and the real samples among them (DDP)."""
         if self._source == PROBE_SET:
             assert self._probe_set is not None
-            return self._probe_set, math.inf, self._probe_set_samples
-        loader, limit = state.start_data(trainer, self._source, self.probe_dataloader)
-        return (
-            loader,
-            min(limit, self.probe_batches or math.inf),
-            state.real_samples_on_this_rank(state.sampler_of(loader)),
-        )
+            return self._probe_set
+        return probe_data(trainer, self._source, self.probe_dataloader, self.probe_batches)
 
     def _draw_probe_set(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Draws the cadence's probe set once, leaving the loader's random state as it found it."""
+        """Draws the cadence's probe set once; at a resume, says if it differs from the checkpoint's."""
         if self._probe_set is None:
-            loader, limit = state.start_data(trainer, self._source, self.probe_dataloader)
             assert self.probe_batches is not None  # checked in __init__
-            with left_as_found(pl_module, [loader]):
-                self._probe_set = list(state.take(fresh_iteration(loader), min(limit, self.probe_batches)))
-            self._probe_set_samples = state.real_samples_on_this_rank(state.sampler_of(loader))
+            self._probe_set = draw_probe_set(
+                trainer, pl_module, self._source, self.probe_dataloader, self.probe_batches
+            )
         self._source = PROBE_SET
-        if self._resumed_probe_set is not None and trainer.is_global_zero:
-            if fingerprint(self._probe_set) != self._resumed_probe_set:
-                rank_zero_warn(
-                    "EmergenceCallback: the probe set drawn at this resume differs from the one measured before "
-                    "the checkpoint (the data it is drawn from shuffles, or changed), so the measurements before "
-                    "and after the resume read different samples. Pass a `probe_dataloader` that does not "
-                    "shuffle to keep one probe set across resumes."
-                )
-            self._resumed_probe_set = None
-
-    def _first_val(self, trainer: pl.Trainer) -> Any:
-        return state.first(trainer.val_dataloaders)
-
-    def _first_train(self, trainer: pl.Trainer) -> Any:
-        return state.first(trainer.train_dataloader)
+        if self._resumed_probe_set is not None and fingerprint(self._probe_set[0]) != self._resumed_probe_set:
+            rank_zero_warn(says.PROBE_SET_CHANGED)
+        self._resumed_probe_set = None
 
     def _say_once_other_loaders_unmeasured(self, trainer: pl.Trainer) -> None:
         loaders = trainer.val_dataloaders
         count = len(loaders) if isinstance(loaders, (list, tuple, dict)) else 1
         if count > 1 and "other-loaders" not in self._warned:
             self._warned.add("other-loaders")
-            rank_zero_warn(
-                f"EmergenceCallback measures the first of the {count} validation dataloaders only, so that every "
-                "measurement reads the same samples (one series per run); the other dataloaders are not measured. "
-                "To measure other data, put it first or pass `probe_dataloader=`; one EmergenceCallback per "
-                "dataset needs its own `prefix`."
-            )
-
-    # ---- measurement windows -------------------------------------------------------------
-    def _open_window(self, trainer: pl.Trainer, sample_limit: int | None) -> None:
-        assert self.tracker is not None
-        self.tracker.limit_samples(sample_limit)
-        self.tracker.reset()
-        self.tracker.enabled = True
-        self.tracker.attach()
-        self._window_open, self._paused = True, False
-        self._window_batches = 0
-
-    def _close_window(self, trainer: pl.Trainer | None = None) -> Measurement | None:
-        """Removes the hooks; with a trainer, also reduces across processes and computes."""
-        if self.tracker is None:
-            return None
-        self.tracker.detach()
-        was_open, self._window_open, self._paused = self._window_open, False, False
-        if trainer is None or not was_open:
-            return None
-        measurement = self.tracker.compute(
-            reduce=lambda tensor, op: trainer.strategy.reduce(tensor, reduce_op=op)
-        )
-        # `measurement` is None on every process or on none; all take the same collective.
-        batches = state.total_over_processes(trainer, self._window_batches) if measurement is None else 0
-        if batches:
-            # Never a silent gap in the history: batches went through, yet no hook was called.
-            raise RuntimeError(
-                f"EmergenceCallback: {batches} batches went through the model, but none of the tracked "
-                f"layers {self.tracker.layer_names} produced an output: their forward hooks never ran. The "
-                "forward pass must call these modules (not `module.forward(...)` or a functional op), and the "
-                "step must run this model (not a copy, such as an EMA model): name the modules it does call "
-                "in `layers=[...]`, or measure on `probe_dataloader=` with a `probe_step` that runs the model."
-            )
-        return measurement
-
-    def _run_probe(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        loader: Iterable[Any],
-        limit: float,
-        sample_limit: int | None,
-    ) -> Measurement | None:
-        """A forward-only pass over the first ``limit`` batches of ``loader`` through the module's own step
-        (see :mod:`~emergence_lightning.callbacks.probe`), leaving the run as it found it (random states,
-        loader generators and workers, modes: see :mod:`~emergence_lightning.measure.observer`).
-        """
-        assert self.tracker is not None
-        self._open_window(trainer, sample_limit)
-        try:
-            with eval_pass(pl_module, [loader]), trainer.precision_plugin.val_step_context():
-                for batch_idx, batch in enumerate(state.take(fresh_iteration(loader), limit)):
-                    batch = trainer.strategy.batch_to_device(batch)
-                    self.tracker.start_pass()
-                    self._remember_input(batch)
-                    self._window_batches += 1
-                    run_step(pl_module, batch, batch_idx, self.probe_step)
-        except BaseException:
-            self._close_window()
-            raise
-        return self._close_window(trainer)
+            rank_zero_warn(says.other_loaders_unmeasured(count))
 
     # ---- recording, logging, stopping ----------------------------------------------------
     def _new_record(
@@ -623,47 +505,20 @@ class EmergenceCallback(Callback):
         epoch: float,
         before_training: bool,
     ) -> EmergenceRecord:
-        nonfinite = tuple(layer.name for layer in measurement.layers if layer.nonfinite_nodes)
-        E: int | float = emergence(measurement.n, measurement.a, variant=self.variant)
-        for key, message in layer_coverage_warnings(pl_module, measurement.names, E):
+        parameters = count_parameters(pl_module)
+        E_path = self._path_counter.count(pl_module, measurement) if self._path_counter is not None else None
+        record = record_of(
+            measurement, variant=self.variant, parameters=parameters, global_step=trainer.global_step,
+            epoch=epoch, before_training=before_training, run=max(self._run, 1), E_path=E_path,
+        )  # fmt: skip
+        for key, message in layer_coverage_warnings(pl_module, measurement.names, record.E):
             if key not in self._warned:
                 self._warned.add(key)
                 rank_zero_warn(message)
-        if nonfinite:
-            # Dead by NaN is no dead node: a diverged network must never read as E = 0 ("converged").
-            E = math.nan
-            if f"nonfinite:{self._run}" not in self._warned:
-                self._warned.add(f"nonfinite:{self._run}")
-                rank_zero_warn(
-                    f"EmergenceCallback: layers {list(nonfinite)} produced NaN or inf (has training diverged?): "
-                    f"`{self.prefix}/E`, `log10_E` and `relative` are logged as NaN, not counted, so "
-                    "`EarlyStopping(check_finite=True)` stops on them and `stop_at_zero` does not count them."
-                )
-        parameters = count_parameters(pl_module)
-        E_path = relative_path = None
-        if self._path_counter is not None:
-            E_path = self._path_counter.count(pl_module, measurement)
-            if E_path is not None:
-                E_path = math.nan if nonfinite else E_path
-                relative_path = _relative(E_path, parameters)
-        return EmergenceRecord(
-            epoch=epoch,
-            global_step=trainer.global_step,
-            E=E,
-            log10_E=log10_emergence(E),
-            relative=_relative(E, parameters),
-            parameters=parameters,
-            names=tuple(measurement.names),
-            n=tuple(measurement.n),
-            a=tuple(measurement.a),
-            before_training=before_training,
-            E_path=E_path,
-            active_fraction=measurement.active_fraction,
-            samples=measurement.samples,
-            relative_path=relative_path,
-            nonfinite_layers=nonfinite,
-            run=max(self._run, 1),
-        )
+        if record.nonfinite_layers and f"nonfinite:{self._run}" not in self._warned:
+            self._warned.add(f"nonfinite:{self._run}")
+            rank_zero_warn(says.nonfinite(record.nonfinite_layers, self.prefix))
+        return record
 
     def _log_to_loggers(self, trainer: pl.Trainer, record: EmergenceRecord) -> None:
         """Writes a record straight to the loggers at ``global_step`` (where ``self.log`` can't: before the
@@ -699,14 +554,7 @@ class EmergenceCallback(Callback):
         if self.log_histograms:
             write_activity_histograms(trainer.loggers, self.prefix, measurement.layers, trainer.global_step)
         if self.stop_at_zero and before_training and record.E == 0:
-            rank_zero_warn(
-                "EmergenceCallback(stop_at_zero=True): E is already 0 before training (active nodes per "
-                f"layer {dict(zip(measurement.names, measurement.a))} of {measurement.n}). E counts paths "
-                "from a dead node to an active node in a later layer, so with no dead node before the last "
-                "active one it is 0 whatever the accuracy, and training will stop after the next "
-                f"{self.patience + 1} measurements if it stays 0. Check that `layers` covers the hidden layers, "
-                "or watch E before stopping on it."
-            )
+            rank_zero_warn(says.zero_before_training(record, self.patience))
         if self.stop_at_zero and not before_training:
             self._maybe_stop(trainer)
 
@@ -717,10 +565,6 @@ class EmergenceCallback(Callback):
             self._write_layout(trainer, layers=dict(zip(record.names, record.n)))
             self._charted_layers = list(record.names)
         self.history.append(record)
-
-    def _remember_input(self, batch: Any) -> None:
-        if self._path_counter is not None:
-            self._path_counter.remember_input(batch)
 
     def _maybe_stop(self, trainer: pl.Trainer) -> None:
         E = in_training_E(self.history)
@@ -736,7 +580,7 @@ class EmergenceCallback(Callback):
         settings = self.settings
         if self._source is None:
             del settings["source"]  # known from `on_train_start` on
-        return {f"{self.prefix}/{key}": _hparam_value(value) for key, value in settings.items()}
+        return {f"{self.prefix}/{key}": lifecycle.hparam_value(value) for key, value in settings.items()}
 
     @rank_zero_only
     def _log_tensorboard_extras(self, trainer: pl.Trainer) -> None:
@@ -760,7 +604,7 @@ class EmergenceCallback(Callback):
         return {
             "history": [record.to_dict() for record in self.history],
             "settings": self.measurement_settings,
-            "probe_set": fingerprint(self._probe_set) if self._probe_set is not None else None,
+            "probe_set": fingerprint(self._probe_set[0]) if self._probe_set is not None else None,
         }
 
     @override
@@ -770,76 +614,18 @@ class EmergenceCallback(Callback):
         # Lightning restores a callback's state only under its exact `state_key`, which holds the
         # threshold, statistic and variant: with one of them changed, find the history by prefix.
         states = checkpoint.get("callbacks", {})
-        if self.state_key in states:
-            return  # `load_state_dict` gets it
-        for key, saved in states.items():
-            settings = _key_settings(key)
-            if settings is not None and settings.pop("prefix", None) == self.prefix:
-                self.load_state_dict({"settings": settings, **saved})
-                return
+        if self.state_key not in states:
+            saved = lifecycle.state_by_prefix(states, type(self).__qualname__, self.prefix)
+            if saved is not None:
+                self.load_state_dict(saved)
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = [EmergenceRecord.from_history(entry) for entry in state_dict.get("history", [])]
-        self._run = self.history[-1].run if self.history else max(self._run, 1)
-        saved = state_dict.get("settings")
-        current = self.measurement_settings
-        changes = _changes({**current, **saved}, current) if saved is not None else []
-        if changes:
-            # The records before the resume measured something else: a new run keeps them apart.
-            self._run += 1
-            rank_zero_warn(
-                "EmergenceCallback: this resume measures with other settings than the checkpoint's history: "
-                + "; ".join(changes)
-                + f". The measurements from here on are run {self._run} (their records carry `run={self._run}`), "
-                "the resumed weights are measured at their epoch (not as 'before training'), and the two runs "
-                "are not comparable."
-            )
-        else:
-            self._resumed_probe_set = state_dict.get("probe_set")
+        self.history, self._run, warning = lifecycle.resumed(state_dict, self.measurement_settings, self._run)
+        if warning:
+            rank_zero_warn(warning)
+        self._resumed_probe_set = None if warning else state_dict.get("probe_set")
         self._probe_set = None
-
-
-def _key_settings(key: str) -> dict[str, Any] | None:
-    """The settings in an EmergenceCallback's ``state_key`` (``EmergenceCallback{'threshold': ...}``), else None."""
-    name, brace, rest = key.partition("{")
-    if name != EmergenceCallback.__qualname__ or not brace:
-        return None
-    try:
-        settings = ast.literal_eval(brace + rest)
-    except (ValueError, SyntaxError):
-        return None
-    return settings if isinstance(settings, dict) else None
-
-
-def _changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """``"`name` a -> b"`` for each setting that differs (a setting missing on one side counts as None)."""
-    return [
-        f"`{name}` {saved.get(name)!r} -> {current.get(name)!r}"
-        for name in sorted(set(saved) | set(current))
-        if saved.get(name) != current.get(name)
-    ]
-
-
-def _relative(E: int | float, parameters: int) -> float:
-    if not parameters or (isinstance(E, float) and math.isnan(E)):
-        return math.nan
-    return relative_emergence(E, parameters)  # type: ignore[arg-type]
-
-
-def _int_or_none(value: Any) -> int | None:
-    return None if value is None else int(value)
-
-
-def _plain_node_dim(node_dim: int | Mapping[str, int] | None) -> int | dict[str, int] | None:
-    """``node_dim`` with Python ints (numpy's are accepted) and a plain dict (kept in checkpoints)."""
-    if isinstance(node_dim, Mapping):
-        return {name: int(dim) for name, dim in node_dim.items()}
-    return None if node_dim is None else int(node_dim)
-
-
-def _hparam_value(value: Any) -> Any:
-    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
 
 
 @rank_zero_only

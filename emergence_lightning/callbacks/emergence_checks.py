@@ -1,4 +1,6 @@
-"""EmergenceCallback's checks: its arguments, and what makes a silently wrong measurement loud."""
+"""EmergenceCallback's checks: its arguments, and what makes a silently wrong measurement loud (the
+warnings it gives, worded here so that the callback's hooks stay glue).
+"""
 
 from __future__ import annotations
 
@@ -138,3 +140,59 @@ def check_callback_arguments(
             )
         if state.length(probe_dataloader) == 0:
             raise ValueError(f"`probe_dataloader` has no batch to measure, got {probe_dataloader!r}.")
+
+
+# ---- what the callback says ------------------------------------------------------------------
+EMPTY_FIRST_LOADER = (
+    "EmergenceCallback: the first validation dataloader gave no batch, so nothing was measured this epoch "
+    "(the other dataloaders are not measured, so that every epoch sees the same data). Put the data to "
+    "measure first, or pass `probe_dataloader=`."
+)
+PROBE_SET_CHANGED = (
+    "EmergenceCallback: the probe set drawn at this resume differs from the one measured before the checkpoint "
+    "(the data it is drawn from shuffles, or changed), so the measurements before and after the resume read "
+    "different samples. Pass a `probe_dataloader` that does not shuffle to keep one probe set across resumes."
+)
+
+
+def measured_nothing(stage: str, prefix: str) -> str:
+    return (
+        f"EmergenceCallback measured nothing in this `trainer.{stage}` run: no batch reached a measurement (no "
+        "validation or training batch, `limit_*_batches=0`, or `max_epochs=0`). Nothing was logged under "
+        f"`{prefix}/`."
+    )
+
+
+def not_measured(stage: str) -> str:
+    return (
+        f"EmergenceCallback does not measure `trainer.{stage}` runs (emergence is a property of training; test "
+        "data must not steer it). Call `trainer.validate(model, dataloaders)` to measure on given data."
+    )
+
+
+def other_loaders_unmeasured(count: int) -> str:
+    return (
+        f"EmergenceCallback measures the first of the {count} validation dataloaders only, so that every "
+        "measurement reads the same samples (one series per run); the other dataloaders are not measured. To "
+        "measure other data, put it first or pass `probe_dataloader=`; one EmergenceCallback per dataset needs "
+        "its own `prefix`."
+    )
+
+
+def nonfinite(layers: Sequence[str], prefix: str) -> str:
+    return (
+        f"EmergenceCallback: layers {list(layers)} produced NaN or inf (has training diverged?): `{prefix}/E`, "
+        "`log10_E` and `relative` are logged as NaN, not counted, so `EarlyStopping(check_finite=True)` stops on "
+        "them and `stop_at_zero` does not count them."
+    )
+
+
+def zero_before_training(record: Any, patience: int) -> str:
+    """``record``: the EmergenceRecord of the epoch-0 pass, whose E is 0."""
+    return (
+        "EmergenceCallback(stop_at_zero=True): E is already 0 before training (active nodes per layer "
+        f"{dict(zip(record.names, record.a))} of {list(record.n)}). E counts paths from a dead node to an active "
+        "node in a later layer, so with no dead node before the last active one it is 0 whatever the accuracy, "
+        f"and training will stop after the next {patience + 1} measurements if it stays 0. Check that `layers` "
+        "covers the hidden layers, or watch E before stopping on it."
+    )

@@ -7,6 +7,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from emergence_lightning.functional import emergence, log10_emergence, relative_emergence
+from emergence_lightning.measure import Measurement
+
 # The dict keys `history` entries had before they were typed (and checkpoints still hold), by field.
 _DICT_KEYS = {"global_step": "step", "names": "layers"}
 _FIELDS_BY_KEY = {_DICT_KEYS.get(name, name): name for name in (
@@ -114,3 +117,48 @@ def in_training_E(history: Sequence[EmergenceRecord]) -> list[int | float]:
     """E of the latest run's measurements after training started, oldest first."""
     run = history[-1].run if history else 1
     return [record.E for record in history if record.run == run and not record.before_training]
+
+
+def record_of(
+    measurement: Measurement,
+    *,
+    variant: str,
+    parameters: int,
+    global_step: int,
+    epoch: float,
+    before_training: bool,
+    run: int,
+    E_path: int | None = None,
+) -> EmergenceRecord:
+    """The record of one measurement. A layer that produced NaN or inf makes E (and its logs) NaN:
+    its nodes count as inactive, and a diverged network must never read as E = 0 ("converged").
+    """
+    nonfinite = tuple(layer.name for layer in measurement.layers if layer.nonfinite_nodes)
+    E = math.nan if nonfinite else emergence(measurement.n, measurement.a, variant=variant)
+    if E_path is not None and nonfinite:
+        E_path = math.nan  # type: ignore[assignment]
+    return EmergenceRecord(
+        epoch=epoch,
+        global_step=global_step,
+        E=E,
+        log10_E=log10_emergence(E),
+        relative=_relative(E, parameters),
+        parameters=parameters,
+        names=tuple(measurement.names),
+        n=tuple(measurement.n),
+        a=tuple(measurement.a),
+        before_training=before_training,
+        E_path=E_path,
+        active_fraction=measurement.active_fraction,
+        samples=measurement.samples,
+        relative_path=_relative(E_path, parameters) if E_path is not None else None,
+        nonfinite_layers=nonfinite,
+        run=run,
+    )
+
+
+def _relative(E: int | float, parameters: int) -> float:
+    """E~ = E / P; NaN with no trainable parameter or a NaN E."""
+    if not parameters or (isinstance(E, float) and math.isnan(E)):
+        return math.nan
+    return relative_emergence(E, parameters)  # type: ignore[arg-type]
