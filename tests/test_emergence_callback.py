@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.loggers import TensorBoardLogger
 from tb import read_scalars
-from tiny_models import Classifier, cnn, loaders, mlp
+from tiny_models import Classifier, blobs, cnn, loaders, mlp
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -612,3 +612,13 @@ def test_two_callbacks_with_their_own_prefixes_log_apart(tmp_path):
         assert [v for _, v in sorted(scalars[f"{prefix}/log10_E"])] == pytest.approx(
             [r["log10_E"] for r in callback.history]
         )
+
+
+def test_only_the_first_of_several_validation_dataloaders_is_measured_and_it_says_so(tmp_path):
+    train, val = loaders()
+    other = DataLoader(blobs(24, seed=5), batch_size=8)
+    callback = EmergenceCallback()
+    with pytest.warns(UserWarning, match=r"measures the first of the 2 validation dataloaders only") as seen:
+        make_trainer(tmp_path, [callback], max_epochs=2).fit(TwoValidationLoaders(mlp()), train, [val, other])
+    assert len([w for w in seen if "validation dataloaders only" in str(w.message)]) == 1  # once a run
+    assert [record.samples for record in callback.history] == [40, 40, 40]  # the first loader's 40 samples
