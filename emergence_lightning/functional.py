@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import Literal, get_args
 
-VARIANTS = ("paper", "induced")
+#: The counting rules of :func:`emergence` (a ``Literal`` so that LightningCLI shows the choices).
+Variant = Literal["paper", "induced"]
+VARIANTS: tuple[str, ...] = get_args(Variant)
 
 
 def check_variant(variant: object) -> None:
@@ -130,23 +133,59 @@ def relative_emergence(E: int, num_parameters: int) -> float:
         return math.inf
 
 
-def log10_emergence(E: int) -> float:
+def log10_emergence(E: int | float) -> float:
     """``log10(E + 1)``: 0 for E = 0, and finite for integers far beyond the float range.
+
+    NaN stays NaN: it is the E of a measurement in which a layer produced NaN or inf.
 
     Example:
         >>> log10_emergence(99)
         2.0
     """
+    if _is_nan(E):
+        return math.nan
     if isinstance(E, bool) or not isinstance(E, int) or E < 0:
         raise ValueError(f"`E` must be a non-negative int, got {E!r}.")
     return math.log10(E + 1)
 
 
-def emergence_as_float(E: int) -> float:
-    """``E`` as a float for the loggers: ``inf`` where an exact E is beyond the float range.
+def emergence_as_float(E: int | float) -> float:
+    """``E`` as a float for the loggers: ``inf`` where an exact E is beyond the float range; NaN stays NaN.
 
     Example:
         >>> emergence_as_float(10**400)
         inf
     """
+    if _is_nan(E):
+        return math.nan
     return float(E) if E < 2**1023 else math.inf
+
+
+def zero_streak(values: Iterable[float]) -> int:
+    """How many of the latest values are exactly 0 (NaN, a diverged measurement, is not 0).
+
+    Example:
+        >>> zero_streak([3, 0, 5, 0, 0])
+        2
+    """
+    streak = 0
+    for value in values:
+        streak = streak + 1 if value == 0 else 0
+    return streak
+
+
+def stops_at_zero(values: Iterable[float], patience: int) -> bool:
+    """The stop-at-zero rule: E has been exactly 0 for more than ``patience`` measurements in a row.
+
+    ``values`` are the in-training measurements, oldest first (the one before training never
+    counts: an untrained network can have E = 0 for reasons training changes).
+
+    Example:
+        >>> stops_at_zero([5, 0, 0], patience=1), stops_at_zero([5, 0, float("nan")], patience=0)
+        (True, False)
+    """
+    return zero_streak(values) > patience
+
+
+def _is_nan(value: object) -> bool:
+    return isinstance(value, float) and math.isnan(value)

@@ -749,11 +749,18 @@ def test_odd_model_with_a_nan_node(tmp_path):
         warnings.simplefilter("always")
         _, val = fit(tmp_path, model, callback)
     ours = [str(w.message) for w in caught if "NaN or inf" in str(w.message)]
-    assert ours == ["Layer 'act1': 1 of 10 nodes produced NaN or inf; they are counted as inactive."]  # once
+    assert ours == [  # each once
+        "Layer 'act1': 1 of 10 nodes produced NaN or inf; they are counted as inactive.",
+        "EmergenceCallback: layers ['act1'] produced NaN or inf (has training diverged?): `emergence/E`, "
+        "`log10_E` and `relative` are logged as NaN, not counted, so `EarlyStopping(check_finite=True)` stops "
+        "on them and `stop_at_zero` does not count them.",
+    ]
     assert [record["epoch"] for record in callback.history] == [0, 1, 2]
     n, a, E = independent(model.hidden, val)
     record = callback.history[-1]
-    assert (record["n"], record["a"], record["E"]) == (n, a, E)
+    assert (record["n"], record["a"]) == (n, a) and record.nonfinite_layers == ("act1",)
+    # A non-finite measurement is never a count (issue 17): E and its logs are NaN.
+    assert math.isnan(record["E"]) and math.isnan(record["log10_E"]) and math.isnan(record["relative"])
     assert E > 0 and all(math.isfinite(loss) for loss in model.losses)
     assert callback.tracker is not None
 
@@ -784,7 +791,11 @@ def test_odd_model_with_nan_output(tmp_path):
     assert trainer.current_epoch == 2 and len(model.losses) == 6  # every step ran
     assert all(math.isnan(loss) for loss in model.losses)  # the NaN is in the user's loss, not raised by us
     # epoch 0: one NaN logit; the NaN gradients then reach every weight that had a gradient
-    ours = [str(w.message) for w in caught if "NaN or inf" in str(w.message)]
+    ours = [
+        str(w.message)
+        for w in caught
+        if "NaN or inf" in str(w.message) and w.message.args[0].startswith("Layer")
+    ]
     assert ours[0] == "Layer '<output>': 1 of 3 nodes produced NaN or inf; they are counted as inactive."
     assert sorted(message.split(":")[0] for message in ours) == [
         "Layer '<output>'",
@@ -795,7 +806,7 @@ def test_odd_model_with_nan_output(tmp_path):
     assert first["layers"] == ["act1", "act2", "<output>"] and first["a"][-1] <= 2  # the NaN node is inactive
     for record in later:
         assert record["a"][1:] == [0, 0]  # every node NaN: none active
-        assert isinstance(record["E"], int) and math.isfinite(record["log10_E"])
+        assert math.isnan(record["E"]) and math.isnan(record["log10_E"])  # never E = 0 "converged"
 
 
 def test_numpy_bool_is_no_count_but_numpy_numbers_are_accepted():

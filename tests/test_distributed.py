@@ -44,6 +44,18 @@ def test_two_processes_equal_one_on_uneven_validation_set(tmp_path, statistic):
 
 
 @pytest.mark.slow
+def test_two_processes_equal_one_on_uneven_training_passes(tmp_path):
+    # No validation loop: the training passes are measured (and the epoch-0 pass reads the training
+    # data). 37 samples over 2 processes: the DistributedSampler repeats one, which must not count.
+    single = run(tmp_path, 1, "--train-samples", "37", "--no-validation")
+    double = run(tmp_path, 2, "--train-samples", "37", "--no-validation")
+    assert double["world_size"] == 2
+    assert [r["samples"] for r in double["history"]] == [37, 37, 37]
+    assert double["history"] == single["history"]
+    assert all(r["E"] > 0 for r in double["history"])
+
+
+@pytest.mark.slow
 def test_stop_at_zero_agrees_across_processes(tmp_path):
     result = run(tmp_path, 2, "--dead", "--epochs", "6")
     assert [r["E"] for r in result["history"]] == [0, 0]  # epoch 0, then stop after epoch 1

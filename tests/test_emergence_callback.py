@@ -10,11 +10,11 @@ from helpers.oracle import emergence_oracle
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.loggers import TensorBoardLogger
 from tb import read_scalars
-from tiny_models import Classifier, cnn, loaders, mlp
+from tiny_models import Classifier, blobs, cnn, loaders, mlp
 from torch import nn
 from torch.utils.data import DataLoader
 
-from emergence_lightning import EmergenceCallback, count_parameters
+from emergence_lightning import EmergenceCallback, EmergenceRecord, count_parameters
 
 
 def make_trainer(tmp_path, callbacks, max_epochs=3, **kwargs):
@@ -110,6 +110,9 @@ def test_history_record_contents(tmp_path):
     record = callback.history[-1]
     assert set(record) >= {"epoch", "step", "layers", "n", "a", "E", "relative", "log10_E", "active_fraction"}
     assert record["layers"] == ["net.1", "net.3"] and record["n"] == [16, 12]
+    assert (
+        isinstance(record, EmergenceRecord) and record.names == ("net.1", "net.3") and record.global_step == 6
+    )
     assert isinstance(record["E"], int)
     assert record["step"] == 6  # 96 samples / 16 per batch
 
@@ -605,3 +608,13 @@ def test_two_callbacks_with_their_own_prefixes_log_apart(tmp_path):
         assert [v for _, v in sorted(scalars[f"{prefix}/log10_E"])] == pytest.approx(
             [r["log10_E"] for r in callback.history]
         )
+
+
+def test_only_the_first_of_several_validation_dataloaders_is_measured_and_it_says_so(tmp_path):
+    train, val = loaders()
+    other = DataLoader(blobs(24, seed=5), batch_size=8)
+    callback = EmergenceCallback()
+    with pytest.warns(UserWarning, match=r"measures the first of the 2 validation dataloaders only") as seen:
+        make_trainer(tmp_path, [callback], max_epochs=2).fit(TwoValidationLoaders(mlp()), train, [val, other])
+    assert len([w for w in seen if "validation dataloaders only" in str(w.message)]) == 1  # once a run
+    assert [record.samples for record in callback.history] == [40, 40, 40]  # the first loader's 40 samples

@@ -1,4 +1,4 @@
-"""EmergenceCallback: measure emergence each epoch, log it, and optionally stop at zero."""
+"""EmergenceCallback: measure emergence each epoch (or every N steps), log it, and optionally stop at zero."""
 
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
+from emergence_lightning.callbacks import emergence_checks as says
+from emergence_lightning.callbacks import emergence_lifecycle as lifecycle
 from emergence_lightning.callbacks import lightning_state as state
 from emergence_lightning.callbacks.emergence_checks import (
+    Connectivity,
     check_callback_arguments,
     duplicate_prefix_error,
     layer_coverage_warnings,
@@ -21,78 +24,91 @@ from emergence_lightning.callbacks.emergence_checks import (
 from emergence_lightning.callbacks.emergence_metrics import (
     measurement_row,
     scalar_metrics,
-    zero_streak,
 )
-from emergence_lightning.callbacks.emergence_record import EmergenceRecord
+from emergence_lightning.callbacks.emergence_record import EmergenceRecord, in_training_E, record_of
+from emergence_lightning.callbacks.emergence_window import MeasurementWindow
 from emergence_lightning.callbacks.loggers import log_settings, settings_before_start
 from emergence_lightning.callbacks.path_exact import PathExactCounter
-from emergence_lightning.callbacks.probe import ProbeStep, batch_input, default_probe_step, run_step
+from emergence_lightning.callbacks.probe import (
+    ProbeStep,
+    batch_input,
+    default_probe_step,
+    draw_probe_set,
+    fingerprint,
+    probe_data,
+)
 from emergence_lightning.callbacks.tensorboard_views import (
     emergence_layout,
     write_activity_histograms,
     write_custom_scalars,
 )
-from emergence_lightning.functional import (
-    emergence,
-    log10_emergence,
-    relative_emergence,
-)
+from emergence_lightning.functional import Variant, stops_at_zero, zero_streak
 from emergence_lightning.measure import ActivityTracker, Measurement
+from emergence_lightning.measure.observer import left_as_found
+from emergence_lightning.measure.statistics import Statistic
 from emergence_lightning.pruning import count_parameters
 
-__all__ = ["EmergenceCallback", "batch_input", "default_probe_step", "zero_streak"]
+__all__ = ["EmergenceCallback", "batch_input", "default_probe_step"]
+
+# The source of the measurements when a cadence is set: a fixed probe set drawn once.
+PROBE_SET = "probe set"
 
 
 class EmergenceCallback(Callback):
-    r"""Measures emergence ``E`` and relative emergence ``E~ = E / P`` once per epoch.
+    r"""Measures emergence E and relative emergence E~ = E / P once per epoch, or every N steps.
 
     Nodes of each tracked layer (by default, every activation call site's output) are active when
-    their mean output over the measured samples exceeds ``threshold``. With ``n_i`` nodes and
-    ``a_i`` active ones in layer ``i``::
+    their mean output over the measured samples exceeds `threshold`. With n_i nodes and a_i active
+    ones in layer i: E = sum over i<j of (n_i - a_i) * a_j * prod_{k=i+1}^{j-1} n_k.
 
-        E = sum_{i<j} (n_i - a_i) * a_j * prod_{k=i+1}^{j-1} n_k
-
-    Measurements come from the validation forward passes (no extra compute), from the training
-    passes when there is no validation loop, or from ``probe_dataloader`` when one is given; one
-    more is taken before the first training step (epoch 0). They are logged with
-    ``pl_module.log``, so ``EarlyStopping`` and ``ModelCheckpoint`` can monitor them (use
-    ``emergence/log10_E``: E is beyond float32 on real CNNs), and kept exactly in :attr:`history`.
-    ``trainer.test`` and ``trainer.predict`` runs are not measured.
+    Measurements come from the validation forward passes (no extra compute; the first validation
+    dataloader), from the training passes when there is no validation loop, or from
+    `probe_dataloader` when one is given; one more is taken before the first training step (epoch
+    0). With `every_n_train_steps` or `every_n_epochs`, every measurement is taken instead on a
+    fixed probe set of `probe_batches` batches drawn once at the start. Values are logged so that
+    `EarlyStopping` and `ModelCheckpoint` can monitor them (use `emergence/log10_E`: E is beyond
+    float32 on real CNNs) and kept exactly in `history`. The callback never changes the run it
+    observes (random states, data order, modes); `trainer.test` and `trainer.predict` runs are
+    not measured. A measurement in which a tracked layer produced NaN or inf logs E as NaN.
 
     Args:
         threshold: a node is active when its activity exceeds this (the paper's 0.05).
-        statistic: ``"mean"``, ``"fraction"`` (firing rate) or ``"max"``; see
-            :class:`~emergence_lightning.measure.ActivityTracker`.
-        variant: ``"paper"`` or ``"induced"``; see :func:`~emergence_lightning.emergence`.
+        statistic: the per-node activity: the mean output, the firing fraction, or the max.
+        variant: how paths are counted: the paper's formula, or induced (see docs/measure.md).
         layers: the layers to keep, by module name (every call of it) or call-site name
-            (``"layer1.0.relu#2"``, ``"encoder.layers.0.relu()"``); ``None``: every activation
-            call site (modules of any library, functional calls, recurrent outputs).
+            ("layer1.0.relu#2", "encoder.layers.0.relu()"); None: every activation call site.
         node_dim: the dimension that indexes nodes, one int for every layer or a mapping from
-            layer name to int; ``None`` decides it per layer from the layer that produced it (a
-            conv's channels, a Linear's features); see ``docs/measure.md``.
+            layer name to int; None decides it per layer from the layer that produced it.
         include_input: also track the data entering the first Linear/Conv.
         include_output: also track the logits leaving the last Linear/Conv.
-        min_firing_rate: with ``statistic="fraction"``, the firing rate above which a node is active.
-        probe_dataloader: measure on this fixed data at the end of every training epoch instead.
-        probe_step: ``probe_step(pl_module, batch)`` runs the forward pass for the passes this
-            callback drives itself (epoch 0, probe data). Default: the module's own
-            ``validation_step`` (else ``training_step``) with its logging muted and its side
-            effects undone, else ``pl_module(batch[0])``.
+        min_firing_rate: with statistic "fraction", the firing rate above which a node is active.
+        probe_dataloader: measure on this data (at the end of every training epoch, or as the
+            source of the probe set with a cadence) instead of the validation or training data.
+        probe_step: probe_step(pl_module, batch) runs the forward pass for the passes this callback
+            drives itself (epoch 0, probe data). Default: the module's own validation_step (else
+            training_step) with its logging muted and its side effects undone.
         measure_at_start: take the epoch-0 measurement before the first training step.
-        stop_at_zero: stop training once E has been exactly 0 for ``patience + 1`` measurements.
+        stop_at_zero: stop training once E has been exactly 0 for patience + 1 measurements.
         patience: measurements with E = 0 to tolerate before stopping.
         log_histograms: also log each layer's per-node activity as a TensorBoard histogram.
-        prefix: the logged keys start with ``f"{prefix}/"``.
-        connectivity: ``"dense"`` (the paper's formula) or ``"weights"``, which also counts the
-            paths on the graph the weights define (pruned weights are no edge, residual skips
-            are) and logs it as ``emergence/E_path``; see ``docs/connectivity.md``.
+        prefix: the logged keys start with this and a slash.
+        connectivity: "dense" (the paper's formula) or "weights", which also counts the paths on
+            the graph the weights define and logs it as emergence/E_path (see docs/connectivity.md).
+        every_n_train_steps: measure on the probe set every this many optimizer steps (logged at
+            the global step): the cadence for long runs (needs probe_batches).
+        every_n_epochs: measure on the probe set at the end of every this many training epochs
+            (needs probe_batches).
+        probe_batches: how many batches every measurement reads: it bounds the epoch-0 pass, the
+            probe, the validation or training passes measured; with a cadence, the size of the
+            probe set (drawn once from probe_dataloader, else the first validation dataloader,
+            else the training data, and kept in memory).
     """
 
     def __init__(
         self,
         threshold: float = 0.05,
-        statistic: str = "mean",
-        variant: str = "paper",
+        statistic: Statistic = "mean",
+        variant: Variant = "paper",
         layers: Sequence[str] | None = None,
         node_dim: int | Mapping[str, int] | None = None,
         include_input: bool = False,
@@ -105,20 +121,24 @@ class EmergenceCallback(Callback):
         patience: int = 0,
         log_histograms: bool = False,
         prefix: str = "emergence",
-        connectivity: str = "dense",
+        connectivity: Connectivity = "dense",
+        every_n_train_steps: int | None = None,
+        every_n_epochs: int | None = None,
+        probe_batches: int | None = None,
     ) -> None:
         check_callback_arguments(
             threshold=threshold, statistic=statistic, variant=variant, layers=layers, node_dim=node_dim,
             include_input=include_input, include_output=include_output, min_firing_rate=min_firing_rate,
             probe_dataloader=probe_dataloader, probe_step=probe_step, measure_at_start=measure_at_start,
             stop_at_zero=stop_at_zero, patience=patience, log_histograms=log_histograms, prefix=prefix,
-            connectivity=connectivity,
+            connectivity=connectivity, every_n_train_steps=every_n_train_steps, every_n_epochs=every_n_epochs,
+            probe_batches=probe_batches,
         )  # fmt: skip
-        self.threshold = float(threshold)
+        self.threshold = float(threshold)  # numpy scalars (np.float32(0.05)) become Python numbers
         self.statistic = statistic
         self.variant = variant
         self.layers = list(layers) if layers is not None else None
-        self.node_dim = node_dim
+        self.node_dim = lifecycle.plain_node_dim(node_dim)
         self.include_input = include_input
         self.include_output = include_output
         self.min_firing_rate = float(min_firing_rate)
@@ -126,28 +146,36 @@ class EmergenceCallback(Callback):
         self.probe_step = probe_step  # None: the module's own validation_step (see callbacks/probe.py)
         self.measure_at_start = measure_at_start
         self.stop_at_zero = stop_at_zero
-        self.patience = patience
+        self.patience = int(patience)
         self.log_histograms = log_histograms
         self.prefix = prefix
         self.connectivity = connectivity
+        self.every_n_train_steps = lifecycle.int_or_none(every_n_train_steps)
+        self.every_n_epochs = lifecycle.int_or_none(every_n_epochs)
+        self.probe_batches = lifecycle.int_or_none(probe_batches)
+        # A resume with other settings finds its history under the old key (see `on_load_checkpoint`).
         self._state_key = self._generate_state_key(
             threshold=self.threshold, statistic=statistic, variant=variant, prefix=prefix
         )
-        #: One record per measurement: epoch, step, layers, n, a, E (exact int), relative, ...
-        self.history: list[dict[str, Any]] = []
-        self.tracker: ActivityTracker | None = None
-        self._source: str | None = None  # "validation", "train" or "probe"
-        self._window_open = False
-        self._window_batches = 0  # batches fed to the model while the window is open
-        self._unmeasured_batches = 0  # batches of validation dataloaders after the first
-        self._warned_empty_first_loader = False
-        self._paused = False  # a training-data window, closed to the validation batches running inside it
+        #: One typed record per measurement, oldest first; each also reads as a dict (``record["E"]``).
+        self.history: list[EmergenceRecord] = []
+        self._source: str | None = None  # "validation", "train", "probe" or PROBE_SET
+        self._run = 0  # which fit of this callback is running (records carry it)
+        # With a cadence: the batches every measurement reads, as `probe_data` returns them.
+        self._probe_set: tuple[Iterable[Any], float, int | None] | None = None
+        self._resumed_probe_set: str | None = None  # the probe set's fingerprint in the resumed checkpoint
         self._measured_at_setup, self._failed = 0, False
         self._said_not_measured: set[str] = set()
         self._charted_layers: list[str] = []  # layers of the per-layer charts written to this run
         self._warned: set[str] = set()
         # connectivity="weights": E also counted on the weights' graph (None: the dense formula only).
         self._path_counter = PathExactCounter(variant) if connectivity == "weights" else None
+        self._window = MeasurementWindow(self._path_counter)
+
+    @property
+    def tracker(self) -> ActivityTracker | None:
+        """The activity tracker on the module this callback was set up with (None before `setup`)."""
+        return self._window.tracker
 
     @property
     @override
@@ -156,18 +184,18 @@ class EmergenceCallback(Callback):
         return self._state_key
 
     @property
+    def cadence(self) -> bool:
+        """Whether measurements come from the fixed probe set at a step or epoch cadence."""
+        return self.every_n_train_steps is not None or self.every_n_epochs is not None
+
+    @property
     def settings(self) -> dict[str, Any]:
         """The arguments that shape the measurement (logged to the hparams table)."""
         return {
-            "threshold": self.threshold,
-            "statistic": self.statistic,
-            "variant": self.variant,
+            **self.measurement_settings(),
             # Layers are found as the forward pass runs; hparams are written before it.
             "layers": ",".join(self.layers) if self.layers else "every activation",
-            "include_input": self.include_input,
-            "include_output": self.include_output,
             "source": str(self._source),
-            "connectivity": self.connectivity,
             "stop_at_zero": self.stop_at_zero,
             "patience": self.patience,
         }
@@ -179,7 +207,7 @@ class EmergenceCallback(Callback):
         if error:
             raise ValueError(error)
         if self.tracker is None or self.tracker.model is not pl_module:
-            self.tracker = ActivityTracker(
+            self._window.tracker = ActivityTracker(
                 pl_module,
                 layers=self.layers,
                 threshold=self.threshold,
@@ -193,28 +221,33 @@ class EmergenceCallback(Callback):
             rank_zero_warn(
                 f"{type(pl_module).__name__} has no trainable parameter: relative emergence is logged as NaN."
             )
+        self._start_run(stage)
         self._measured_at_setup, self._failed = len(self.history), False
         if trainer.is_global_zero:
             # Before Lightning writes each logger's hyperparameters at the start of the run: ours go in too.
             settings_before_start(trainer.loggers, self._hparams())
 
+    def _start_run(self, stage: str) -> None:
+        stage = getattr(stage, "value", stage)  # Lightning passes a TrainerFn (a str enum)
+        run, message = lifecycle.run_of_new_stage(self.history, stage, self._run)
+        if run != self._run:
+            self._run, self._probe_set = run, None
+        if message:
+            rank_zero_info(message)
+
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._close_window()
+        self._window.close()
         stage = getattr(stage, "value", stage)  # Lightning passes a TrainerFn (a str enum)
         if stage in ("fit", "validate") and not self._failed and len(self.history) == self._measured_at_setup:
-            rank_zero_warn(
-                f"EmergenceCallback measured nothing in this `trainer.{stage}` run: no batch reached a measurement "
-                "(no validation or training batch, `limit_*_batches=0`, or `max_epochs=0`). Nothing was logged "
-                f"under `{self.prefix}/`."
-            )
+            rank_zero_warn(says.measured_nothing(stage, self.prefix))
 
     @override
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         self._failed = True
-        self._close_window()
+        self._window.close()
 
     @override
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -228,31 +261,33 @@ class EmergenceCallback(Callback):
         if stage in self._said_not_measured:
             return
         self._said_not_measured.add(stage)
-        message = (
-            f"EmergenceCallback does not measure `trainer.{stage}` runs (emergence is a property of training; "
-            "test data must not steer it). Call `trainer.validate(model, dataloaders)` to measure on given data."
-        )
         # Said as a warning when nothing was ever measured: the user then likely expected a measurement.
-        (rank_zero_info if self.history else rank_zero_warn)(message)
+        (rank_zero_info if self.history else rank_zero_warn)(says.not_measured(stage))
 
     # ---- when to measure -----------------------------------------------------------------
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._source = state.measurement_source(trainer, self.probe_dataloader)
+        with left_as_found(pl_module):  # loading the validation data early must not move the random states
+            self._source = state.measurement_source(trainer, self.probe_dataloader)
+        if self.cadence:
+            self._draw_probe_set(trainer, pl_module)
         self._log_tensorboard_extras(trainer)
-        if self.measure_at_start and not self.history:
-            batches, sampler = state.start_batches(trainer, self._source, self.probe_dataloader)
-            measurement = self._run_probe(trainer, pl_module, batches, sampler)
+        if self.measure_at_start and not self._records_of_this_run():
+            measurement = self._own_pass(trainer, pl_module)
             if measurement is not None:
+                # Resumed weights are trained weights: measured at their epoch, never "before training".
+                fresh = trainer.global_step == 0
+                epoch = 0 if fresh else trainer.current_epoch  # the epochs the checkpoint had completed
                 self._record(
-                    trainer, pl_module, measurement, epoch=0, through_loggers=True, before_training=True
+                    trainer, pl_module, measurement, epoch, through_loggers=True, before_training=fresh
                 )
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The last steps went unmeasured (max_steps mid-epoch, check_val_every_n_epoch > 1): measure the
         # final weights once, on the same samples, so the history always ends at the trained model.
-        if self._source is None or not self.history or self.history[-1]["step"] == trainer.global_step:
+        records = self._records_of_this_run()
+        if self._source is None or not records or records[-1].global_step == trainer.global_step:
             return
         self.measure_now(trainer, pl_module, epoch=state.epochs_completed(trainer, ended=True))
 
@@ -261,10 +296,12 @@ class EmergenceCallback(Callback):
         if trainer.sanity_checking or trainer.state.fn not in ("fit", "validate"):
             return
         if self._source in (None, "validation"):
-            self._open_window(trainer, state.sampler_of(state.first(trainer.val_dataloaders)))
-        elif self._window_open and self.tracker is not None:
-            self._paused = True  # a training-data window: validation batches must not enter it
-            self.tracker.enabled = False
+            self._say_once_other_loaders_unmeasured(trainer)
+            self._window.open(
+                state.real_samples_on_this_rank(state.sampler_of(state.first(trainer.val_dataloaders)))
+            )
+        else:
+            self._window.pause()  # a training-data window: validation batches must not enter it
 
     @override
     def on_validation_batch_start(
@@ -275,11 +312,10 @@ class EmergenceCallback(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if self._window_open and self.tracker is not None and not self._paused:
-            self.tracker.start_pass()
-            self._remember_input(batch)
-            # Only the first validation dataloader is measured, so every epoch sees the same data.
-            self.tracker.enabled = dataloader_idx == 0
+        # Only the first validation dataloader is measured, so every epoch sees the same data.
+        self._window.start_pass(
+            batch, measured=dataloader_idx == 0 and batch_idx < (self.probe_batches or math.inf)
+        )
 
     @override
     def on_validation_batch_end(
@@ -291,58 +327,60 @@ class EmergenceCallback(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if self._window_open and self.tracker is not None and not self._paused:
-            self._window_batches += self.tracker.enabled  # counted once the batch really ran
-            self._unmeasured_batches += not self.tracker.enabled
+        self._window.count_pass()
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._paused and self.tracker is not None:
-            self._paused, self.tracker.enabled = False, True
+        if self._window.resume() or not self._window.is_open or self._source not in (None, "validation"):
             return
-        if not self._window_open or self._source not in (None, "validation"):
-            return
-        measurement = self._close_window(trainer)
+        measurement = self._window.close(trainer)
         if measurement is not None:
             self._record(trainer, pl_module, measurement, epoch=state.epochs_completed(trainer))
-        elif self._unmeasured_batches and not self._warned_empty_first_loader:
-            self._warned_empty_first_loader = True
-            rank_zero_warn(
-                "EmergenceCallback: the first validation dataloader gave no batch, so nothing was measured "
-                f"this epoch ({self._unmeasured_batches} batches of the other dataloaders are not measured, "
-                "so that every epoch sees the same data). Put the data to measure first, or pass "
-                "`probe_dataloader=`."
-            )
+        elif "empty-first-loader" not in self._warned:
+            self._warned.add("empty-first-loader")
+            rank_zero_warn(says.EMPTY_FIRST_LOADER)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._source == "train":
-            self._open_window(trainer, None)
+            # Under DDP the sampler pads the data to a multiple of the processes: padding is not counted.
+            sampler = state.sampler_of(state.first(trainer.train_dataloader))
+            self._window.open(state.real_samples_on_this_rank(sampler))
 
     @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self._window_open and self.tracker is not None:
-            self.tracker.start_pass()
-            self._remember_input(batch)
+        self._window.start_pass(batch, measured=batch_idx < (self.probe_batches or math.inf))
 
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self._window_open:
-            self._window_batches += 1  # not at the start: `on_train_batch_start` may return -1 and skip it
+        self._window.count_pass()  # not at the start: `on_train_batch_start` may return -1 and skip it
+        step = trainer.global_step
+        if (
+            self.every_n_train_steps
+            and step
+            and step % self.every_n_train_steps == 0
+            and not self._measured_at(step)
+        ):
+            measurement = self._own_pass(trainer, pl_module)
+            if measurement is not None:
+                epoch = state.epochs_completed(trainer, batch_over=True)
+                self._record(trainer, pl_module, measurement, epoch, through_loggers=True)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._source == "train" and self._window_open:
-            measurement = self._close_window(trainer)
-        elif self._source == "probe":
-            assert self.probe_dataloader is not None
-            measurement = self._run_probe(
-                trainer, pl_module, self.probe_dataloader, state.sampler_of(self.probe_dataloader)
-            )
+        if self._source == "train" and self._window.is_open:
+            measurement = self._window.close(trainer)
+        elif self._source == "probe" or (
+            self._source == PROBE_SET
+            and self.every_n_epochs
+            and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+            and not self._measured_at(trainer.global_step)
+        ):
+            measurement = self._own_pass(trainer, pl_module)
         else:
             return
         if measurement is not None:
@@ -362,9 +400,10 @@ class EmergenceCallback(Callback):
     ) -> EmergenceRecord | None:
         """Takes one measurement now, on the data the epoch-0 pass uses, and records it.
 
-        The pass runs in eval mode with no gradient, on the probe data, else the first validation
-        dataloader, else the training data (the same samples every time). It never triggers
-        ``stop_at_zero``: the caller decides what a measurement it asked for means.
+        The pass runs in eval mode with no gradient, on the probe set (with a cadence), else the
+        probe data, else the first validation dataloader, else the training data (the same samples
+        every time), and leaves the run as it found it. It never triggers ``stop_at_zero``: the
+        caller decides what a measurement it asked for means.
 
         Args:
             trainer: the Trainer running ``pl_module`` (its loggers and strategy are used).
@@ -383,9 +422,9 @@ class EmergenceCallback(Callback):
                 f"of a running `Trainer` whose callbacks include it (got {type(pl_module).__name__})."
             )
         if self._source is None:
-            self._source = state.measurement_source(trainer, self.probe_dataloader)
-        batches, sampler = state.start_batches(trainer, self._source, self.probe_dataloader)
-        measurement = self._run_probe(trainer, pl_module, batches, sampler)
+            with left_as_found(pl_module):
+                self._source = state.measurement_source(trainer, self.probe_dataloader)
+        measurement = self._own_pass(trainer, pl_module)
         if measurement is None:
             return None
         record = self._new_record(trainer, pl_module, measurement, epoch, before_training)
@@ -396,71 +435,48 @@ class EmergenceCallback(Callback):
                 write_activity_histograms(
                     trainer.loggers, self.prefix, measurement.layers, trainer.global_step
                 )
-        return EmergenceRecord.from_history(record)
+        return record
 
     def records(self) -> list[EmergenceRecord]:
-        """:attr:`history` as typed records, oldest first."""
-        return [EmergenceRecord.from_history(entry) for entry in self.history]
+        """:attr:`history`, oldest first (a copy of the list; the records are frozen)."""
+        return list(self.history)
 
-    # ---- measurement windows -------------------------------------------------------------
-    def _open_window(self, trainer: pl.Trainer, sampler: Any) -> None:
-        assert self.tracker is not None
-        self.tracker.limit_samples(state.real_samples_on_this_rank(sampler))
-        self.tracker.reset()
-        self.tracker.enabled = True
-        self.tracker.attach()
-        self._window_open, self._paused = True, False
-        self._window_batches = self._unmeasured_batches = 0
+    def _records_of_this_run(self) -> list[EmergenceRecord]:
+        return [record for record in self.history if record.run == self._run]
 
-    def _close_window(self, trainer: pl.Trainer | None = None) -> Measurement | None:
-        """Removes the hooks; with a trainer, also reduces across processes and computes."""
-        if self.tracker is None:
-            return None
-        self.tracker.detach()
-        was_open, self._window_open, self._paused = self._window_open, False, False
-        if trainer is None or not was_open:
-            return None
-        measurement = self.tracker.compute(
-            reduce=lambda tensor, op: trainer.strategy.reduce(tensor, reduce_op=op)
-        )
-        # `measurement` is None on every process or on none; all take the same collective.
-        batches = state.total_over_processes(trainer, self._window_batches) if measurement is None else 0
-        if batches:
-            # Never a silent gap in the history: batches went through, yet no hook was called.
-            raise RuntimeError(
-                f"EmergenceCallback: {batches} batches went through the model, but none of the tracked "
-                f"layers {self.tracker.layer_names} produced an output: their forward hooks never ran. The "
-                "forward pass must call these modules (not `module.forward(...)` or a functional op), and the "
-                "step must run this model (not a copy, such as an EMA model): name the modules it does call "
-                "in `layers=[...]`, or measure on `probe_dataloader=` with a `probe_step` that runs the model."
+    def _measured_at(self, step: int) -> bool:
+        records = self._records_of_this_run()
+        return bool(records) and records[-1].global_step == step
+
+    # ---- the passes of our own and the data they read -----------------------------------------
+    def _own_pass(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Measurement | None:
+        """A measurement on the data of the epoch-0 pass, the probe or the probe set (see `_probe_data`)."""
+        return self._window.run_pass(trainer, pl_module, self._probe_data(trainer), self.probe_step)
+
+    def _probe_data(self, trainer: pl.Trainer) -> tuple[Iterable[Any], float, int | None]:
+        if self._source == PROBE_SET:
+            assert self._probe_set is not None
+            return self._probe_set
+        return probe_data(trainer, self._source, self.probe_dataloader, self.probe_batches)
+
+    def _draw_probe_set(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Draws the cadence's probe set once; at a resume, says if it differs from the checkpoint's."""
+        if self._probe_set is None:
+            assert self.probe_batches is not None  # checked in __init__
+            self._probe_set = draw_probe_set(
+                trainer, pl_module, self._source, self.probe_dataloader, self.probe_batches
             )
-        return measurement
+        self._source = PROBE_SET
+        if self._resumed_probe_set is not None and fingerprint(self._probe_set[0]) != self._resumed_probe_set:
+            rank_zero_warn(says.PROBE_SET_CHANGED)
+        self._resumed_probe_set = None
 
-    def _run_probe(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batches: Iterable[Any], sampler: Any
-    ) -> Measurement | None:
-        """A forward-only pass over ``batches`` in eval mode through the module's own step (see
-        :mod:`~emergence_lightning.callbacks.probe`); every module's mode is restored.
-        """
-        assert self.tracker is not None
-        modes = {module: module.training for module in pl_module.modules()}
-        self._open_window(trainer, sampler)
-        try:
-            pl_module.eval()
-            with torch.no_grad(), trainer.precision_plugin.val_step_context():
-                for batch_idx, batch in enumerate(batches):
-                    batch = trainer.strategy.batch_to_device(batch)
-                    self.tracker.start_pass()
-                    self._remember_input(batch)
-                    self._window_batches += 1
-                    run_step(pl_module, batch, batch_idx, self.probe_step)
-        except BaseException:
-            self._close_window()
-            raise
-        finally:
-            for module, training in modes.items():
-                module.training = training
-        return self._close_window(trainer)
+    def _say_once_other_loaders_unmeasured(self, trainer: pl.Trainer) -> None:
+        loaders = trainer.val_dataloaders
+        count = len(loaders) if isinstance(loaders, (list, tuple, dict)) else 1
+        if count > 1 and "other-loaders" not in self._warned:
+            self._warned.add("other-loaders")
+            rank_zero_warn(says.other_loaders_unmeasured(count))
 
     # ---- recording, logging, stopping ----------------------------------------------------
     def _new_record(
@@ -470,38 +486,27 @@ class EmergenceCallback(Callback):
         measurement: Measurement,
         epoch: float,
         before_training: bool,
-    ) -> dict[str, Any]:
-        E = emergence(measurement.n, measurement.a, variant=self.variant)
-        for key, message in layer_coverage_warnings(pl_module, measurement.names, E):
+    ) -> EmergenceRecord:
+        parameters = count_parameters(pl_module)
+        E_path = self._path_counter.count(pl_module, measurement) if self._path_counter is not None else None
+        record = record_of(
+            measurement, variant=self.variant, parameters=parameters, global_step=trainer.global_step,
+            epoch=epoch, before_training=before_training, run=max(self._run, 1), E_path=E_path,
+        )  # fmt: skip
+        for key, message in layer_coverage_warnings(pl_module, measurement.names, record.E):
             if key not in self._warned:
                 self._warned.add(key)
                 rank_zero_warn(message)
-        parameters = count_parameters(pl_module)
-        record = {
-            "epoch": epoch,
-            "step": trainer.global_step,
-            "layers": measurement.names,
-            "n": measurement.n,
-            "a": measurement.a,
-            "E": E,
-            "relative": relative_emergence(E, parameters) if parameters else math.nan,
-            "log10_E": log10_emergence(E),
-            "active_fraction": measurement.active_fraction,
-            "parameters": parameters,
-            "samples": measurement.samples,
-            "before_training": before_training,
-        }
-        if self._path_counter is not None:
-            E_path = self._path_counter.count(pl_module, measurement)
-            record["E_path"] = E_path
-            if E_path is not None:
-                record["relative_path"] = relative_emergence(E_path, parameters) if parameters else math.nan
+        if record.nonfinite_layers and f"nonfinite:{self._run}" not in self._warned:
+            self._warned.add(f"nonfinite:{self._run}")
+            rank_zero_warn(says.nonfinite(record.nonfinite_layers, self.prefix))
         return record
 
-    def _log_to_loggers(self, trainer: pl.Trainer, record: dict[str, Any], step: int | None = None) -> None:
+    def _log_to_loggers(self, trainer: pl.Trainer, record: EmergenceRecord, step: int | None = None) -> None:
         """Writes a measurement to every logger as one record: one ``log_metrics`` call each (a CSV row, a
         W&B history step, one MLflow batch) holding E, log10 E, Ẽ, the active fraction, every per-layer
-        count and ``epoch``, at ``step`` (default ``global_step``).
+        count and ``epoch``, at ``step`` (default ``global_step``: before the first step, in
+        ``on_train_end``, mid-epoch, or for a measurement the caller asked for).
         """
         metrics = measurement_row(record, self.prefix, epoch=trainer.current_epoch)
         _write(trainer, metrics, trainer.global_step if step is None else step)
@@ -516,7 +521,6 @@ class EmergenceCallback(Callback):
         before_training: bool = False,
     ) -> None:
         record = self._new_record(trainer, pl_module, measurement, epoch, before_training)
-        E = record["E"]
         self._append(trainer, record)
         if through_loggers:
             self._log_to_loggers(trainer, record)
@@ -537,37 +541,26 @@ class EmergenceCallback(Callback):
             self._log_to_loggers(trainer, record, state.logging_step(trainer))
         if self.log_histograms:
             write_activity_histograms(trainer.loggers, self.prefix, measurement.layers, trainer.global_step)
-        if self.stop_at_zero and before_training and E == 0:
-            rank_zero_warn(
-                "EmergenceCallback(stop_at_zero=True): E is already 0 before training (active nodes per "
-                f"layer {dict(zip(measurement.names, measurement.a))} of {measurement.n}). E counts paths "
-                "from a dead node to an active node in a later layer, so with no dead node before the last "
-                "active one it is 0 whatever the accuracy, and training will stop after the next "
-                f"{self.patience + 1} measurements if it stays 0. Check that `layers` covers the hidden layers, "
-                "or watch E before stopping on it."
-            )
+        if self.stop_at_zero and before_training and record.E == 0:
+            rank_zero_warn(says.zero_before_training(record, self.patience))
         if self.stop_at_zero and not before_training:
             self._maybe_stop(trainer)
 
-    def _append(self, trainer: pl.Trainer, record: dict[str, Any]) -> None:
+    def _append(self, trainer: pl.Trainer, record: EmergenceRecord) -> None:
         """Adds ``record`` to :attr:`history`; the first time its layers are seen, charts them one by one."""
-        if self._charted_layers != record["layers"]:
+        if self._charted_layers != list(record.names):
             # TensorBoard keeps a run's last layout: now that the layers are known, one chart per layer.
-            self._write_layout(trainer, layers=dict(zip(record["layers"], record["n"])))
-            self._charted_layers = list(record["layers"])
+            self._write_layout(trainer, layers=dict(zip(record.names, record.n)))
+            self._charted_layers = list(record.names)
         self.history.append(record)
 
-    def _remember_input(self, batch: Any) -> None:
-        if self._path_counter is not None:
-            self._path_counter.remember_input(batch)
-
     def _maybe_stop(self, trainer: pl.Trainer) -> None:
-        streak = zero_streak(self.history)
-        should_stop = trainer.strategy.reduce_boolean_decision(streak > self.patience, all=True)
+        E = in_training_E(self.history)
+        should_stop = trainer.strategy.reduce_boolean_decision(stops_at_zero(E, self.patience), all=True)
         if should_stop and not trainer.should_stop:
             trainer.should_stop = True
             rank_zero_info(
-                f"EmergenceCallback: emergence has been 0 for {streak} consecutive measurements "
+                f"EmergenceCallback: emergence has been 0 for {zero_streak(E)} consecutive measurements "
                 f"(patience={self.patience}); stopping training."
             )
 
@@ -575,7 +568,7 @@ class EmergenceCallback(Callback):
         settings = self.settings
         if self._source is None:
             del settings["source"]  # known from `on_train_start` on
-        return {f"{self.prefix}/{key}": value for key, value in settings.items()}
+        return {f"{self.prefix}/{key}": lifecycle.hparam_value(value) for key, value in settings.items()}
 
     @rank_zero_only
     def _log_tensorboard_extras(self, trainer: pl.Trainer) -> None:
@@ -594,15 +587,38 @@ class EmergenceCallback(Callback):
     # ---- checkpointing -------------------------------------------------------------------
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"history": [dict(record) for record in self.history]}
+        return {
+            "history": [record.to_dict() for record in self.history],
+            "settings": self.measurement_settings(),
+            "probe_set": fingerprint(self._probe_set[0]) if self._probe_set is not None else None,
+        }
+
+    @override
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Lightning restores a callback's state only under its exact `state_key`, which holds the
+        # threshold, statistic and variant: with one of them changed, find the history by prefix.
+        states = checkpoint.get("callbacks", {})
+        if self.state_key not in states:
+            saved = lifecycle.state_by_prefix(states, type(self).__qualname__, self.prefix)
+            if saved is not None:
+                self.load_state_dict(saved)
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = [dict(record) for record in state_dict.get("history", [])]
+        self.history, self._run, warning = lifecycle.resumed(
+            state_dict, self.measurement_settings(), self._run
+        )
+        if warning:
+            rank_zero_warn(warning)
+        self._resumed_probe_set = None if warning else state_dict.get("probe_set")
+        self._probe_set = None
 
     # ---- what an experiment record holds -------------------------------------------------
     def measurement_settings(self) -> dict[str, Any]:
-        """Every argument that changes what this callback measures or when it stops a run.
+        """Every argument that changes what this callback measures or when it stops a run (kept in
+        checkpoints and compared at a resume; recorded in the branches' experiment record).
 
         (``measure_at_start`` adds a point before training and changes no measured value: left out.)
 
@@ -629,6 +645,9 @@ class EmergenceCallback(Callback):
             "stop_at_zero": self.stop_at_zero,
             "patience": self.patience,
             "connectivity": self.connectivity,
+            "every_n_train_steps": self.every_n_train_steps,
+            "every_n_epochs": self.every_n_epochs,
+            "probe_batches": self.probe_batches,
             "prefix": self.prefix,
         }
 

@@ -9,7 +9,6 @@ Lightning's own ``epoch`` column.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from emergence_lightning.functional import emergence_as_float, log10_emergence
@@ -54,13 +53,3 @@ def measurement_row(record: dict[str, Any], prefix: str, epoch: int) -> dict[str
     ``{prefix}/epoch`` is the measurement's epoch (epochs completed: 0 before training).
     """
     return {**all_metrics(record, prefix), "epoch": epoch}
-
-
-def zero_streak(history: Sequence[dict[str, Any]]) -> int:
-    """How many of the latest in-training measurements had E exactly 0."""
-    streak = 0
-    for record in reversed(history):
-        if record.get("before_training", record["epoch"] == 0) or record["E"] != 0:
-            break
-        streak += 1
-    return streak

@@ -49,7 +49,9 @@ def logging_step(trainer: pl.Trainer) -> int:
     return int(_compat.batches_that_stepped(trainer))
 
 
-def epochs_completed(trainer: pl.Trainer, *, ended: bool = False, epoch_over: bool = False) -> float:
+def epochs_completed(
+    trainer: pl.Trainer, *, ended: bool = False, epoch_over: bool = False, batch_over: bool = False
+) -> float:
     """Training epochs completed, fractional mid-epoch (a validation run inside it, a fit cut by ``max_steps``).
 
     Args:
@@ -58,11 +60,12 @@ def epochs_completed(trainer: pl.Trainer, *, ended: bool = False, epoch_over: bo
             counts the last, possibly partial, epoch.
         epoch_over: the epoch has ended (``on_train_epoch_end``): it counts whole unless ``max_steps``
             cut it (an epoch ended early by ``on_train_batch_start`` returning -1 counts whole).
+        batch_over: called in ``on_train_batch_end``, before Lightning counts that batch as completed.
     """
     if trainer.state.fn != "fit":
         return trainer.current_epoch
     total = trainer.num_training_batches
-    done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.completed + int(batch_over)
     base = trainer.current_epoch - 1 if ended else trainer.current_epoch
     cut = 0 < trainer.max_steps <= trainer.global_step
     if (ended or epoch_over) and not cut:
@@ -133,16 +136,10 @@ def measurement_source(trainer: pl.Trainer, probe_dataloader: Any) -> str:
     return "validation" if has_validation_batches(trainer) else "train"
 
 
-def start_batches(
-    trainer: pl.Trainer, source: str | None, probe_dataloader: Any
-) -> tuple[Iterable[Any], Any]:
-    """The data of the epoch-0 pass (the same data later epochs measure) and its sampler."""
+def start_data(trainer: pl.Trainer, source: str | None, probe_dataloader: Any) -> tuple[Any, float]:
+    """The loader of the epoch-0 pass (the same data later epochs measure) and how many of its batches to take."""
     if source == "probe":
-        return probe_dataloader, sampler_of(probe_dataloader)
+        return probe_dataloader, math.inf
     if source == "validation":
-        loader = first(trainer.val_dataloaders)
-        limit = trainer.num_val_batches[0]
-    else:
-        loader = first(trainer.train_dataloader)
-        limit = trainer.num_training_batches
-    return take(loader, limit), sampler_of(loader)
+        return first(trainer.val_dataloaders), trainer.num_val_batches[0]
+    return first(trainer.train_dataloader), trainer.num_training_batches

@@ -1,4 +1,5 @@
-"""Forward passes the EmergenceCallback drives itself (epoch 0, probe data), run through the module's own step.
+"""Forward passes the EmergenceCallback drives itself (epoch 0, probe data, a cadence's probe set): the
+data they read and the module's own step they run.
 
 The module's ``validation_step`` (else ``training_step`` under automatic optimization, else
 ``forward`` on the batch's input) runs in eval mode with no gradient, its ``self.log`` muted, and
@@ -10,15 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import inspect
-from collections.abc import Callable, Iterator
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 
 from emergence_lightning import _compat
+from emergence_lightning.callbacks import lightning_state as state
+from emergence_lightning.measure.observer import fresh_iteration, left_as_found
 
 # probe_step(pl_module, batch) runs one forward pass for the measurements the callback drives itself.
 ProbeStep = Callable[["pl.LightningModule", Any], Any]
@@ -133,3 +139,53 @@ def _metric_state(metric: Any) -> dict[str, Any]:
     """A torchmetrics Metric's accumulated state (copied: updates work in place)."""
     names = [*metric.metric_state, *_compat.METRIC_ATTRIBUTES]
     return {name: copy.deepcopy(getattr(metric, name)) for name in names if hasattr(metric, name)}
+
+
+def fingerprint(batches: Iterable[Any]) -> str:
+    """A checksum of every tensor in ``batches`` (nested tuples, lists and dicts), to recognise a probe set."""
+    digest = hashlib.sha256()
+
+    def feed(value: Any) -> None:
+        if isinstance(value, Tensor):
+            digest.update(str((value.dtype, tuple(value.shape))).encode())
+            digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, Mapping):
+            for key in sorted(value, key=str):
+                digest.update(str(key).encode())
+                feed(value[key])
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                feed(item)
+        else:
+            digest.update(repr(value).encode())
+
+    for batch in batches:
+        feed(batch)
+    return digest.hexdigest()
+
+
+def probe_data(
+    trainer: pl.Trainer, source: str | None, probe_dataloader: Any, probe_batches: int | None
+) -> tuple[Iterable[Any], float, int | None]:
+    """What a pass of the callback's own reads: the loader, how many of its batches, and the real
+    samples among them on this process (a DistributedSampler's padding is not counted).
+    """
+    loader, limit = state.start_data(trainer, source, probe_dataloader)
+    sample_limit = state.real_samples_on_this_rank(state.sampler_of(loader))
+    return loader, min(limit, probe_batches or math.inf), sample_limit
+
+
+def draw_probe_set(
+    trainer: pl.Trainer,
+    pl_module: pl.LightningModule,
+    source: str | None,
+    probe_dataloader: Any,
+    probe_batches: int,
+) -> tuple[Iterable[Any], float, int | None]:
+    """A cadence's probe set: the first ``probe_batches`` batches of the data ``source`` names, drawn
+    once and kept, with the loaders' random state left as found; returned as :func:`probe_data` does.
+    """
+    loader, limit, sample_limit = probe_data(trainer, source, probe_dataloader, probe_batches)
+    with left_as_found(pl_module, [loader]):
+        batches = list(state.take(fresh_iteration(loader), limit))
+    return batches, math.inf, sample_limit

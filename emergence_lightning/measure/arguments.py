@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Collection, Mapping, Sequence
 
 from torch import nn
@@ -21,13 +22,13 @@ def check_tracking_arguments(
     layers: Sequence[str] | None,
 ) -> None:
     """Raises a clear error for a bad tracking argument (shared by the tracker and the callback)."""
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+    if not is_real(threshold):
         raise TypeError(f"`threshold` must be a number, got {threshold!r}.")
     if not math.isfinite(threshold) or threshold < 0:
         raise ValueError(f"`threshold` must be a finite number >= 0, got {threshold!r}.")
     if statistic not in STATISTICS:
         raise ValueError(f"`statistic` must be one of {STATISTICS}, got {statistic!r}.")
-    if isinstance(min_firing_rate, bool) or not isinstance(min_firing_rate, (int, float)):
+    if not is_real(min_firing_rate):
         raise TypeError(f"`min_firing_rate` must be a number, got {min_firing_rate!r}.")
     if not 0 <= min_firing_rate < 1:
         raise ValueError(f"`min_firing_rate` must be in [0, 1), got {min_firing_rate!r}.")
@@ -35,7 +36,7 @@ def check_tracking_arguments(
     if isinstance(node_dim, Mapping) and not all(isinstance(key, str) for key in node_dim):
         raise TypeError(f"`node_dim` keys must be layer names (str), got {node_dim!r}.")
     for dim in dims:
-        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int)):
+        if dim is not None and not is_integer(dim):
             raise TypeError(
                 f"`node_dim` must be an int, a mapping from layer names to ints, or None, got {node_dim!r}."
             )
@@ -54,6 +55,20 @@ def check_tracking_arguments(
             raise ValueError(f"`layers` names a module twice: {list(layers)!r}.")
 
 
+def is_real(value: object) -> bool:
+    """A real number, numpy's scalars included (``np.float32(0.05)``), but not a bool."""
+    return isinstance(value, numbers.Real) and not _is_bool(value)
+
+
+def is_integer(value: object) -> bool:
+    """An integer, numpy's included (``np.int64(2)``), but not a bool."""
+    return isinstance(value, numbers.Integral) and not _is_bool(value)
+
+
+def _is_bool(value: object) -> bool:
+    return isinstance(value, bool) or type(value).__name__ in ("bool", "bool_")
+
+
 def check_flags(**flags: object) -> None:
     """Raises a TypeError for a switch that is not True or False (``"no"`` would read as True)."""
     for name, value in flags.items():
@@ -61,8 +76,8 @@ def check_flags(**flags: object) -> None:
             raise TypeError(f"`{name}` must be True or False, got {value!r}.")
 
 
-def check_layer_names(model: nn.Module, layers: Sequence[str] | None) -> set[str]:
-    """The names in ``layers``, each a module or a call site of one; raises on any other."""
+def check_layer_names(model: nn.Module, layers: Sequence[str] | None, argument: str = "layers") -> set[str]:
+    """The names in ``layers``, each a module or a call site of one; raises naming ``argument`` on any other."""
     if layers is None:
         return set()
     modules = dict(model.named_modules())
@@ -77,5 +92,7 @@ def check_layer_names(model: nn.Module, layers: Sequence[str] | None) -> set[str
     unknown = [name for name in layers if not known(name)]
     if unknown:
         valid = [name for name in modules if name][:12]
-        raise ValueError(f"`layers` names modules that don't exist: {unknown}. Some valid names: {valid}.")
+        raise ValueError(
+            f"`{argument}` names modules that don't exist: {unknown}. Some valid names: {valid}."
+        )
     return set(layers)

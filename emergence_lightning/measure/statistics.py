@@ -15,13 +15,16 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
 from emergence_lightning import _compat
 
-STATISTICS = ("mean", "fraction", "max")
+#: The per-node statistics (a ``Literal`` so that LightningCLI shows the choices).
+Statistic = Literal["mean", "fraction", "max"]
+STATISTICS: tuple[str, ...] = get_args(Statistic)
 # On CPU the firing mask is built a few samples at a time in a buffer of about this many
 # elements (2 MB of float32), so it is still in cache when it is summed: 25 % less time than
 # one activation-sized mask, and no page faults for a fresh buffer in every window.

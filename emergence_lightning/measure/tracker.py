@@ -42,6 +42,7 @@ from emergence_lightning.measure.arguments import (
 )
 from emergence_lightning.measure.compile_guard import EagerWhileMeasuring
 from emergence_lightning.measure.layers import INPUT_LAYER, OUTPUT_LAYER
+from emergence_lightning.measure.observer import eval_pass, fresh_iteration
 from emergence_lightning.measure.statistics import NodeStatistic, Scratch, accumulation_dtype
 
 # A reduction across processes: (tensor, "sum" | "max") -> reduced tensor. Identity on one process.
@@ -178,6 +179,10 @@ class ActivityTracker:
         self.node_dim = node_dim
         self.include_input, self.include_output = include_input, include_output
         self._wanted = check_layer_names(model, layers)
+        if isinstance(node_dim, Mapping):  # a typo would be silently ignored: refuse it as `layers` does
+            check_layer_names(
+                model, [key for key in node_dim if key not in (INPUT_LAYER, OUTPUT_LAYER)], "node_dim"
+            )
         leaves = rules.parametrised_leaves(model)
         if (include_input or include_output) and not leaves:
             raise ValueError(
@@ -679,7 +684,8 @@ def measure(model: nn.Module, batches: Iterable[object], **tracker_kwargs: objec
 
     A batch is what the model takes (``model(batch)``), or a dict of keyword arguments
     (``model(**batch)``, as Hugging Face models take them). The train/eval mode
-    of every module is restored afterwards. Keyword arguments go to :class:`ActivityTracker`.
+    of every module, the random states and the loader's generators are restored afterwards (see
+    :mod:`~emergence_lightning.measure.observer`). Keyword arguments go to :class:`ActivityTracker`.
     """
     if isinstance(batches, Tensor) or not isinstance(batches, Iterable):
         raise TypeError(
@@ -687,17 +693,11 @@ def measure(model: nn.Module, batches: Iterable[object], **tracker_kwargs: objec
             f"got {type(batches).__name__}."
         )
     tracker = ActivityTracker(model, **tracker_kwargs)  # type: ignore[arg-type]
-    modes = {module: module.training for module in model.modules()}
-    try:
-        model.eval()
-        with tracker, torch.no_grad():
-            for batch in batches:
-                tracker.start_pass()
-                if isinstance(batch, Mapping):
-                    model(**batch)
-                else:
-                    model(batch)
-    finally:
-        for module, training in modes.items():
-            module.training = training
+    with eval_pass(model, [batches]), tracker:
+        for batch in fresh_iteration(batches):
+            tracker.start_pass()
+            if isinstance(batch, Mapping):
+                model(**batch)
+            else:
+                model(batch)
     return tracker.compute()

@@ -4,6 +4,7 @@ Run by tests/test_distributed.py as a real script, because Lightning's DDP launc
 other processes by running this file again.
 
     python ddp_emergence.py --devices 2 --out history.json [--val-samples 37] [--stop-at-zero]
+    python ddp_emergence.py --devices 2 --out history.json --train-samples 37 --no-validation
 """
 
 import argparse
@@ -26,6 +27,8 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=1)
     parser.add_argument("--out", required=True)
     parser.add_argument("--val-samples", type=int, default=37)
+    parser.add_argument("--train-samples", type=int, default=64)
+    parser.add_argument("--no-validation", action="store_true", help="measure on the training passes")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--statistic", default="mean")
     parser.add_argument("--dead", action="store_true", help="kill every node so E = 0 (stop-at-zero)")
@@ -40,7 +43,7 @@ def main() -> None:
             net[0].bias.fill_(-100.0)
             net[2].bias.fill_(-100.0)
     model = Classifier(net, lr=0.0)  # weights fixed: every run sees the same network
-    train, val = loaders(samples=64, val_samples=args.val_samples, batch_size=8)
+    train, val = loaders(samples=args.train_samples, val_samples=args.val_samples, batch_size=8)
     callback = EmergenceCallback(statistic=args.statistic, stop_at_zero=args.dead)
     trainer = pl.Trainer(
         max_epochs=args.epochs,
@@ -53,7 +56,7 @@ def main() -> None:
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    trainer.fit(model, train, val)
+    trainer.fit(model, train, None if args.no_validation else val)
     if trainer.global_rank == 0:
         records = [
             {key: record[key] for key in ("epoch", "n", "a", "E", "relative", "samples")}

@@ -68,7 +68,7 @@ def fit(
         num_sanity_val_steps=0,
     )
     trainer.fit(model, train, val, ckpt_path=str(root / "checkpoints" / "last.ckpt") if resume else None)
-    record = {"history": emergence.history, "state_key": emergence.state_key}
+    record = {"history": [entry.to_dict() for entry in emergence.history], "state_key": emergence.state_key}
     (root / "history.json").write_text(json.dumps(record))
     return emergence
 

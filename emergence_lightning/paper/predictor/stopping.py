@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from statistics import mean, median
 from typing import Any
 
+from emergence_lightning.functional import stops_at_zero
+
 
 def stop_at_zero_epoch(E: Sequence[float], patience: int = 0) -> int | None:
     """The epoch (1-based) at which ``stop_at_zero`` stops, or None if it never does.
@@ -31,10 +33,8 @@ def stop_at_zero_epoch(E: Sequence[float], patience: int = 0) -> int | None:
         >>> stop_at_zero_epoch([5, 0, 3, 0, 0], patience=1)
         5
     """
-    streak = 0
-    for epoch, value in enumerate(E, start=1):
-        streak = streak + 1 if value == 0 else 0
-        if streak > patience:
+    for epoch in range(1, len(E) + 1):
+        if stops_at_zero(E[:epoch], patience):  # the callback's own rule, over the epochs so far
             return epoch
     return None
 
