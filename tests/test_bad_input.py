@@ -137,7 +137,7 @@ ARGUMENT_CASES = [
     Case("tracker-threshold-bool", lambda: ActivityTracker(net(), threshold=True), TypeError, r"`threshold` must be a number, got True"),
     Case("tracker-threshold-none", lambda: ActivityTracker(net(), threshold=None), TypeError, r"`threshold` must be a number, got None"),
     Case("tracker-threshold-inf", lambda: ActivityTracker(net(), threshold=math.inf), ValueError, r"`threshold` must be a finite number >= 0, got inf"),
-    Case("tracker-statistic", lambda: ActivityTracker(net(), statistic=None), ValueError, r"`statistic` must be one of \('mean', 'fraction', 'max'\), got None"),
+    Case("tracker-statistic", lambda: ActivityTracker(net(), statistic=None), ValueError, r"`statistic` must be one of \('mean', 'mean_abs', 'normalized_mean_abs', 'fraction', 'max'\), got None"),
     Case("tracker-rate-nan", lambda: ActivityTracker(net(), min_firing_rate=math.nan), ValueError, r"`min_firing_rate` must be in \[0, 1\), got nan"),
     Case("tracker-rate-string", lambda: ActivityTracker(net(), min_firing_rate="x"), TypeError, r"`min_firing_rate` must be a number, got 'x'"),
     Case("tracker-node-dim-float", lambda: ActivityTracker(net(), node_dim=1.0), TypeError, r"`node_dim` must be an int, a mapping from layer names to ints, or None, got 1.0"),

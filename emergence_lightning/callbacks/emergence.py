@@ -39,6 +39,7 @@ from emergence_lightning.functional import (
     relative_emergence,
 )
 from emergence_lightning.measure import ActivityTracker, Measurement
+from emergence_lightning.measure.statistics import DEFAULT_STATISTIC
 from emergence_lightning.pruning import count_parameters
 
 __all__ = ["EmergenceCallback", "batch_input", "default_probe_step", "zero_streak"]
@@ -62,8 +63,9 @@ class EmergenceCallback(Callback):
 
     Args:
         threshold: a node is active when its activity exceeds this (the paper's 0.05).
-        statistic: ``"mean"``, ``"fraction"`` (firing rate) or ``"max"``; see
-            :class:`~emergence_lightning.measure.ActivityTracker`.
+        statistic: ``"mean"`` (the paper's), ``"mean_abs"``, ``"normalized_mean_abs"`` (ReDo's
+            score; ``threshold`` is its tau), ``"fraction"`` (firing rate) or ``"max"``; see
+            :class:`~emergence_lightning.measure.ActivityTracker` and ``docs/measure.md``.
         variant: ``"paper"`` or ``"induced"``; see :func:`~emergence_lightning.emergence`.
         layers: the layers to keep, by module name (every call of it) or call-site name
             (``"layer1.0.relu#2"``, ``"encoder.layers.0.relu()"``); ``None``: every activation
@@ -92,7 +94,7 @@ class EmergenceCallback(Callback):
     def __init__(
         self,
         threshold: float = 0.05,
-        statistic: str = "mean",
+        statistic: str = DEFAULT_STATISTIC,
         variant: str = "paper",
         layers: Sequence[str] | None = None,
         node_dim: int | Mapping[str, int] | None = None,
