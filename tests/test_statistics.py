@@ -100,14 +100,17 @@ def test_nan_and_minus_inf_reach_the_probe_and_never_fire(shape, batch_dim, node
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
-def test_other_dtypes_accumulate_in_float64(dtype):
-    batches = _batches(lambda n: (n, 6, 3, 3), sizes=(8, 5), dtype=dtype, seed=2)
-    stat, scratch = NodeStatistic("mean", THETA), Scratch()
+@pytest.mark.parametrize("statistic", ["mean", "mean_abs"])
+@pytest.mark.parametrize("shape", [lambda n: (n, 6, 3, 3), lambda n: (n, 6)], ids=["conv", "linear"])
+def test_other_dtypes_accumulate_in_float64(dtype, statistic, shape):
+    batches = _batches(shape, sizes=(8, 5), dtype=dtype, seed=2)
+    stat, scratch = NodeStatistic(statistic, THETA), Scratch()
     for batch in batches:
         stat.add(batch, 0, 1, scratch)
     ref = _reference(batches, 0, 1)  # the same low-precision values, summed in float64
     assert stat.total.dtype == torch.float64
-    torch.testing.assert_close(stat.total, ref["sum"], rtol=1e-6, atol=1e-5)
+    expected = ref["sum"] if statistic == "mean" else ref["abs_sum"]
+    torch.testing.assert_close(stat.total, expected, rtol=1e-6, atol=1e-5)
 
 
 def test_changing_node_count_is_refused():
@@ -121,12 +124,14 @@ def test_changing_node_count_is_refused():
 @pytest.mark.parametrize(
     "activation", [torch.relu, torch.sigmoid, lambda x: torch.nn.functional.relu6(x * 3)]
 )
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_mean_abs_equals_the_papers_mean_bit_for_bit_on_non_negative_outputs(
-    shape, batch_dim, node_dim, activation
+    shape, batch_dim, node_dim, activation, dtype
 ):
     # Values near THETA, where a last-bit difference would flip a node: the totals must be identical.
     batches = [
-        activation(b * 0.1 + THETA) for b in _batches(shape, sizes=(8, 3, 8, 1), dtype=torch.float32, seed=3)
+        activation(b * 0.1 + THETA).to(dtype)
+        for b in _batches(shape, sizes=(8, 3, 8, 1), dtype=torch.float32, seed=3)
     ]
     paper, absolute, scratch = NodeStatistic("mean", THETA), NodeStatistic("mean_abs", THETA), Scratch()
     for batch in batches:

@@ -35,7 +35,7 @@ from torch import Tensor
 STATISTICS = ("mean", "mean_abs", "normalized_mean_abs", "fraction", "max")
 # The rule the tracker, measure() and EmergenceCallback use unless told otherwise; the study behind
 # the choice is `emergence-lightning reproduce activity-rule` (docs/measure.md, "What 'active' means").
-DEFAULT_STATISTIC = "mean"
+DEFAULT_STATISTIC = "mean_abs"
 # Statistics whose running total is the plain sum of the outputs, which is also the probe that
 # NaN/inf propagate into: one reduction serves both.
 TOTAL_IS_PROBE = ("mean",)
@@ -140,14 +140,14 @@ class Scratch:
 
 def _chunked_sums(
     values: Tensor,
-    elementwise: Callable[[Tensor, Tensor], Tensor],
+    elementwise: Callable[[Tensor, Scratch], Tensor],
     batch_dim: int,
     node_dim: int,
     scratch: Scratch,
     out: Tensor,
 ) -> Tensor:
-    """Per-sample sums of ``elementwise(chunk, buffer)`` written into ``out``, a few samples at a time
-    on CPU so that the buffer stays in cache (shaped as :func:`per_sample_sums`).
+    """Per-sample sums of ``elementwise(chunk, scratch)`` (written into a scratch buffer) into ``out``,
+    a few samples at a time on CPU so that the buffer stays in cache (shaped as :func:`per_sample_sums`).
     """
     samples = values.shape[batch_dim]
     step = max(1, samples)
@@ -155,7 +155,7 @@ def _chunked_sums(
         step = max(1, min(samples, CPU_MASK_ELEMENTS // max(1, values.numel() // samples)))
     sample_axis = 0 if batch_dim < node_dim else 1
     for index, chunk in enumerate(values.split(step, dim=batch_dim)):
-        transformed = elementwise(chunk, scratch.like(chunk))
+        transformed = elementwise(chunk, scratch)
         per_sample_sums(
             transformed,
             batch_dim,
@@ -172,8 +172,8 @@ def firing_counts(
     float32 (exact below ``2**24`` positions), written into ``out`` (shaped as :func:`per_sample_sums`).
     """
 
-    def fired(chunk: Tensor, buffer: Tensor) -> Tensor:
-        return torch.gt(chunk, threshold, out=buffer)  # 1.0 where it fires
+    def fired(chunk: Tensor, scratch: Scratch) -> Tensor:
+        return torch.gt(chunk, threshold, out=scratch.like(chunk))  # 1.0 where it fires
 
     return _chunked_sums(values, fired, batch_dim, node_dim, scratch, out)
 
@@ -181,8 +181,10 @@ def firing_counts(
 def negative_sums(values: Tensor, batch_dim: int, node_dim: int, scratch: Scratch, out: Tensor) -> Tensor:
     """Per-sample sums of ``min(a, 0)`` (exactly 0 where no value is negative), into ``out``."""
 
-    def negative_part(chunk: Tensor, buffer: Tensor) -> Tensor:
-        return torch.clamp(chunk, max=0.0, out=buffer)
+    def negative_part(chunk: Tensor, scratch: Scratch) -> Tensor:
+        # In the input's dtype (clamp's out must match it): min(a, 0) is exact in any dtype, and
+        # the sums that follow are float32 for bfloat16/float16 input, as for the probe.
+        return torch.clamp(chunk, max=0.0, out=scratch.take("mask", chunk.shape, chunk.dtype, chunk.device))
 
     return _chunked_sums(values, negative_part, batch_dim, node_dim, scratch, out)
 
