@@ -28,6 +28,7 @@ from emergence_lightning.paper.activity_rule import (
 
 # Figure labels; the tables name the statistic itself (a "|" would split a markdown cell).
 RULE_LABELS = {"mean": "mean (paper)", "mean_abs": "mean |a|", "normalized_mean_abs": "ReDo score"}
+RATIO_CLIP = 2.0  # the sweep figure's ratio axis
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -173,20 +174,42 @@ def plot(merged: list[dict[str, Any]], out_dir: Path) -> list[Path]:
                 if (r["condition"], r["statistic"], r["family"]) == ("natural", statistic, family)
             )
             thresholds = [p[0] for p in points]
+            # No dead node: no cost (0). Ratios over 2 come from random draws that cost ~nothing.
+            ratios = [0.0 if math.isnan(p[2]) else min(p[2], RATIO_CLIP) for p in points]
             axes[0, column].plot(thresholds, [p[1] for p in points], marker="o", ms=3, label=family)
-            axes[1, column].plot(thresholds, [p[2] for p in points], marker="o", ms=3)
+            axes[1, column].plot(thresholds, ratios, marker="o", ms=3)
         axes[0, column].set_title(f"{RULE_LABELS[statistic]} (natural)", fontsize=9)
         axes[1, column].set_xscale("log")
+        axes[1, column].set_xticks(RULES[statistic], [f"{t:g}" for t in RULES[statistic]])
+        axes[1, column].minorticks_off()
+        axes[1, column].set_ylim(-0.05, RATIO_CLIP + 0.05)
         axes[1, column].set_xlabel("τ" if statistic == "normalized_mean_abs" else "θ")
         axes[1, column].axhline(1.0, color="grey", lw=0.8, ls="--")
     axes[0, 0].set_ylabel("dead share")
-    axes[1, 0].set_ylabel("Δ loss ratio dead / random")
+    axes[1, 0].set_ylabel(f"Δ loss ratio dead / random\n(0: none dead; clipped at {RATIO_CLIP:g})")
     axes[0, 0].legend(fontsize=6, ncol=2)
     fig.tight_layout()
     paths.append(out_dir / "activity-rule-sweep.png")
     fig.savefig(paths[-1], dpi=90)
     plt.close(fig)
     return paths
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """The rows of a ``results.csv`` with their types back (to redraw a run's tables and figures)."""
+    integers = ("seed", "nodes", "dead", "induced", "induced_found")
+    texts = ("family", "condition", "statistic", "warnings")
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        for key, value in row.items():
+            if key == "same_as_paper":
+                row[key] = None if value == "" else value == "True"
+            elif key in integers:
+                row[key] = int(value)
+            elif key not in texts:
+                row[key] = float(value)
+    return rows
 
 
 def write_report(
