@@ -30,6 +30,7 @@ from emergence_lightning.paper.activity_rule import (
     evaluate,
     induce_dormancy,
 )
+from emergence_lightning.paper.activity_rule_report import aggregate, headline_table, read_results
 from emergence_lightning.paper.cli import main
 
 
@@ -211,6 +212,8 @@ def test_the_command_writes_its_tables_figures_and_checksums(tmp_path, capsys):
     assert "Supported by this run" in sections[3] or "No rule meets" in sections[3]
     for figure in ("activity-rule-cost.png", "activity-rule-sweep.png"):
         assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the tables can be redrawn from results.csv alone, to the same text
+    assert headline_table(aggregate(read_results(out / "results.csv")), "natural") in table
     record = json.loads((out / "settings.json").read_text())
     assert record["settings"]["families"] == families
     for name, digest in record["checksums"].items():
