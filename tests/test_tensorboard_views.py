@@ -4,12 +4,13 @@ TensorBoard's custom-scalars plugin keeps a run's tag for a chart when ``re.matc
 (a prefix match), merges the layouts of all runs by category title, and keeps a run's last layout.
 """
 
+import math
 import re
 from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tb import read_scalars
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
@@ -21,6 +22,9 @@ from emergence_lightning.callbacks.tensorboard_views import (
     VAL_ACCURACY,
     branch_overlay_layout,
     emergence_layout,
+    run_hparams,
+    summary_metrics,
+    write_run_summary,
 )
 
 
@@ -159,3 +163,37 @@ def test_layouts_written_by_a_real_fit_with_branches(tmp_path):
     assert any(
         t.startswith("summary/") for t in read_scalars(runs[1])
     )  # the summaries exist, just not charted
+
+
+class _RefusingLogger(CSVLogger):
+    """A logger whose backend refuses the summary (as MLflow refuses a param logged twice with new values)."""
+
+    def log_metrics(self, metrics, step=None):
+        raise RuntimeError("backend refused the metrics")
+
+
+def test_a_run_summary_writes_an_hparams_row_with_its_metric_columns_and_survives_a_failing_logger(tmp_path):
+    from tensorboard.plugins.hparams import metadata
+
+    tensorboard = TensorBoardLogger(str(tmp_path), name="", version="run", default_hp_metric=False)
+    tensorboard.log_hyperparams({"lr": 0.1})  # the model's hyperparameters, at the start of a fit
+    refusing = _RefusingLogger(str(tmp_path), name="csv")
+    params = run_hparams("pruned-50", 0.5, 1, "l1_unstructured", "finished")
+    figures = summary_metrics("val_acc", {"final": 0.8, "best": 0.9, "E_end": 12, "parameters": 100}, False)
+    with pytest.warns(
+        UserWarning, match=r"could not log the summary of 'pruned-50' to _RefusingLogger: backend"
+    ):
+        write_run_summary([refusing, tensorboard], step=17, params=params, figures=figures)
+    tensorboard.finalize("success")
+    accumulator = EventAccumulator(str(tmp_path / "run"))
+    accumulator.Reload()
+    content = accumulator.PluginTagToContent(metadata.PLUGIN_NAME)
+    start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
+    assert (
+        start.hparams["branch/name"].string_value == "pruned-50" and start.hparams["lr"].number_value == 0.1
+    )
+    experiment = metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
+    assert {info.name.tag for info in experiment.metric_infos} == set(figures)
+    scalars = read_scalars(tmp_path / "run")
+    assert scalars["summary/E_end"] == [(17, 12.0)] and scalars["summary/best_val_acc"][0][0] == 17
+    assert math.isnan(scalars["summary/epochs_to_99"][0][1])  # unknown: NaN, never a made-up value

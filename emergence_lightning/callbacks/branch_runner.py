@@ -37,6 +37,7 @@ from emergence_lightning.branching.plan import (
 from emergence_lightning.branching.table import csv_text, summary_table
 from emergence_lightning.callbacks.branch_recorder import BranchRecorder
 from emergence_lightning.callbacks.emergence import EmergenceCallback
+from emergence_lightning.callbacks.loggers import BranchLoggerSpec
 from emergence_lightning.callbacks.tensorboard_views import branch_overlay_layout, write_custom_scalars
 from emergence_lightning.callbacks.trainer_factory import (
     TrainerFactory,
@@ -72,7 +73,7 @@ class BranchSetup:
     settings: dict[str, Any]  # the parent's Trainer arguments (see trainer_factory.parent_settings)
     trainer_kwargs: dict[str, Any]  # the user's overrides
     templates: list[Callback]  # the parent's other callbacks, as before training
-    logger_kinds: list[str]
+    logger_kinds: list[BranchLoggerSpec]  # how to build each branch's loggers like the parent's
     branch_epoch: int
     trainer_factory: TrainerFactory | None = None
 
@@ -146,7 +147,7 @@ class BranchRunner:
                 )
             result["parameters"] = count_parameters(model)
             result["pruned_tensors"] = list(masks(model))  # qualified names, e.g. `net.0.weight`
-            callbacks = fresh_callbacks(setup.templates, spec.name)
+            callbacks = fresh_callbacks(setup.templates, spec.name, self.directory)
             emergence = next((cb for cb in callbacks if isinstance(cb, EmergenceCallback)), None)
             if emergence is not None:
                 emergence.measure_at_start = False  # the recorder measures at the fork instead

@@ -9,7 +9,6 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
@@ -20,12 +19,12 @@ from emergence_lightning.callbacks.emergence_checks import (
     layer_coverage_warnings,
 )
 from emergence_lightning.callbacks.emergence_metrics import (
-    all_metrics,
-    layer_metrics,
+    measurement_row,
     scalar_metrics,
     zero_streak,
 )
 from emergence_lightning.callbacks.emergence_record import EmergenceRecord
+from emergence_lightning.callbacks.loggers import log_settings, settings_before_start
 from emergence_lightning.callbacks.path_exact import PathExactCounter
 from emergence_lightning.callbacks.probe import ProbeStep, batch_input, default_probe_step, run_step
 from emergence_lightning.callbacks.tensorboard_views import (
@@ -198,10 +197,8 @@ class EmergenceCallback(Callback):
             )
         self._measured_at_setup, self._failed = len(self.history), False
         if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                if isinstance(logger, TensorBoardLogger):
-                    # Before Lightning writes hparams.yaml (once, at the start of the run): ours go in too.
-                    logger.hparams.update(self._hparams())
+            # Before Lightning writes each logger's hyperparameters at the start of the run: ours go in too.
+            settings_before_start(trainer.loggers, self._hparams())
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -503,12 +500,13 @@ class EmergenceCallback(Callback):
                 record["relative_path"] = relative_emergence(E_path, parameters) if parameters else math.nan
         return record
 
-    def _log_to_loggers(self, trainer: pl.Trainer, record: dict[str, Any]) -> None:
-        """Writes a record straight to the loggers at ``global_step`` (where ``self.log`` can't: before the
-        first step, in ``on_train_end``, or for a measurement the caller asked for).
+    def _log_to_loggers(self, trainer: pl.Trainer, record: dict[str, Any], step: int | None = None) -> None:
+        """Writes a measurement to every logger as one record: one ``log_metrics`` call each (a CSV row, a
+        W&B history step, one MLflow batch) holding E, log10 E, Ẽ, the active fraction, every per-layer
+        count and ``epoch``, at ``step`` (default ``global_step``).
         """
-        metrics = {**all_metrics(record, self.prefix), "epoch": record["epoch"]}
-        _write(trainer, metrics, trainer.global_step)
+        metrics = measurement_row(record, self.prefix, epoch=trainer.current_epoch)
+        _write(trainer, metrics, trainer.global_step if step is None else step)
 
     def _record(
         self,
@@ -525,16 +523,19 @@ class EmergenceCallback(Callback):
         if through_loggers:
             self._log_to_loggers(trainer, record)
         else:
-            # `self.log` (which EarlyStopping and ModelCheckpoint read) only for the monitorable scalars;
-            # per-layer counts go to the loggers in one call (two `self.log` calls a layer cost ~0.6 ms).
+            # `self.log` only for the monitorable scalars, which EarlyStopping and ModelCheckpoint read, and
+            # with `logger=False`: the loggers get the whole measurement as one record, at the step Lightning
+            # writes its epoch-end values at (per-layer `self.log` calls would cost ~0.6 ms a layer).
             for key, value in scalar_metrics(record, self.prefix).items():
                 if not key.endswith(("/epoch", "active_fraction")) and pl_module.device.type != "mps":
                     # float64: E and E~ pass float32's range (inf) on real CNNs, and float32 would round
                     # log10 E (82.8 on mobilenet_v3_small) to 1e-5, hiding changes a monitor must see.
                     value = torch.tensor(value, dtype=torch.float64, device=pl_module.device)
                 # Values are equal on every process; syncing keeps them so and silences the DDP warning.
-                pl_module.log(key, value, on_step=False, on_epoch=True, batch_size=1, sync_dist=True)
-            _write(trainer, layer_metrics(record, self.prefix), state.logging_step(trainer))
+                pl_module.log(
+                    key, value, on_step=False, on_epoch=True, batch_size=1, sync_dist=True, logger=False
+                )
+            self._log_to_loggers(trainer, record, state.logging_step(trainer))
         if self.log_histograms:
             write_activity_histograms(trainer.loggers, self.prefix, measurement.layers, trainer.global_step)
         if self.stop_at_zero and before_training and E == 0:
@@ -582,10 +583,8 @@ class EmergenceCallback(Callback):
         # Per-layer charts once the layers are known (the first measurement of this run).
         self._charted_layers = []
         self._write_layout(trainer, layers=None)
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                # Keep the model's hyperparameters in the table and add ours beside them.
-                logger.log_hyperparams({**dict(logger.hparams), **self._hparams()})
+        # Every logger's hyperparameters, now with the measurement's source.
+        log_settings(trainer.loggers, self._hparams())
 
     @rank_zero_only
     def _write_layout(self, trainer: pl.Trainer, layers: dict[str, int] | None) -> None:

@@ -3,7 +3,8 @@
 The keys (``prefix`` is ``emergence`` by default; README "What is logged" says what each means):
 ``{prefix}/E``, ``/relative``, ``/log10_E``, ``/active_fraction``, ``/epoch``; with path-exact
 counting ``/E_path``, ``/log10_E_path``, ``/relative_path``; per layer ``/active/<layer>`` and
-``/dead/<layer>``.
+``/dead/<layer>``. Each measurement reaches every logger as one record (:func:`measurement_row`), beside
+Lightning's own ``epoch`` column.
 """
 
 from __future__ import annotations
@@ -43,6 +44,16 @@ def layer_metrics(record: dict[str, Any], prefix: str) -> dict[str, float]:
 def all_metrics(record: dict[str, Any], prefix: str) -> dict[str, float]:
     """Every logged value of a record: the monitorable scalars and the per-layer counts."""
     return {**scalar_metrics(record, prefix), **layer_metrics(record, prefix)}
+
+
+def measurement_row(record: dict[str, Any], prefix: str, epoch: int) -> dict[str, float]:
+    """One measurement as one record for every logger: :func:`all_metrics` plus ``epoch``.
+
+    ``epoch`` is Lightning's ``trainer.current_epoch``, the value Lightning writes in its own ``epoch``
+    column at the same step, so a CSV row or W&B history step joins the run's other epoch-end values;
+    ``{prefix}/epoch`` is the measurement's epoch (epochs completed: 0 before training).
+    """
+    return {**all_metrics(record, prefix), "epoch": epoch}
 
 
 def zero_streak(history: Sequence[dict[str, Any]]) -> int:

@@ -195,16 +195,18 @@ def summary_metrics(monitor: str | None, figures: Mapping[str, Any], path_exact:
 def write_run_summary(
     loggers: list[Any], step: int, params: dict[str, Any], figures: Mapping[str, Any]
 ) -> None:
-    """Logs a run's end-of-run ``figures`` as scalars and one HParams row (the logger's hyperparameters
-    plus ``params``). Each logger on its own: one that fails gets a warning naming the run, the rest write.
+    """Logs a run's end-of-run ``figures`` as scalars at ``step`` and ``params`` as hyperparameters, to every
+    logger. TensorBoard gets one HParams row (the logger's hyperparameters plus ``params``) whose metric
+    columns are the ``figures``, through ``TensorBoardLogger.log_hyperparams(params, metrics, step)``.
+    Each logger on its own: one that fails gets a warning naming the run, the rest write.
     """
     metrics = {key: metric_value(value) for key, value in figures.items()}
     for logger in loggers:
         try:
-            logger.log_metrics(metrics, step=step)
             if isinstance(logger, TensorBoardLogger):
-                write_hparams_entry(logger, {**flat_hparams(logger.hparams), **params}, metrics)
+                logger.log_hyperparams({**flat_hparams(logger.hparams), **params}, metrics, step=step)
             else:
+                logger.log_metrics(metrics, step=step)
                 logger.log_hyperparams(params)
         except Exception as error:  # noqa: BLE001 - a summary must not hide the run's own result or error
             name = params.get(f"{RUN}/name", "?")
@@ -218,16 +220,6 @@ def metric_value(value: Any) -> float:
     if value is None:
         return math.nan
     return emergence_as_float(value) if isinstance(value, int) else float(value)  # E exact, E~ a float
-
-
-def write_hparams_entry(logger: TensorBoardLogger, params: dict[str, Any], metrics: dict[str, float]) -> None:
-    """One HParams row for the run, with ``metrics`` as its metric columns (values: the logged scalars)."""
-    from torch.utils.tensorboard.summary import hparams
-
-    experiment, start, end = hparams(params, metrics)
-    writer = logger.experiment._get_file_writer()
-    for summary in (experiment, start, end):
-        writer.add_summary(summary)
 
 
 def flat_hparams(hparams: Any, prefix: str = "") -> dict[str, Any]:

@@ -23,13 +23,19 @@ import lightning
 import lightning.pytorch as pl
 from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator, MPSAccelerator
 from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint, ModelSummary, ProgressBar
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from emergence_lightning.branching.fork_state import ForkPoint
 from emergence_lightning.branching.plan import BranchSpec
+from emergence_lightning.callbacks.loggers import (
+    KINDS,
+    BranchLoggerSpec,
+    build_branch_logger,
+    parent_logger_spec,
+)
 
 #: Builds one branch's Trainer: ``factory(spec, kwargs) -> Trainer``. ``kwargs`` are the Trainer
 #: arguments taken from the parent (and ``trainer_kwargs``), with ``callbacks`` (fresh copies of the
@@ -305,44 +311,44 @@ def _saves_cli_config(callback: Callback) -> bool:
     return isinstance(callback, SaveConfigCallback)
 
 
-def fresh_callbacks(templates: list[Callback], name: str) -> list[Callback]:
-    """One branch's own copies of the templates (a user-given checkpoint folder gets ``branches/<name>``)."""
+def fresh_callbacks(templates: list[Callback], name: str, branches_dir: Path | None = None) -> list[Callback]:
+    """One branch's own copies of the templates, each checkpoint in the branch's own folder.
+
+    A user-given checkpoint folder gets ``branches/<name>`` inside it; Lightning's default one (which
+    follows the first logger, or is one ``checkpoints/`` for every branch without a logger) becomes
+    ``<branches_dir>/<name>/checkpoints``, beside the branch's TensorBoard and CSV files, whatever the loggers.
+    """
     fresh = []
     for template in templates:
         callback = _copy_shared_data(template)
-        if isinstance(callback, ModelCheckpoint) and callback.dirpath is not None:
-            callback.dirpath = str(Path(callback.dirpath) / "branches" / name)
+        if isinstance(callback, ModelCheckpoint):
+            if callback.dirpath is not None:
+                callback.dirpath = str(Path(callback.dirpath) / "branches" / name)
+            elif branches_dir is not None:
+                callback.dirpath = str(Path(branches_dir) / name / "checkpoints")
         fresh.append(callback)
     return fresh
 
 
-def logger_kinds(trainer: pl.Trainer) -> list[str]:
-    """``"tensorboard"`` / ``"csv"`` for each parent logger the branches log like (others: a warning)."""
-    kinds = []
+def logger_kinds(trainer: pl.Trainer) -> list[BranchLoggerSpec]:
+    """How to build the branches' loggers like each of the parent's (a kind they cannot copy: a warning)."""
+    specs = []
     for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            kinds.append("tensorboard")
-        elif isinstance(logger, CSVLogger):
-            kinds.append("csv")
-        else:
+        spec = parent_logger_spec(logger)
+        if spec is None:
             rank_zero_warn(
                 f"PruneAndBranchCallback: branches are not logged to the parent's {type(logger).__name__}; "
-                "they log to TensorBoard and CSV loggers only.",
-            )
-    return kinds
-
-
-def branch_loggers(kinds: list[str], branches_dir: Path, name: str) -> list[Any]:
-    """The branch's loggers, writing to ``<branches_dir>/<name>/``."""
-    loggers: list[Any] = []
-    for kind in kinds:
-        if kind == "tensorboard":
-            loggers.append(
-                TensorBoardLogger(str(branches_dir), name=name, version="", default_hp_metric=False)
+                f"they log to loggers of the kinds {sorted(KINDS)} only.",
             )
         else:
-            loggers.append(CSVLogger(str(branches_dir), name=name, version=""))
-    return loggers
+            specs.append(spec)
+    return specs
+
+
+def branch_loggers(kinds: list[BranchLoggerSpec | str], branches_dir: Path, name: str) -> list[Any]:
+    """The branch's loggers: TensorBoard and CSV writing to ``<branches_dir>/<name>/``, W&B and MLflow runs."""
+    loggers = (build_branch_logger(spec, branches_dir, name) for spec in kinds)
+    return [logger for logger in loggers if logger is not None]
 
 
 def _template(callback: Callback, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Callback | None:

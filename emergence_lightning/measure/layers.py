@@ -7,7 +7,11 @@ A *layer* is the output of one activation call site, in the order the forward pa
   ran. Its output is the layer, so a GELU built from ``torch.tanh`` is one layer, not two;
 - a functional call (``F.relu``, ``torch.tanh``, ``x.sigmoid()``) made directly in the forward of
   a module that has submodules (``nn.TransformerEncoderLayer``'s ``F.relu``);
-- the output of a recurrent module (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``).
+- the output of a recurrent module (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``);
+- the output of a composite activation module (timm's ``StarReLU``: ``s * relu(x) ** 2 + b``), not
+  the ``nn.ReLU`` inside it (:func:`composite_candidates`).
+
+Mixture-of-experts blocks are in :mod:`.experts`, weights applied functionally in :mod:`.producers`.
 
 Each call site is its own layer. Names a person can find: the module's qualified name for a
 module (``layer1.0.relu``), ``<module>.<function>()`` for a functional call
@@ -24,6 +28,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from emergence_lightning.measure.producers import FunctionalProducer, node_dim_from_functional
 
 INPUT_LAYER = "<input>"
 OUTPUT_LAYER = "<output>"
@@ -124,7 +130,9 @@ def produced_features(module: nn.Module) -> set[int]:
 
 
 def node_dim_from_producer(
-    shape: tuple[int, ...], producer: nn.Module | None, producer_shape: tuple[int, ...] | None = None
+    shape: tuple[int, ...],
+    producer: nn.Module | FunctionalProducer | None,
+    producer_shape: tuple[int, ...] | None = None,
 ) -> int | None:
     """The dimension indexing nodes of an activation whose input has ``shape``; None if undecidable.
 
@@ -132,28 +140,42 @@ def node_dim_from_producer(
     dimension (1 or last) whose size is the producer's feature count; when both match, the
     producer's kind (a convolution or batch norm: channels first; a Linear: last). When neither
     matches (the output was reshaped on the way: attention heads merged, tokens flattened and
-    restored), the side where the producer's own output, of ``producer_shape``, held its features.
+    restored), the side where the producer's own output, of ``producer_shape``, held its features,
+    unless a transpose moved it. A weight applied functionally (:mod:`.producers`) says itself where
+    its features are.
     """
     if len(shape) <= 2:
         return len(shape) - 1
     if producer is None:
         return None
+    if isinstance(producer, FunctionalProducer):
+        return node_dim_from_functional(shape, producer)
     features = produced_features(producer)
     side = _matching_side(shape, features, producer)
-    if side is None and producer_shape is not None and _layout_kept(producer_shape, shape):
+    if side is None and producer_shape is not None:
         # LeViT: a BatchNorm1d on (batch * tokens, 256) rows, then attention: (batch, tokens, 128).
-        side = _matching_side(producer_shape, features, producer) if len(producer_shape) > 2 else -1
+        produced_side = _matching_side(producer_shape, features, producer) if len(producer_shape) > 2 else -1
+        if produced_side is not None and _layout_kept(producer_shape, shape, produced_side):
+            side = produced_side
     if side is None:
         return None
     return 1 if side == 1 else len(shape) - 1
 
 
-def _layout_kept(produced: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+def _layout_kept(produced: tuple[int, ...], shape: tuple[int, ...], side: int) -> bool:
     """Whether reshaping ``produced`` into ``shape`` kept the side features sit on: the same rank (a
     conv, then ``pixel_shuffle``), or ``(batch * tokens, features)`` rows split into ``(batch,
-    tokens, features)``. Not heads split off a ``(batch, tokens, features)`` output (rank 4).
+    tokens, features)``. Not heads split off a ``(batch, tokens, features)`` output (rank 4), and not
+    a transpose: when a size of the producer's positions now sits on the features' side (Mamba's
+    ``in_proj(x).transpose(1, 2)``: ``(batch, 12 tokens, 128)`` -> ``(batch, 64, 12 tokens)``).
     """
-    return len(produced) == len(shape) or (len(produced) == 2 and len(shape) == 3)
+    if len(produced) == 2 and len(shape) == 3:
+        return True
+    if len(produced) != len(shape):
+        return False
+    feature_dim = 1 if side == 1 else len(produced) - 1
+    positions = {size for dim, size in enumerate(produced) if dim not in (0, feature_dim)}
+    return shape[feature_dim] not in positions
 
 
 def input_node_dim(shape: tuple[int, ...], consumer: nn.Module) -> int | None:
@@ -194,4 +216,47 @@ def parametrised_leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
         (name, module)
         for name, module in model.named_modules()
         if not list(module.children()) and is_producer(module)
+    ]
+
+
+# Containers run their children in turn: their output is the last child's, never a composite.
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+def composite_candidates(model: nn.Module) -> set[int]:
+    """Modules that may be one composite activation: every child a parameter-free leaf, and no
+    weight matrix of their own (a scale or bias per feature is allowed).
+
+    timm's ``StarReLU`` (``scale * relu(x) ** 2 + bias``) and ``SquaredReLU`` (``relu(x) ** 2``)
+    wrap an ``nn.ReLU``; the activation is their output, not the inner ReLU's. Whether a candidate
+    is one is decided when it returns (:func:`is_composite_output`): its own output differs from
+    the one activation that ran inside it, with the same shape. timm's ``BatchNormAct2d``, whose
+    output *is* its ``act`` child's, keeps the child's name.
+    """
+    found = set()
+    for module in model.modules():
+        children = list(module.children())
+        if not children or isinstance(module, _CONTAINERS):
+            continue
+        if any(p.dim() >= 2 for p in module.parameters(recurse=False)):
+            continue  # it applies weight matrices of its own (an MoE's experts): a producer, not an activation
+        if all(next(child.children(), None) is None and not is_producer(child) for child in children):
+            found.add(id(module))
+    return found
+
+
+def is_composite_output(output: object, inner: object) -> bool:
+    """Whether a candidate's ``output`` is computed element-wise from its one ``inner`` activation."""
+    return (
+        isinstance(output, Tensor)
+        and isinstance(inner, Tensor)
+        and output is not inner
+        and output.shape == inner.shape
+    )
+
+
+def changed_call_counts(previous: dict[str, int], current: dict[str, int]) -> list[str]:
+    """Call sites that ran a different number of times in two forward passes (absent: 0 times)."""
+    return [
+        site for site in dict.fromkeys([*previous, *current]) if previous.get(site, 0) != current.get(site, 0)
     ]

@@ -30,7 +30,9 @@ from torch.nn.modules import module as module_hooks
 from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
+from emergence_lightning.measure import experts as moe
 from emergence_lightning.measure import layers as rules
+from emergence_lightning.measure import producers
 from emergence_lightning.measure.arguments import (
     NodeDim,
     check_flags,
@@ -60,10 +62,17 @@ class LayerActivity:
     activity: Tensor  # per-node statistic (float64, CPU); NaN where the node saw a non-finite value
     active: Tensor  # bool per node
     nonfinite_nodes: int  # nodes that produced NaN or inf at least once (counted as inactive)
+    experts: int = 0  # an MoE block's experts (nodes expert-major), 0 for any other layer
+    idle_experts: tuple[int, ...] = ()  # experts that got no token in the window (NaN, inactive)
 
     @property
     def n(self) -> int:
         return int(self.activity.numel())
+
+    @property
+    def expert_active(self) -> list[int]:
+        """Active nodes per expert of an MoE layer (empty for any other layer)."""
+        return [int(part.sum()) for part in self.active.chunk(self.experts)] if self.experts else []
 
     @property
     def a(self) -> int:
@@ -90,11 +99,18 @@ class Measurement:
         total = sum(self.n)
         return sum(self.a) / total if total else math.nan
 
+    @property
+    def idle_experts(self) -> dict[str, tuple[int, ...]]:
+        """MoE layers with experts that got no token in the window -> those experts."""
+        return {layer.name: layer.idle_experts for layer in self.layers if layer.idle_experts}
+
 
 class _Frame:
     """A module call in progress."""
 
-    __slots__ = ("module", "name", "leaf", "producer", "skip", "saw_activation", "input_shape")
+    __slots__ = (
+        "module", "name", "leaf", "producer", "skip", "saw_activation", "input_shape", "routing", "deferred"
+    )  # fmt: skip
 
     def __init__(
         self, module: nn.Module, name: str, producer: nn.Module | None, skip: bool, args: tuple
@@ -102,6 +118,8 @@ class _Frame:
         self.module, self.name, self.producer, self.skip = module, name, producer, skip
         self.leaf = next(iter(module.children()), None) is None
         self.saw_activation = False
+        self.routing: moe.Routing | None = None  # inside an MoE block: which expert rows belong to
+        self.deferred: list | None = None  # a composite candidate: its inner activations, held back
         first = args[0] if args else None
         self.input_shape = tuple(first.shape) if isinstance(first, Tensor) else None
 
@@ -118,6 +136,8 @@ class _ActivationCalls(TorchFunctionMode):
         name = rules.activation_name(func)
         if name is not None and self.tracker._stack:
             self.tracker._activation_called(name, args, output)
+        elif self.tracker._stack:
+            self.tracker._other_call(func, args, kwargs, output)
         return output
 
 
@@ -195,6 +215,10 @@ class ActivityTracker:
         self.enabled = True
         self._rows_left: dict[str, int | None] = {}
         self._sample_limit: int | None = None
+        self._expert_groups: dict[int, tuple[moe.ExpertGroup, str, int | None]] = {}
+        self._owners: dict[int, tuple[str, nn.Module]] = {}  # id(parameter) -> its module
+        self._composite: set[int] = set()
+        self._previous_calls: dict[str, int] | None = None
 
     # ---- window --------------------------------------------------------------------------
     @property
@@ -215,6 +239,13 @@ class ActivityTracker:
             self._holds_eager = EagerWhileMeasuring.hold(self)
         self._names = {id(module): name for name, module in self.model.named_modules()}
         self._skipped = _metric_modules(self.model)
+        self._expert_groups = moe.find_expert_groups(self.model)
+        self._owners = {
+            id(p): (name, module)
+            for name, module in self.model.named_modules()
+            for p in module.parameters(False)
+        }
+        self._composite = rules.composite_candidates(self.model)
         self._stack.clear()
         self._handles.append(module_hooks.register_module_forward_pre_hook(self._module_starts))
         self._handles.append(module_hooks.register_module_forward_hook(self._module_ends, always_call=True))
@@ -244,6 +275,7 @@ class ActivityTracker:
 
     def start_pass(self) -> None:
         """Marks the start of one forward pass (one batch): call sites are numbered per pass."""
+        self._compare_call_counts()
         self._calls.clear()
         self._stack.clear()
 
@@ -277,9 +309,18 @@ class ActivityTracker:
         if not self._stack:
             self._module_calls += 1
             if module is self.model:
+                self._compare_call_counts()
                 self._calls.clear()
         skip = id(module) in self._skipped or bool(self._stack and self._stack[-1].skip)
-        self._stack.append(_Frame(module, name, self._last_producer, skip, args))
+        frame = _Frame(module, name, self._last_producer, skip, args)
+        expert = self._expert_groups.get(id(module))
+        if expert is not None:
+            frame.routing = moe.Routing(*expert)
+        elif self._stack:
+            frame.routing = self._stack[-1].routing
+        if id(module) in self._composite:
+            frame.deferred = []
+        self._stack.append(frame)
         if module is self._input_module and not skip and args and isinstance(args[0], Tensor):
             self._record(INPUT_LAYER, args[0], producer=None, once=True)
 
@@ -297,18 +338,40 @@ class ActivityTracker:
         frame = self._stack.pop()
         if frame.skip:
             return
-        if rules.is_recurrent(module):
+        composite = self._close_composite(frame, output) if frame.deferred else False
+        if composite:
+            pass  # recorded at the module's output; its inner activation was held back
+        elif rules.is_recurrent(module):
             self._record_recurrent(frame.name, module, output)
         elif frame.saw_activation or frame.name in self._wanted:
             same_shape = isinstance(output, Tensor) and tuple(output.shape) == frame.input_shape
             producer = frame.producer if same_shape or not rules.is_producer(module) else module
-            self._record(frame.name, output, producer=producer)
+            parent = self._stack[-1] if self._stack else None
+            if frame.saw_activation and frame.leaf and parent is not None and parent.deferred is not None:
+                parent.deferred.append((frame, producer, output))  # maybe the inner ReLU of a StarReLU
+            elif frame.saw_activation:
+                self._record_site(frame, frame.name, output, producer)
+            else:
+                self._record(frame.name, output, producer=producer)
         if rules.is_producer(module) and not frame.saw_activation:
             self._last_producer = module
             if isinstance(output, Tensor):
                 self._producer_shapes[id(module)] = output.shape
         if module is self._output_module:
             self._record(OUTPUT_LAYER, output, producer=module, once=True)
+
+    def _close_composite(self, frame: _Frame, output: object) -> bool:
+        """Records a composite activation module (StarReLU) at its output and returns True, or
+        records the activations held back inside it as usual and returns False.
+        """
+        held, frame.deferred = frame.deferred or [], None
+        if len(held) == 1 and rules.is_composite_output(output, held[0][2]):
+            frame.saw_activation = True  # an activation now, not a producer
+            self._record_site(frame, frame.name, output, held[0][1])
+            return True
+        for inner, producer, inner_output in held:
+            self._record_site(inner, inner.name, inner_output, producer)
+        return False
 
     def _activation_called(self, function: str, args: tuple, output: object) -> None:
         frame = self._stack[-1]
@@ -319,7 +382,77 @@ class ActivityTracker:
             return
         if args and isinstance(args[0], nn.Parameter):
             return  # a gate computed from weights (sigmoid(self.alpha)) has no samples
-        self._record(rules.functional_site(frame.name, function), output, producer=self._last_producer)
+        self._record_site(frame, rules.functional_site(frame.name, function), output, self._last_producer)
+
+    def _other_call(self, func: object, args: tuple, kwargs: dict | None, output: object) -> None:
+        """Any other function in the window: an MoE block's weight access, or a weight applied
+        functionally (``F.conv1d(x, self.conv.weight)``), which becomes the producer of what follows.
+        """
+        frame = self._stack[-1]
+        if frame.routing is not None:
+            frame.routing.observe(func, args, kwargs)
+        kind = producers.producing_kind(func)
+        if kind is None or frame.skip or frame.leaf:  # a leaf applies its own weight: its hooks decide
+            return
+        with torch._C.DisableTorchFunction():
+            made = producers.functional_producer(kind, args, kwargs or {}, output, self._owners)
+        if made is not None and made.module is not frame.module:  # a module's own forward: its hooks decide
+            self._last_producer = made  # type: ignore[assignment]
+
+    def _record_site(self, frame: _Frame, site: str, output: object, producer: nn.Module | None) -> None:
+        """Records an activation call site's output, as an MoE experts layer when inside one."""
+        if frame.routing is None:
+            self._record(site, output, producer=producer)
+            return
+        routing = frame.routing
+        name = routing.layer(site)
+        routing.calls[(name, routing.call_key())] += 1
+        name = rules.call_site_name(name, routing.calls[(name, routing.call_key())])
+        if self._wanted and name not in self._wanted and rules.base_name(name) not in self._wanted:
+            return
+        if not isinstance(output, Tensor) or output.dim() < 2:
+            return self._record(name, output, producer=producer)  # the usual errors and warnings
+        experts = routing.experts_of(output.shape[0])
+        if experts is None:
+            self._warn_once(
+                "routing:" + name,
+                f"Layer {name!r} (shape {tuple(output.shape)}) runs inside the experts of "
+                f"{routing.group.name!r}, but which expert each row belongs to could not be told from the "
+                "weights it used; it is not measured.",
+            )
+            return
+        if name not in self._stats:
+            self._layout[name] = (0, self._decide_node_dim(name, output, producer, 0))
+            self._stats[name] = moe.ExpertStatistic(routing.group.num_experts, self.statistic, self.threshold)
+            self._first_seen[name] = len(self._first_seen)
+        if not self.enabled:
+            return
+        if self._sample_limit is not None:
+            self._warn_once(
+                "limit:" + name,
+                f"Layer {name!r} sees routed tokens, not samples: the limit on counted samples (a distributed "
+                "sampler's padding) is not applied to it.",
+            )
+        batch_dim, node_dim = self._layout[name]
+        with torch.no_grad():
+            self._stats[name].add(output.detach(), batch_dim, node_dim, self._scratch, experts)
+
+    def _compare_call_counts(self) -> None:
+        """Warns about a call site whose number of calls changed between forward passes: its
+        ``#k`` names would not mean the same call in every pass.
+        """
+        if not self._calls:
+            return
+        current = dict(self._calls)
+        if self._previous_calls is not None:
+            for site in rules.changed_call_counts(self._previous_calls, current):
+                self._warn_once(
+                    "calls:" + site,
+                    f"Call site {site!r} ran {self._previous_calls.get(site, 0)} times in one forward pass and "
+                    f"{current.get(site, 0)} in another, so its layers {site!r}, {site + '#2'!r}, ... do not name "
+                    "the same call in every pass; name the layers to keep with `layers=[...]`.",
+                )
+        self._previous_calls = current
 
     def _record_recurrent(self, name: str, module: nn.Module, output: object) -> None:
         sequence = output[0] if isinstance(output, tuple) else output
@@ -403,7 +536,11 @@ class ActivityTracker:
         else:
             produced = self._producer_shapes.get(id(producer)) if producer is not None else None
             decided = rules.node_dim_from_producer(shape, producer, tuple(produced) if produced else None)
-            kind = type(producer).__name__ if producer is not None else "no layer with parameters"
+            kind = (
+                getattr(producer, "description", type(producer).__name__)
+                if producer is not None
+                else "no layer with parameters"
+            )
             source = f"produced by {kind}"
         if decided is None:
             self._warn_once(
@@ -430,8 +567,10 @@ class ActivityTracker:
         Returns:
             The measurement, or ``None`` when no samples were seen by any process.
         """
+        self._compare_call_counts()  # the window's last pass
         names = self.layer_names
-        stats = [self._stats[name] for name in names]
+        # An MoE layer is one unit per expert until the end (each expert has its own row count).
+        unit_names, stats, expert_index = moe.expand(names, self._stats)
         device = next((s.total.device for s in stats if s.total is not None), torch.device("cpu"))
         dtype = accumulation_dtype(device)
         # Node counts must agree everywhere to pack tensors; a process that saw nothing reports 0.
@@ -481,7 +620,8 @@ class ActivityTracker:
                     "outputs are the layers: `layers=['encoder.0', ...]`."
                 )
             return None
-        missing = [name for name, r in zip(names, rows.tolist()) if r == 0]
+        seen = {name for name, r in zip(unit_names, rows.tolist()) if r > 0}
+        missing = [name for name in names if name not in seen]
         unmatched = [
             name for name in self._wanted if not any(rules.base_name(n) == name or n == name for n in names)
         ]
@@ -491,13 +631,18 @@ class ActivityTracker:
                 f"modules or call sites used in the forward pass. Layers seen: {names[:12]}."
             )
 
-        layers = []
+        layers, kept_experts, idle = [], [], []
         offset = 0
-        for name, size, row_count in zip(names, sizes_list, rows.tolist()):
+        for name, size, row_count, expert in zip(unit_names, sizes_list, rows.tolist(), expert_index):
             total = totals[offset : offset + size]
             bad = ~torch.isfinite(probes[offset : offset + size])
             offset += size
-            if row_count == 0:
+            if row_count == 0 and (expert is None or name in missing):
+                continue
+            kept_experts.append(expert)
+            idle.append(row_count == 0)
+            if row_count == 0:  # an expert that got no token: no activity, not "dead" by a measured value
+                layers.append(LayerActivity(name, *moe.idle_activity(size), 0))
                 continue
             activity = node_activity(self.statistic, total, row_count, ~bad)
             active = activity > (self.min_firing_rate if self.statistic == "fraction" else self.threshold)
@@ -508,6 +653,7 @@ class ActivityTracker:
                     f"Layer {name!r}: {bad_count} of {size} nodes produced NaN or inf; they are counted as inactive.",
                 )
             layers.append(LayerActivity(name, activity, active, bad_count))
+        layers = moe.merge(layers, kept_experts, idle)
         if missing:
             self._warn_once(
                 "missing:" + ",".join(missing),

@@ -106,3 +106,32 @@ def test_levit_attention_output_counts_value_features_not_tokens():
             ]
     images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     assert_layers(measure_quietly(build("levit_128s", img_size=64), images), expected)
+
+
+def test_caformer_star_relu_and_squared_relu_are_one_layer_at_their_output():
+    # Yu et al. 2023, CAFormer-S18: depths (3, 3, 9, 3), dims (64, 128, 320, 512); separable-conv token
+    # mixers (expansion 2, StarReLU = s * relu(x) ** 2 + b) in stages 0-1, attention in 2-3; MLPs with
+    # ratio 4 and StarReLU; an MLP head with ratio 4 and SquaredReLU = relu(x) ** 2. Each composite
+    # module is one layer measured at its own output, not at the nn.ReLU inside it.
+    expected = []
+    for stage, (depth, dim) in enumerate(zip([3, 3, 9, 3], [64, 128, 320, 512])):
+        for block in range(depth):
+            name = f"stages.{stage}.blocks.{block}"
+            if stage < 2:
+                expected.append((f"{name}.token_mixer.act1", 2 * dim))
+            expected.append((f"{name}.mlp.act", 4 * dim))
+    expected.append(("head.fc.act", 4 * 512))
+    model = build("caformer_s18")
+    result = measure_quietly(model, IMAGES)
+    assert_layers(result, expected)
+    # Independent: the first StarReLU's output (after 1x1 convs: channels first) by a standard forward hook.
+    captured = []
+    handle = (
+        model.stages[0]
+        .blocks[0]
+        .token_mixer.act1.register_forward_hook(lambda m, a, out: captured.append(out))
+    )
+    with torch.no_grad():
+        model.eval()(IMAGES)
+    handle.remove()
+    assert torch.allclose(result.layers[0].activity, captured[0].double().mean(dim=(0, 2, 3)), atol=1e-5)

@@ -4,6 +4,7 @@ from the architecture (never read back from the tracker).
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import torch
@@ -31,3 +32,15 @@ def assert_layers(result: Measurement, expected: list[tuple[str, int]]) -> None:
             f"{wrong}; extra got: {got[len(expected) :][:5]}; missing: {expected[len(got) :][:5]}"
         )
     assert all(0 <= a <= n for a, n in zip(result.a, result.n))
+
+
+def measure_expecting(model: torch.nn.Module, batches: list, message: str) -> Measurement:
+    """``measure(model, batches)`` at defaults; exactly one warning, and it matches ``message`` (a regex)."""
+    torch.manual_seed(0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = measure(model, batches)
+    messages = [str(warning.message) for warning in caught]
+    assert len(messages) == 1 and re.search(message, messages[0]), messages
+    assert result is not None
+    return result
