@@ -521,7 +521,7 @@ def brute_force_emergence(n: list[int], a: list[int]) -> int:
 
 
 def independent(layer_outputs: Callable[[torch.Tensor], list[torch.Tensor]], val: DataLoader, threshold=0.05):
-    """(n, a, E) from per-node means of the given layer outputs over the validation data.
+    """(n, a, E) from per-node means of |output| (the default statistic) over the validation data.
 
     ``layer_outputs(x)`` returns each layer's output with the nodes in the last dimension; every
     other dimension (samples, positions) is averaged over.
@@ -531,7 +531,7 @@ def independent(layer_outputs: Callable[[torch.Tensor], list[torch.Tensor]], val
     with torch.no_grad():
         for x, _ in val:
             for index, out in enumerate(layer_outputs(x)):
-                flat = out.reshape(-1, out.shape[-1]).double()
+                flat = out.reshape(-1, out.shape[-1]).double().abs()
                 if index == len(sums):
                     sums.append(flat.sum(0))
                     rows.append(0)
