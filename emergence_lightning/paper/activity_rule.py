@@ -190,11 +190,12 @@ def activation_modules(model: nn.Module) -> dict[str, nn.Module]:
 
 def _producers(model: nn.Module) -> dict[str, nn.Module]:
     """Each activation module's producer: the Linear/Conv registered just before it (a gate in SwiGLU)."""
+    activations = activation_modules(model)
     producers, last = {}, None
     for name, module in model.named_modules():
         if isinstance(module, (nn.Linear, nn.Conv2d)) and not name.endswith(".up"):
             last = module
-        elif name in activation_modules(model):
+        elif name in activations:
             producers[name] = last
     return producers
 
