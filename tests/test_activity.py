@@ -68,7 +68,8 @@ def test_functional_activation_is_a_layer_and_equals_the_module_version():
     assert result.a == [int((hidden.mean(0) > 0.05).sum())]
     # `layers=["fc1"]` still measures the module's own output, the pre-activation.
     pre = measure(model, [x], layers=["fc1"])
-    assert pre.names == ["fc1"] and pre.a == [int((model.fc1(x).abs().mean(0) > 0.05).sum())]  # default: mean |a|
+    # the default statistic: mean |a|
+    assert pre.names == ["fc1"] and pre.a == [int((model.fc1(x).abs().mean(0) > 0.05).sum())]
 
 
 def test_model_without_any_activation_is_refused_after_it_ran():
