@@ -67,7 +67,10 @@ def test_unwritable_log_dir_under_a_file(tmp_path):
 
 def test_report_on_folder_without_event_files(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
-    assert "events.out.tfevents" in capsys.readouterr().err
+    assert (
+        "No TensorBoard event files (events.out.tfevents*) and no CSV logs (metrics.csv)"
+        in capsys.readouterr().err
+    )
 
 
 def test_prepare_fashion_mnist_without_debian_files(tmp_path, capsys):
@@ -140,3 +143,39 @@ def test_help_shows_examples(command, capsys):
     out = capsys.readouterr().out
     assert "examples:" in out and f"emergence-lightning {command}" in out
     assert "default: " in out
+
+
+def test_version_comes_from_the_installed_package(capsys):
+    import re
+    from importlib import metadata
+    from pathlib import Path
+
+    with pytest.raises(SystemExit, match="^0$"):
+        main(["--version"])
+    printed = capsys.readouterr().out.strip()
+    # pyproject.toml's version when written there (tomllib needs Python 3.11, so a regex reads it);
+    # a dynamic version is whatever the build gave the package metadata.
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    static = re.search(r'^version\s*=\s*"([^"]+)"', pyproject, re.MULTILINE)
+    expected = static.group(1) if static else metadata.version("emergence-lightning")
+    assert printed == f"emergence-lightning {expected}"
+
+
+def test_report_on_a_csv_logger_folder(tmp_path, capsys):
+    """`report` on what Lightning's CSVLogger writes: figures and the table, no event files needed."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    logger = CSVLogger(tmp_path, name="csv", version=0)
+    for epoch, (E, acc) in enumerate([(100.0, 0.5), (80.0, 0.7), (60.0, 0.8)]):
+        step = (epoch + 1) * 10 - 1
+        logger.log_metrics({"emergence/E": E, "emergence/relative": E / 1000, "epoch": epoch}, step)
+        logger.log_metrics({"train_acc": acc, "val_acc": acc - 0.1, "epoch": epoch}, step)
+    logger.save()
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "| csv/version_0 | version_0 | 3 | 3 | 0.8000 | 0.7000 | 0.7000 | 60 | 0.06 |" in out
+    assert {p.name for p in (tmp_path / "out").glob("*.png")} >= {"emergence_log.png", "val_accuracy.png"}
+    assert main(["report", str(tmp_path), "--source", "tensorboard"]) == 2
+    assert "No TensorBoard event files" in capsys.readouterr().err
+    assert main(["report", str(tmp_path), "--source", "wandb"]) == 2
+    assert "`source` must be one of ('auto', 'tensorboard', 'csv'), got 'wandb'" in capsys.readouterr().err

@@ -1,11 +1,13 @@
 """Reports from real TensorBoard event files: written by SummaryWriter, and by a real Lightning fit."""
 
 import csv
+import warnings
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from matplotlib.image import imread
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.tensorboard import SummaryWriter
@@ -20,6 +22,7 @@ FIGURES = {
     "relative_emergence",
     "emergence_log",
     "train_accuracy",
+    "val_accuracy",
     "active_fraction_per_layer",
 }
 
@@ -201,9 +204,19 @@ def test_log_dir_without_event_files(tmp_path):
     (tmp_path / "version_0").mkdir()
     (tmp_path / "version_0" / "hparams.yaml").write_text("lr: 0.005\n")
     with pytest.raises(
-        FileNotFoundError, match=r"No TensorBoard event files \(events.out.tfevents\*\) under"
+        FileNotFoundError,
+        match=r"No TensorBoard event files \(events.out.tfevents\*\) and no CSV logs \(metrics.csv\) under",
     ):
         make_report(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"No CSV logs \(metrics.csv\) under"):
+        make_report(tmp_path, source="csv")
+
+
+def test_unknown_source(branch_logs):
+    with pytest.raises(
+        ValueError, match=r"`source` must be one of \('auto', 'tensorboard', 'csv'\), got 'wandb'"
+    ):
+        make_report(branch_logs, source="wandb")
 
 
 def test_event_files_without_scalars(tmp_path):
@@ -270,12 +283,13 @@ def test_zoomed_panel_is_scaled_to_the_branches_after_the_fork(forked_logs, tmp_
     # Every value from the fork on (0.90 ... 0.95) is inside, the parent's early ones (<= 0.8) are not.
     assert 0.8 < low < 0.90 and 0.95 < high < 0.97
     assert zoom.get_xlim()[0] == pytest.approx(4 - 0.3) and zoom.get_xlim()[1] == pytest.approx(7 + 0.3)
-    # Change in accuracy: the parent's 0.4 jump sets the whole-run panel only.
+    # Change in accuracy: the parent's 0.4 jump sets the whole-run panel only; the zoomed one shows
+    # the parent's 0.1 into the fork (where every branch line starts) and the branches' changes.
     whole_change, zoom_change = result.drawings["emergence_and_accuracy_change"].axes[2:]
     assert whole_change.get_ylim()[1] > 0.4
     branch_changes = [0.01, 0.02, 0.02, 0.0, 0.015, 0.025]  # differences of BRANCH_ACC, first from 0.9
     low, high = zoom_change.get_ylim()
-    assert low < min(branch_changes) and max(branch_changes) < high < 0.05
+    assert low < min(branch_changes) and 0.1 < high < 0.2
 
 
 def test_every_branch_line_starts_at_the_fork_point(forked_logs, tmp_path):
@@ -354,26 +368,37 @@ def test_markdown_and_csv_tables_agree(branch_logs, tmp_path):
                 assert float(cells[column]) == pytest.approx(float(row[column]), rel=1e-3)
 
 
-def test_report_agrees_with_the_branches_summary_csv(tmp_path):
-    """A real fit with branches: the report's table and PruneAndBranchCallback's own summary.csv agree."""
+@pytest.fixture(scope="module")
+def logged_both_ways(tmp_path_factory):
+    """A real fit with branches, logged by a TensorBoardLogger and a CSVLogger into the same folders."""
     from emergence_lightning import PruneAndBranchCallback
 
+    root = tmp_path_factory.mktemp("both")
     generator = torch.Generator().manual_seed(0)
     data = TensorDataset(
         torch.rand(64, 1, 28, 28, generator=generator), torch.randint(0, 10, (64,), generator=generator)
     )
     trainer = pl.Trainer(
         max_epochs=3, limit_train_batches=2, limit_val_batches=1,
-        logger=TensorBoardLogger(tmp_path, name="fit", version="seed-0"),
+        logger=[TensorBoardLogger(root, name="fit", version="seed-0"), CSVLogger(root, name="fit", version="seed-0")],
         callbacks=[
             EmergenceCallback(), PruneAndBranchCallback(branch_epoch=1, amounts=(0.5,), verbose=False),
         ],
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
     )  # fmt: skip
-    trainer.fit(PaperMLP(hidden=(16, 8)), DataLoader(data, batch_size=16), DataLoader(data, batch_size=16))
-    result = make_report(tmp_path / "fit")
+    with warnings.catch_warnings():  # the CSVLogger of a branch finds the TensorBoard files in its folder
+        warnings.filterwarnings("ignore", message=".*exists and is not empty")
+        trainer.fit(
+            PaperMLP(hidden=(16, 8), lr=0.5), DataLoader(data, batch_size=16), DataLoader(data, batch_size=16)
+        )
+    return root / "fit"
+
+
+def test_report_agrees_with_the_branches_summary_csv(logged_both_ways, tmp_path):
+    """A real fit with branches: the report's table and PruneAndBranchCallback's own summary.csv agree."""
+    result = make_report(logged_both_ways, out_dir=tmp_path / "report")
     table = _read_csv(result.table_csv)
-    with open(tmp_path / "fit" / "seed-0" / "branches" / "summary.csv", newline="") as handle:
+    with open(logged_both_ways / "seed-0" / "branches" / "summary.csv", newline="") as handle:
         branches = list(csv.DictReader(handle))
     assert {b["name"] for b in branches} == {"control", "pruned-50"}
     for branch in branches:
@@ -385,8 +410,294 @@ def test_report_agrees_with_the_branches_summary_csv(tmp_path):
     assert table["seed-0"]["name"] == "parent" and table["seed-0"]["epochs"] == "1"
 
 
+def _assert_same_numbers(a, b, key):
+    assert list(a) == list(b), key
+    for column in a:
+        try:
+            assert float(a[column]) == pytest.approx(float(b[column]), rel=1e-6, nan_ok=True), (key, column)
+        except ValueError:  # text: run, name
+            assert a[column] == b[column], (key, column)
+
+
+def test_csv_logs_give_the_same_series_figures_and_table_as_event_files(logged_both_ways, tmp_path):
+    """One run, logged by TensorBoard and CSV: the report reads the same values from either."""
+    from_tb = load_scalars(logged_both_ways, source="tensorboard")
+    from_csv = load_scalars(logged_both_ways, source="csv")
+    assert {r.run for r in from_csv} == {"seed-0", "seed-0/branches/control", "seed-0/branches/pruned-50"}
+    # Every value TensorBoard holds, the CSV holds at the same step and epoch (float32 vs. full precision).
+    tb_values = sorted((r.run, r.tag, r.step, r.epoch, r.value) for r in from_tb)
+    csv_values = sorted((r.run, r.tag, r.step, r.epoch, r.value) for r in from_csv)
+    assert [v[:4] for v in tb_values] == [v[:4] for v in csv_values]
+    assert [v[4] for v in tb_values] == pytest.approx([v[4] for v in csv_values], rel=1e-6)
+    assert {r.tag for r in from_csv} >= {"emergence/E", "emergence/active/net.2", "train_acc", "val_acc"}
+    # The series drawn: per run, every tag and derived series on the same epochs.
+    curves = {
+        source: report._run_curves(rows, "emergence", logged_both_ways.name)
+        for source, rows in (("tensorboard", from_tb), ("csv", from_csv))
+    }
+    assert curves["tensorboard"].keys() == curves["csv"].keys()
+    for run, series in curves["tensorboard"].items():
+        assert series.keys() == curves["csv"][run].keys(), run
+        for name, (x, y) in series.items():
+            csv_x, csv_y = curves["csv"][run][name]
+            assert x.tolist() == csv_x.tolist(), (run, name)
+            assert y == pytest.approx(csv_y, rel=1e-6, nan_ok=True), (run, name)
+    # The report: same figures, same lines and axes, same table.
+    results = {
+        source: make_report(logged_both_ways, out_dir=tmp_path / source, source=source)
+        for source in ("tensorboard", "csv")
+    }
+    tb, from_csv_report = results["tensorboard"], results["csv"]
+    assert set(tb.figures) == set(from_csv_report.figures) == FIGURES | {"loss", "val_accuracy"}
+    for name, figure in tb.drawings.items():
+        for ax, csv_ax in zip(figure.axes, from_csv_report.drawings[name].axes, strict=True):
+            assert ax.get_xlim() == pytest.approx(csv_ax.get_xlim(), rel=1e-5), name
+            assert ax.get_ylim() == pytest.approx(csv_ax.get_ylim(), rel=1e-5), name
+            lines, csv_lines = _lines(ax), _lines(csv_ax)
+            assert lines.keys() == csv_lines.keys(), name
+            for label, line in lines.items():
+                assert list(line.get_xdata()) == list(csv_lines[label].get_xdata()), (name, label)
+                assert line.get_ydata() == pytest.approx(csv_lines[label].get_ydata(), rel=1e-6), (
+                    name,
+                    label,
+                )
+    tb_table, csv_table = _read_csv(tb.table_csv), _read_csv(from_csv_report.table_csv)
+    assert tb_table.keys() == csv_table.keys()
+    for run, row in tb_table.items():
+        _assert_same_numbers(row, csv_table[run], run)
+    # Left to choose, a folder holding both is read once (from its event files): no run counted twice.
+    auto = make_report(logged_both_ways, out_dir=tmp_path / "auto")
+    assert auto.runs == tb.runs and _read_csv(auto.table_csv) == tb_table
+
+
 def test_first_epoch_of_a_run_ignores_values_logged_before_any_epoch():
     rows = [report.Scalar("b", "x", 0, None, 1.0), report.Scalar("b", "x", 5, 3, 1.0)]
     rows.append(report.Scalar("b", "x", 9, 4, 1.0))
     rows.append(report.Scalar("plain", "x", 0, None, 1.0))
     assert report._first_epochs(rows) == {"b": 3, "plain": None}
+
+
+# ---- figures that don't mislead (issue 20 item 8), read back from the drawn axes ----------------
+def _data_lines(ax):
+    """The lines drawn in data coordinates (curves), not the fork line or the zero line."""
+    return [line for line in ax.get_lines() if line.get_transform() == ax.transData and len(line.get_xdata())]
+
+
+def test_panels_comparing_epochs_share_the_x_range_and_the_fork_line(forked_logs, tmp_path):
+    figure = make_report(forked_logs, out_dir=tmp_path / "out").drawings["emergence_and_accuracy_change"]
+    e_whole, e_zoom, change_whole, change_zoom = figure.axes
+    # E starts at epoch 0 and the change in accuracy at epoch 2 (the first epoch with a previous one).
+    assert min(_lines(e_whole)["parent"].get_xdata()) == 0
+    assert min(_lines(change_whole)["parent"].get_xdata()) == 2
+    assert e_whole.get_xlim() == change_whole.get_xlim() and e_whole.get_xlim()[0] < 0
+    assert e_zoom.get_xlim() == change_zoom.get_xlim()
+    for upper, lower in ((e_whole, change_whole), (e_zoom, change_zoom)):
+        fork = [line.get_xdata()[0] for ax in (upper, lower) for line in ax.get_lines()
+                if line.get_label().startswith("fork")]  # fmt: skip
+        assert fork == [4, 4]
+        # Same data x -> same pixel column: the fork line sits at one place in both panels.
+        to_pixels = [ax.transData.transform((4, 0))[0] for ax in (upper, lower)]
+        assert to_pixels[0] == pytest.approx(to_pixels[1])
+
+
+def test_every_figure_has_the_same_epoch_axis(branch_logs, tmp_path):
+    """E starts at epoch 0, accuracy at 1, the change in accuracy at 2: all drawn on one epoch range."""
+    result = make_report(branch_logs, out_dir=tmp_path / "out")
+    whole, zoomed = set(), set()
+    for name, figure in result.drawings.items():
+        for index, ax in enumerate(figure.axes):
+            # With a fork every figure but the per-layer grid is (whole run | after the fork) per row.
+            is_zoom = name != "active_fraction_per_layer" and index % 2 == 1
+            if ax.get_visible():
+                (zoomed if is_zoom else whole).add(ax.get_xlim())
+    # Whole-run panels: epochs 0 (the parent's E before training) to 5 (the branches' last), padded.
+    assert len(whole) == 1 and len(zoomed) == 1
+    (low, high), (zoom_low, zoom_high) = whole.pop(), zoomed.pop()
+    assert -1 < low < 0 and 5 < high < 6
+    assert (zoom_low, zoom_high) == pytest.approx((3 - 0.3, 5 + 0.3))
+
+
+def test_no_text_overlaps_or_leaves_the_figure(forked_logs, branch_logs, tmp_path):
+    for index, logs in enumerate((forked_logs, branch_logs)):
+        result = make_report(logs, out_dir=tmp_path / f"out{index}")
+        for name, figure in result.drawings.items():
+            figure.draw_without_rendering()
+            texts = [figure._suptitle] if figure._suptitle is not None else []
+            for ax in figure.axes:
+                if ax.get_visible():
+                    texts += [ax.title, ax.xaxis.label, ax.yaxis.label]
+                    texts += ax.get_legend().get_texts() if ax.get_legend() else []
+            texts += [t for legend in figure.legends for t in legend.get_texts()]
+            boxes = [(t.get_text(), t.get_window_extent()) for t in texts if t.get_visible() and t.get_text()]
+            page = figure.bbox
+            for text, box in boxes:
+                assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0 and box.y1 <= page.y1, (
+                    name, text,
+                )  # fmt: skip
+            for i, (text, box) in enumerate(boxes):
+                for other, other_box in boxes[i + 1 :]:
+                    assert not box.overlaps(other_box), (name, text, other)
+
+
+def test_a_validation_accuracy_figure(branch_logs, tmp_path):
+    result = make_report(branch_logs, out_dir=tmp_path / "out")
+    whole = result.drawings["val_accuracy"].axes[0]
+    assert whole.get_ylabel() == "validation accuracy (val_acc)"
+    # _write_run logs val_acc = 0.45, 0.55, 0.65 for the parent after epochs 1..3.
+    assert list(_lines(whole)["parent"].get_ydata()) == pytest.approx([0.45, 0.55, 0.65])
+    assert (
+        "val_accuracy" not in make_report(forked_logs_without_val(tmp_path), out_dir=tmp_path / "o2").figures
+    )
+
+
+def forked_logs_without_val(tmp_path):
+    root = tmp_path / "no-val"
+    _write_values(root, 0, [1000, 800, 600], [0.2, 0.6])
+    return root
+
+
+def test_titles_and_labels_say_which_axis_is_logarithmic(forked_logs, branch_logs, tmp_path):
+    narrow = make_report(forked_logs, out_dir=tmp_path / "narrow").drawings["emergence_log"]
+    assert [ax.get_yscale() for ax in narrow.axes] == ["linear", "linear"]
+    assert "log" not in narrow._suptitle.get_text() and all(
+        "log" not in ax.get_ylabel() for ax in narrow.axes
+    )
+    wide = make_report(branch_logs, out_dir=tmp_path / "wide").drawings["emergence_log"]
+    scales = [ax.get_yscale() for ax in wide.axes]
+    # E from 8000 to 100 over the whole run: log; after the fork 1000 -> 100... also over 20x? 1000/100 = 10.
+    assert scales == ["log", "linear"]
+    assert [ax.get_ylabel() for ax in wide.axes] == ["emergence E (log scale)", "emergence E"]
+    assert wide._suptitle.get_text() == "Emergence E per epoch, log y axis for the whole run"
+
+
+def test_every_point_in_a_panels_epoch_range_is_inside_its_y_range(forked_logs, branch_logs, tmp_path):
+    for index, logs in enumerate((forked_logs, branch_logs)):
+        for name, figure in make_report(logs, out_dir=tmp_path / f"out{index}").drawings.items():
+            for ax in figure.axes:
+                (x_low, x_high), (y_low, y_high) = ax.get_xlim(), ax.get_ylim()
+                for line in _data_lines(ax):
+                    x, y = (line.get_xdata().astype(float), line.get_ydata().astype(float))
+                    shown = (x >= x_low) & (x <= x_high) & np.isfinite(y)
+                    assert shown.any(), (name, line.get_label())
+                    assert y_low < y[shown].min() and y[shown].max() < y_high, (name, line.get_label())
+
+
+def test_per_layer_panels_are_scaled_to_their_data(tmp_path):
+    writer = SummaryWriter(str(tmp_path / "run"))
+    for epoch, active in enumerate([91, 92, 94, 95]):  # 91 % -> 95 % of 100 nodes active
+        step = (epoch + 1) * 10 - 1
+        writer.add_scalar("emergence/active/net.2", active, step)
+        writer.add_scalar("emergence/dead/net.2", 100 - active, step)
+        writer.add_scalar("epoch", epoch, step)
+    writer.close()
+    (ax,) = [
+        ax for ax in make_report(tmp_path).drawings["active_fraction_per_layer"].axes if ax.get_visible()
+    ]
+    low, high = ax.get_ylim()
+    assert 0.85 < low < 0.91 and 0.95 < high < 1.0  # the change fills the panel, not 4 % of a 0-1 axis
+
+
+def result_legend(logs, tmp_path):
+    figure = make_report(logs, out_dir=tmp_path / "legend").drawings["emergence_log"]
+    return [text for legend in figure.legends for text in legend.get_texts()]
+
+
+def test_branch_panels_of_per_layer_shares_share_one_y_range(branch_logs, tmp_path):
+    figure = make_report(branch_logs, out_dir=tmp_path / "out").drawings["active_fraction_per_layer"]
+    panels = {ax.get_title(): ax for ax in figure.axes if ax.get_visible()}
+    assert set(panels) == {"parent", "control", "pruned-50"}
+    assert panels["control"].get_ylim() == panels["pruned-50"].get_ylim()
+    assert list(panels)[0] == "parent"  # the parent first (its run, version_0, sorts after branches/)
+    labels = [text.get_text() for text in result_legend(branch_logs, tmp_path)]
+    assert labels[:3] == ["parent", "control", "pruned-50"]
+    # _write_run logs 10 + k active of 20 nodes at its k-th measurement: a branch's shares run
+    # 0.50 -> 0.60 (3 measurements), the parent's 0.50 -> 0.65 (4), each panel scaled to its own.
+    low, high = panels["control"].get_ylim()
+    assert 0.45 < low < 0.5 and 0.6 < high < 0.65
+    low, high = panels["parent"].get_ylim()
+    assert 0.45 < low < 0.5 and 0.65 < high < 0.7
+
+
+# ---- CSV tables other than Lightning's: exports of W&B or MLflow runs ----------------------------
+def _write_table(path, header, rows):
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / "metrics.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def test_an_export_with_one_value_per_row_reads_like_the_loggers_table(tmp_path):
+    """MLflow's metric history (one key per row) and CSVLogger's rows give the same scalars."""
+    logger = CSVLogger(tmp_path / "lightning", name="", version="run")
+    values = {9: (0, 100.0, 0.5), 19: (1, 80.0, 0.7)}  # step -> (epoch, E, train_acc)
+    for step, (epoch, e, acc) in values.items():
+        logger.log_metrics({"emergence/E": e, "train_acc": acc, "epoch": epoch}, step)
+    logger.save()
+    rows = [
+        [step, *(value if i == k else "" for i in range(3))]
+        for step, triple in values.items()
+        for k, value in enumerate(triple)
+    ]
+    _write_table(tmp_path / "export" / "run", ["step", "epoch", "emergence/E", "train_acc"], rows)
+    lightning_rows = {(r.tag, r.step, r.epoch, r.value) for r in load_scalars(tmp_path / "lightning")}
+    export_rows = {(r.tag, r.step, r.epoch, r.value) for r in load_scalars(tmp_path / "export")}
+    assert lightning_rows == export_rows
+    assert ("emergence/E", 19, 1, 80.0) in export_rows
+
+
+def test_a_table_without_a_step_column(tmp_path):
+    _write_table(tmp_path / "run", ["_step", "train_acc"], [[0, 0.5]])
+    with pytest.raises(
+        ValueError, match=r"metrics.csv' has no 'step' column \(its columns: \['_step', 'train_acc'\]\)"
+    ):
+        make_report(tmp_path)
+
+
+def test_a_cell_that_is_not_a_number(tmp_path):
+    _write_table(tmp_path / "run", ["step", "train_acc"], [[0, 0.5], [1, "n/a"]])
+    with pytest.raises(ValueError, match=r"line 3, column 'train_acc': expected a number, got 'n/a'"):
+        make_report(tmp_path)
+
+
+def export_mlflow_run(client, run_id, path):
+    """docs/reproduction.md's MLflow export, verbatim: one row per logged value, a `step` column."""
+    keys = list(client.get_run(run_id).data.metrics)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["step", *keys])
+        writer.writeheader()
+        for key in keys:
+            for m in client.get_metric_history(run_id, key):
+                writer.writerow({"step": m.step, key: m.value})
+
+
+def test_a_report_from_an_mlflow_export_equals_the_csv_loggers(tmp_path, monkeypatch):
+    """One real fit logged to MLflow (file store) and CSV: the exported run gives the CSV run's table."""
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 refuses a file store without it
+    from lightning.pytorch.loggers import MLFlowLogger
+    from mlflow.tracking import MlflowClient
+
+    store = f"file:{tmp_path / 'mlruns'}"
+    mlflow_logger = MLFlowLogger(experiment_name="report", tracking_uri=store)
+    generator = torch.Generator().manual_seed(0)
+    data = TensorDataset(
+        torch.rand(64, 1, 28, 28, generator=generator), torch.randint(0, 10, (64,), generator=generator)
+    )
+    trainer = pl.Trainer(
+        max_epochs=2, limit_train_batches=2, limit_val_batches=1,
+        logger=[CSVLogger(tmp_path / "csv", name="", version="run"), mlflow_logger],
+        callbacks=[EmergenceCallback()],
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(
+        PaperMLP(hidden=(16, 8), lr=0.5), DataLoader(data, batch_size=16), DataLoader(data, batch_size=16)
+    )
+    (tmp_path / "export" / "run").mkdir(parents=True)
+    export_mlflow_run(MlflowClient(store), mlflow_logger.run_id, tmp_path / "export" / "run" / "metrics.csv")
+    from_csv = make_report(tmp_path / "csv", out_dir=tmp_path / "a")
+    from_mlflow = make_report(tmp_path / "export", out_dir=tmp_path / "b")
+    assert set(from_mlflow.figures) == set(from_csv.figures) >= {"emergence_log", "val_accuracy", "loss"}
+    csv_row, mlflow_row = _read_csv(from_csv.table_csv)["run"], _read_csv(from_mlflow.table_csv)["run"]
+    assert csv_row["epochs"] == mlflow_row["epochs"] == "2"
+    _assert_same_numbers(csv_row, mlflow_row, "run")

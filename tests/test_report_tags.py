@@ -1,5 +1,7 @@
 """`report` on a user's own run: Lightning's tag names (`*_epoch`, `train/acc`, torchmetrics), `--metric`."""
 
+import re
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -9,11 +11,12 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.tensorboard import SummaryWriter
 
+from emergence_lightning.branching.monitor import classify, is_accuracy, pick_monitor, role_pattern
 from emergence_lightning.callbacks import EmergenceCallback
 from emergence_lightning.paper import report
 from emergence_lightning.paper.cli import main
 from emergence_lightning.paper.report import load_scalars, make_report
-from emergence_lightning.paper.report.tags import choose_tags, classify, parse_metrics
+from emergence_lightning.paper.report.tags import choose_tags, parse_metrics
 
 
 @pytest.mark.parametrize(
@@ -37,6 +40,44 @@ from emergence_lightning.paper.report.tags import choose_tags, classify, parse_m
 )
 def test_classify(tag, role):
     assert classify(tag) == role
+
+
+# Tags users log, for the one detector's consumers to agree on.
+USER_TAGS = [
+    "train_acc", "train_acc_epoch", "train_acc_step", "train/acc", "train/accuracy", "training_accuracy",
+    "train_MulticlassAccuracy", "val_MulticlassAccuracy", "valid/top1", "val/top5", "val_acc_best",
+    "validation_accuracy_epoch", "val_acc", "val_loss", "val_loss_epoch", "train_loss_step", "train/loss",
+    "my_train_acc", "accuracy", "summary/final_val_acc", "hp_metric", "epoch", "lr-SGD", "val_f1",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("role", ["train_acc", "val_acc", "train_loss", "val_loss"])
+def test_dashboard_charts_take_only_what_the_detector_calls_their_role(role):
+    """TensorBoard's accuracy and loss charts are the detector's roles, epoch-level, in the usual spelling."""
+    pattern = re.compile(role_pattern(role))
+    charted = {tag for tag in USER_TAGS if pattern.match(tag)}
+    assert charted and all(classify(tag) == role for tag in charted), charted
+    # What the chart leaves out of the detector's tags is per-step or unusually spelled, by design.
+    left_out = {tag for tag in USER_TAGS if classify(tag) == role} - charted
+    assert all(tag.endswith("_step") or tag.startswith(("my_", "val_acc_")) for tag in left_out), left_out
+
+
+def test_branches_monitor_with_the_same_detector():
+    assert pick_monitor(["train_acc", "val/top1", "val_loss"]) == ("val/top1", "max")
+    assert pick_monitor(["val_MulticlassAccuracy", "val_loss"]) == ("val_MulticlassAccuracy", "max")
+    # The end-of-run summary and EmergenceCallback's own keys are never monitored; *_step ones last.
+    assert pick_monitor(["summary/final_val_acc", "emergence/E", "val_loss_step", "val_loss"]) == (
+        "val_loss",
+        "min",
+    )
+    assert pick_monitor(["top5", "train_loss"]) == ("top5", "max")  # an accuracy without a stage word
+    assert pick_monitor(["val_f1", "train_loss"]) is None
+    assert [is_accuracy(t) for t in ("acc5", "val_accuracy", "interval", "val_loss")] == [
+        True,
+        True,
+        False,
+        False,
+    ]
 
 
 def test_epoch_level_tags_win_over_step_level():

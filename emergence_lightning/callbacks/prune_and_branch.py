@@ -403,7 +403,7 @@ class PruneAndBranchCallback(Callback):
             monitor, mode = picked if picked else (None, "max")
         else:
             monitor, mode = self.monitor, None
-        mode = self.mode or mode or ("max" if "acc" in str(monitor).lower() else "min")
+        mode = self.mode or mode or (pick_monitor([str(monitor)]) or (None, "min"))[1]  # accuracy: max
         data = self._data_kwargs(trainer)
         state = None
         if self.optimizer_state == "continue":

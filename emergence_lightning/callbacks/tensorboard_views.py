@@ -22,22 +22,13 @@ from typing import Any
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
+from emergence_lightning.branching.monitor import ROLES, SUMMARY, role_pattern
 from emergence_lightning.functional import emergence_as_float
 
-# Lightning's and torchmetrics' accuracy and loss names: `train_acc`, `train_acc_epoch` (logged with
-# on_epoch=True), `train/acc`, `val_accuracy`, `val_MulticlassAccuracy`. `*_step` values are left out:
-# per-step points would crowd an epoch-level chart.
-_ACCURACY = r"(acc|acc1|accuracy|top1|[A-Za-z]*Accuracy)"
-_TRAIN = r"(train|training)"
-_VAL = r"(val|valid|validation)"
-TRAIN_ACCURACY = rf"^{_TRAIN}[_/]{_ACCURACY}(_epoch)?$"
-VAL_ACCURACY = rf"^{_VAL}[_/]{_ACCURACY}(_epoch)?$"
-TRAIN_LOSS = rf"^{_TRAIN}[_/]loss(_epoch)?$"
-VAL_LOSS = rf"^{_VAL}[_/]loss(_epoch)?$"
+# The accuracy and loss charts take the tags the package's one detector (branching.monitor) gives
+# these roles, epoch-level only: per-step points would crowd an epoch-level chart.
+TRAIN_ACCURACY, VAL_ACCURACY, TRAIN_LOSS, VAL_LOSS = map(role_pattern, ROLES)
 
-#: Prefix of the end-of-run scalars (final and best metric, E at the end...), one point per run. The
-#: Scalars dashboard sorts its groups by name: `summary` comes after `emergence` and `epoch`.
-SUMMARY = "summary"
 #: Prefix of the HParams columns that say which run of a prune-and-branch experiment a row is.
 RUN = "branch"
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 
 from emergence_lightning.callbacks.branch_command import add_branch_command, run_branch_command
@@ -88,10 +89,24 @@ REPORT_EXAMPLES = """examples:
   emergence-lightning report lightning_logs/version_0
   emergence-lightning report runs/mlp-prune --out figures
   emergence-lightning report lightning_logs --metric train/top1,val/top1
+  emergence-lightning report csv_logs --source csv
 
-Accuracy and loss are found under the names Lightning writes (train_acc, train_acc_epoch,
-train/acc, val_MulticlassAccuracy...); a figure whose data no run logged is skipped, with
-the reason on stderr."""
+A run is a folder of TensorBoard event files or a CSV metrics.csv (Lightning's CSVLogger, or a
+W&B or MLflow run exported with a step column: see docs/reproduction.md). Accuracy and loss are
+found under the names Lightning writes (train_acc, train_acc_epoch, train/acc,
+val_MulticlassAccuracy...); a figure whose data no run logged is skipped, with the reason on
+stderr."""
+
+
+DISTRIBUTION = "emergence-lightning"  # the name pip installs and package metadata knows
+
+
+def installed_version() -> str:
+    """The installed distribution's version, from package metadata (pyproject.toml is its one source)."""
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:  # a source tree on sys.path that pip never installed
+        return "unknown (not installed: pip install -e .)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -100,6 +115,12 @@ def _parser() -> argparse.ArgumentParser:
         description="Measure emergence while networks train.",
         formatter_class=_HelpFormatter,
         epilog="Run `emergence-lightning <command> --help` for a command's options and examples.",
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"%(prog)s {installed_version()}",
+        help="print the version and exit",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
 
@@ -174,8 +195,12 @@ def _parser() -> argparse.ArgumentParser:
 
     add_branch_command(command)  # emergence_lightning.callbacks.branch_command
 
-    report = command("report", "figures and a table from any run's TensorBoard logs", REPORT_EXAMPLES)
-    report.add_argument("log_dir", help="a folder of TensorBoard event files, e.g. lightning_logs/version_0")
+    report = command(
+        "report", "figures and a table from any run's logs (TensorBoard or CSV)", REPORT_EXAMPLES
+    )
+    report.add_argument(
+        "log_dir", help="a folder of TensorBoard or CSV logs (metrics.csv), e.g. lightning_logs/version_0"
+    )
     report.add_argument("--out", default=None, help="output folder (default: <log_dir>/report)")
     report.add_argument(
         "--metric",
@@ -186,6 +211,12 @@ def _parser() -> argparse.ArgumentParser:
         "(a tag with val in it is validation, with loss a loss) (default: detected)",
     )
     report.add_argument("--prefix", default="emergence", help="EmergenceCallback's key prefix")
+    report.add_argument(
+        "--source",
+        default="auto",  # checked by make_report: importing its list here would need matplotlib
+        help="which logger's files to read: auto (a folder's event files, else its metrics.csv), "
+        "tensorboard or csv",
+    )
     return parser
 
 
@@ -246,7 +277,11 @@ def _run_activity_rule(args: argparse.Namespace) -> int:
 
 
 def _print_report(
-    log_dir: Path, out: str | None = None, metrics: Sequence[str] | None = None, prefix: str = "emergence"
+    log_dir: Path,
+    out: str | None = None,
+    metrics: Sequence[str] | None = None,
+    prefix: str = "emergence",
+    source: str = "auto",
 ) -> None:
     try:
         from emergence_lightning.paper.report import make_report
@@ -257,7 +292,7 @@ def _print_report(
             name=error.name,
         ) from error
 
-    result = make_report(log_dir, out, prefix=prefix, metrics=metrics)
+    result = make_report(log_dir, out, prefix=prefix, metrics=metrics, source=source)
     for name, reason in result.skipped.items():
         print(f"report: skipped {name}: {reason}", file=sys.stderr)
     print(f"\nFigures and summary in {result.out_dir}:")
@@ -289,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_branch_command(args)
     if args.command == "report":
         try:
-            _print_report(Path(args.log_dir), args.out, args.metric, args.prefix)
+            _print_report(Path(args.log_dir), args.out, args.metric, args.prefix, args.source)
         except (FileNotFoundError, ValueError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2

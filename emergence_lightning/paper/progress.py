@@ -21,13 +21,15 @@ from typing import Any, TextIO
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
+from emergence_lightning.callbacks.prune_and_branch import PARENT
+
 
 def run_name(trainer: pl.Trainer) -> str:
     """``parent`` for the run that forks, the branch's name for a branch (its log folder's name)."""
     log_dir = trainer.log_dir
     if log_dir is not None and Path(log_dir).parent.name == "branches":
         return Path(log_dir).name
-    return "parent"
+    return PARENT
 
 
 def _number(value: Any) -> str:

@@ -1,7 +1,8 @@
-"""Figures and a summary table from TensorBoard logs: the paper's plots, with no Lightning needed.
+"""Figures and a summary table from any logger's files: the paper's plots, with no Lightning needed.
 
-A *run* is a directory holding ``events.out.tfevents*`` files; its name is its path relative to
-the log directory (``version_0/branches/pruned-30``). Runs whose names differ only by a
+A *run* is a directory holding TensorBoard event files (``events.out.tfevents*``) or a CSV
+``metrics.csv`` (Lightning's CSVLogger, or an export of a W&B or MLflow run; see :mod:`.readers`);
+its name is its path relative to the log directory (``version_0/branches/pruned-30``). Runs whose names differ only by a
 ``seed-<k>`` path component form a *group*, drawn as the mean with a ±1 std band.
 
 The x axis is epochs of training completed. Lightning logs with every value an ``epoch`` scalar
@@ -28,13 +29,12 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
-from tensorboard.backend.event_processing import event_accumulator
 
 from emergence_lightning.paper.report.plot import ACC_CHANGE, PARENT, Plotter
+from emergence_lightning.paper.report.readers import EVENT_GLOB, METRICS_CSV, SOURCES, find_runs, read_run  # noqa: F401
 from emergence_lightning.paper.report.table import TABLE_COLUMNS, summary_table, write_tables  # noqa: F401 (re-exported)
 from emergence_lightning.paper.report.tags import choose_tags, missing_reason, parse_metrics, used_tags
 
-EVENT_GLOB = "events.out.tfevents*"
 SEED_COMPONENT = re.compile(r"seed-\d+")
 
 # Curves: run (or group) -> series name -> (epochs, values); series names are tags plus derived ones.
@@ -68,53 +68,19 @@ class ReportResult:
     drawings: dict[str, Figure] = field(default_factory=dict)  # figure name -> the matplotlib figure saved
 
 
-def find_runs(log_dir: str | os.PathLike) -> dict[str, Path]:
-    """Every directory under ``log_dir`` (itself included) that holds TensorBoard event files.
-
-    Returns:
-        Run name (path relative to ``log_dir``; ``log_dir``'s own name for itself) -> directory,
-        sorted by name.
-
-    Raises:
-        FileNotFoundError: ``log_dir`` does not exist or holds no event files.
-    """
-    root = Path(log_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"Log directory {str(root)!r} does not exist.")
-    folders = sorted({path.parent for path in root.rglob(EVENT_GLOB) if path.is_file()})
-    if not folders:
-        raise FileNotFoundError(
-            f"No TensorBoard event files ({EVENT_GLOB}) under {str(root)!r}: expected a log directory "
-            "written by Lightning's TensorBoardLogger or a SummaryWriter, such as lightning_logs/version_0."
-        )
-    runs = {}
-    for folder in folders:
-        name = folder.relative_to(root).as_posix()
-        runs[root.resolve().name if name == "." else name] = folder
-    return dict(sorted(runs.items()))
-
-
-def _read_run(folder: Path) -> dict[str, list[tuple[int, float]]]:
-    # size_guidance 0 keeps every value (the default samples 10,000); keep out-of-order steps too.
-    accumulator = event_accumulator.EventAccumulator(
-        str(folder), size_guidance={event_accumulator.SCALARS: 0}, purge_orphaned_data=False
-    )
-    accumulator.Reload()
-    return {
-        tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
-        for tag in accumulator.Tags()[event_accumulator.SCALARS]
-    }
-
-
-def load_scalars(log_dir: str | os.PathLike) -> list[Scalar]:
+def load_scalars(log_dir: str | os.PathLike, source: str = "auto") -> list[Scalar]:
     """Every scalar of every run under ``log_dir``, each with the epoch it was logged in.
 
+    Args:
+        log_dir: a folder of runs.
+        source: which logger's files to read (see :mod:`.readers`): ``"auto"``, ``"tensorboard"``, ``"csv"``.
+
     Raises:
-        FileNotFoundError: ``log_dir`` does not exist or holds no event files.
+        FileNotFoundError: ``log_dir`` does not exist or holds no logs of ``source``.
     """
     rows = []
-    for run, folder in find_runs(log_dir).items():
-        tags = _read_run(folder)
+    for run, folder in find_runs(log_dir, source).items():
+        tags = read_run(folder, source)
         epoch_at = dict(sorted(tags.get("epoch", [])))  # step -> epoch; the last write of a step wins
         steps = list(epoch_at)
         for tag, events in tags.items():
@@ -216,7 +182,7 @@ def _group_name(run: str) -> str:
     if parts:
         return "/".join(parts)
     # "seed-0", "seed-1", ...: the parent runs of a multi-seed experiment form one group too.
-    return "parent" if SEED_COMPONENT.fullmatch(run) else run
+    return PARENT if SEED_COMPONENT.fullmatch(run) else run
 
 
 def _aggregate(curves: Curves, groups: dict[str, list[str]]) -> dict[str, dict[str, tuple[np.ndarray, ...]]]:
@@ -341,20 +307,23 @@ def make_report(
     out_dir: str | os.PathLike | None = None,
     prefix: str = "emergence",
     metrics: Sequence[str] | str | None = None,
+    source: str = "auto",
 ) -> ReportResult:
     """Read every run under ``log_dir`` and write the paper's figures and a summary table.
 
     Figures (PNG; one is left out when no run logged its data): ``emergence_and_accuracy_change``
-    (E and the epoch-to-epoch change in ``train_acc``), ``relative_emergence``, ``emergence_log``
-    (E; a log axis when it spans over 20x), ``train_accuracy``, ``loss`` (training solid, validation
-    dashed) and
-    ``active_fraction_per_layer`` (one panel per run). A figure without data is not drawn; the
+    (E and the epoch-to-epoch change in ``train_acc``, on one x range), ``relative_emergence``,
+    ``emergence_log`` (E; a log axis, said in the title and y label, when it spans over 20x),
+    ``train_accuracy``, ``val_accuracy``, ``loss`` (training solid, validation dashed) and
+    ``active_fraction_per_layer`` (one panel per run, scaled to its data; the branches' panels
+    share one range). A figure without data is not drawn; the
     reason is in ``ReportResult.skipped``. Accuracy and loss are found under the names Lightning
     writes (``train_acc``, ``train_acc_epoch``, ``train/acc``, ``val_MulticlassAccuracy``...) or
     taken from ``metrics``; ``ReportResult.metric_tags`` tells which tag each run used.
     Runs are overlaid; when run names contain a ``branches`` folder, a dotted line marks the fork
     epoch (the first epoch of the branch runs), every branch line starts at the fork point, and
-    each figure gets a second panel zoomed to the epochs after the fork. The run the branches
+    each figure gets a second panel zoomed to the epochs from the fork on (scaled to every point
+    there, the parent's at the fork included). The run the branches
     forked from is named ``parent``, a branch by its folder (``pruned-30``), each with a fixed
     colour. The table ``summary.csv`` / ``summary.md`` (same columns, see ``TABLE_COLUMNS``) gives,
     per run: its name, the epochs it trained (a branch's from the fork, as the branches' own
@@ -363,27 +332,30 @@ def make_report(
     rounded). ``ReportResult.drawings`` holds the matplotlib figures saved.
 
     Args:
-        log_dir: a directory of TensorBoard runs, e.g. ``lightning_logs/version_0``.
+        log_dir: a directory of runs logged by TensorBoard or CSV loggers, e.g. ``lightning_logs/version_0``.
         out_dir: where to write; defaults to ``<log_dir>/report``.
         prefix: the prefix of EmergenceCallback's keys.
         metrics: accuracy or loss tags to use instead of the detected ones, e.g.
             ``["train/top1", "val/top1"]`` or ``"train/top1,val/top1"``; a tag naming a validation
             stage (``val``...) is the validation metric, a tag with ``loss`` in it a loss.
+        source: which files to read: ``"auto"`` (event files, else ``metrics.csv``, per folder),
+            ``"tensorboard"`` or ``"csv"``; see :mod:`.readers`.
 
     Returns:
         The paths written, the runs read and the seed groups.
 
     Raises:
-        FileNotFoundError: ``log_dir`` does not exist or holds no event files.
-        ValueError: the event files hold no scalars, or a tag of ``metrics`` is in no run.
+        FileNotFoundError: ``log_dir`` does not exist or holds no logs of ``source``.
+        ValueError: the logs hold no scalars, a tag of ``metrics`` is in no run, ``source`` is
+            unknown, or a ``metrics.csv`` has no ``step`` column or a cell that is not a number.
     """
     if not isinstance(prefix, str) or not prefix or prefix.endswith("/"):
         raise ValueError(f"`prefix` must be a non-empty string not ending in '/', got {prefix!r}.")
     metrics = parse_metrics(metrics)
     log_dir = Path(log_dir)
-    rows = load_scalars(log_dir)
+    rows = load_scalars(log_dir, source)
     if not rows:
-        raise ValueError(f"The event files under {str(log_dir)!r} hold no scalars: nothing to plot.")
+        raise ValueError(f"The logs under {str(log_dir)!r} hold no scalars: nothing to plot.")
     all_tags = {row.tag for row in rows}
     missing = [tag for tag in metrics if tag not in all_tags]
     if missing:
@@ -401,7 +373,9 @@ def make_report(
     groups: dict[str, list[str]] = defaultdict(list)
     for run in runs:
         groups[_group_name(run)].append(run)
-    groups = dict(groups)
+    # The parent first, in legends and panels, then the branches by name.
+    parent_first = _names(dict(groups), root_name)
+    groups = dict(sorted(groups.items(), key=lambda item: parent_first[item[0]] != PARENT))
     first_epoch = _first_epochs(rows)
     labels = _labels(groups, root_name)
     drawn_curves = _join_to_fork(curves, root_name, first_epoch)
@@ -426,14 +400,14 @@ def make_report(
         figures["relative_emergence"] = plotter.single(
             "relative_emergence",
             f"{prefix}/relative",
-            "relative emergence E / free parameters",
-            "Relative emergence",
+            "Ẽ = E / free parameters",  # short: a long label runs into the title above the panel
+            "Relative emergence Ẽ per epoch",
         )
     else:
         skipped["relative_emergence"] = no_e.replace(e_series, f"{prefix}/relative")
     if plotter.has(e_series):
         figures["emergence_log"] = plotter.single(
-            "emergence_log", e_series, "emergence E", "Emergence (log axis if over 20x)", yscale="log"
+            "emergence_log", e_series, "emergence E", "Emergence E per epoch", yscale="log"
         )
     else:
         skipped["emergence_log"] = no_e
@@ -443,6 +417,12 @@ def make_report(
         )
     else:
         skipped["train_accuracy"] = no_train_acc
+    if plotter.has("val_acc"):
+        figures["val_accuracy"] = plotter.single(
+            "val_accuracy", "val_acc", f"validation accuracy ({used['val_acc']})", "Validation accuracy"
+        )
+    else:
+        skipped["val_accuracy"] = missing_reason("validation accuracy", all_tags, prefix)
     if plotter.has("train_loss") or plotter.has("val_loss"):
         figures["loss"] = plotter.losses(used)
     else:

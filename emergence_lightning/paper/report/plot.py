@@ -22,8 +22,9 @@ from matplotlib import colormaps, rc_context
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from emergence_lightning.callbacks.prune_and_branch import PARENT  # the run the branches forked from
+
 ACC_CHANGE = "train_acc_change"  # the derived series: epoch-to-epoch change in training accuracy
-PARENT = "parent"  # the name of the run the branches forked from, in legends and tables
 LOG_SPAN = 20.0  # a log axis only when the largest value is more than this many times the smallest
 
 # Sized for a two-column paper: 7 in wide at 200 dpi, text 9-10 pt as printed.
@@ -109,19 +110,34 @@ class Plotter:
         self.out_dir = out_dir
         self.colors = {group: branch_color(label) for group, label in labels.items()}
         self.drawn: dict[str, Figure] = {}
+        # One epoch axis for every figure: E from 0 and accuracy from 1 line up figure to figure.
+        xs = [by_series[s][0] for by_series in aggregated.values() for s in by_series if len(by_series[s][0])]
+        self.epochs = (float(min(x.min() for x in xs)), float(max(x.max() for x in xs))) if xs else (0.0, 1.0)
+
+    def set_epochs(self, ax, after_fork: bool = False) -> None:
+        """The x range of a whole-run panel (every epoch of the report) or a zoomed one (from the fork)."""
+        first, last = self.epochs
+        if after_fork:
+            ax.set_xlim(self.fork - 0.3, last + 0.3)
+        else:
+            pad = max(0.3, 0.04 * (last - first))
+            ax.set_xlim(first - pad, last + pad)
 
     def has(self, series: str) -> bool:
         return any(series in by_series for by_series in self.aggregated.values())
 
     def _points(self, series: str, after_fork: bool = False) -> np.ndarray:
-        """Every group's mean values of ``series`` (only at epochs >= the fork with ``after_fork``)."""
+        """Every group's mean values of ``series`` (only at epochs >= the fork with ``after_fork``).
+
+        A zoomed panel shows the epochs from the fork on, so every point there sets its y range,
+        the parent's at the fork included (every branch line starts from it): none is clipped.
+        """
         values = []
         for by_series in self.aggregated.values():
             if series in by_series:
                 x, mean = by_series[series][:2]
-                # A change *into* the fork epoch is the parent's last step, not the branches': left out.
                 if after_fork:
-                    mean = mean[x > self.fork if series == ACC_CHANGE else x >= self.fork]
+                    mean = mean[x >= self.fork]
                 values.append(mean)
         values = np.concatenate(values) if values else np.array([])
         return values[np.isfinite(values)]
@@ -150,6 +166,7 @@ class Plotter:
 
     def _scale(self, ax, series: str, log: bool, after_fork: bool) -> None:
         """y limits from the values shown (after the fork for a zoomed panel); log only over a wide span."""
+        self.set_epochs(ax, after_fork)
         values = self._points(series, after_fork)
         if not values.size:
             return
@@ -158,9 +175,6 @@ class Plotter:
         if use_log:
             ax.set_yscale("log")
         ax.set_ylim(*_padded(low, high, use_log))
-        if after_fork:
-            xs = [by_series[series][0].max() for by_series in self.aggregated.values() if series in by_series]
-            ax.set_xlim(self.fork - 0.3, max(xs) + 0.3)
 
     def _row(self, axes, series: str, ylabel: str, log: bool = False, **draw) -> None:
         """One quantity: the whole run, and the epochs after the fork when there is one."""
@@ -175,7 +189,8 @@ class Plotter:
 
     def _figure(self, rows: int, zoom: bool) -> tuple[Figure, np.ndarray]:
         fig = Figure(figsize=(WIDTH_IN, 2.6 * rows + 0.5), layout="constrained")
-        axes = fig.subplots(rows, 2 if zoom else 1, squeeze=False)
+        # Panels stacked in a column compare the same epochs: one x range, the fork line at one place.
+        axes = fig.subplots(rows, 2 if zoom else 1, squeeze=False, sharex="col")
         return fig, axes
 
     def save(self, fig: Figure, name: str, axes, title: str) -> Path:
@@ -196,9 +211,21 @@ class Plotter:
         return path
 
     def single(self, name: str, series: str, ylabel: str, title: str, yscale: str | None = None) -> Path:
+        """One quantity per epoch; with ``yscale="log"`` a panel whose values span over 20x gets a log axis.
+
+        Whichever scale a panel got, its y label and the title say it (``(log scale)``).
+        """
         with _style():
             fig, axes = self._figure(1, self._zoomed(series))
             self._row(axes[0], series, ylabel, log=yscale == "log")
+            logs = [ax.get_yscale() == "log" for ax in axes[0]]
+            for ax, log in zip(axes[0], logs):
+                if log:
+                    ax.set_ylabel(f"{ylabel} (log scale)")
+            if all(logs):
+                title = f"{title}, log y axis"
+            elif any(logs):
+                title = f"{title}, log y axis for the whole run"
             return self.save(fig, name, axes, title)
 
     def emergence_and_accuracy_change(self, e_series: str) -> Path:
@@ -227,9 +254,8 @@ class Plotter:
                 values = np.concatenate([self._points(s, after_fork=index == 1) for s in series])
                 if values.size:
                     ax.set_ylim(*_padded(float(values.min()), float(values.max()), log=False))
+                self.set_epochs(ax, after_fork=index == 1)
                 if index == 1:
-                    xs = [b[s][0].max() for b in self.aggregated.values() for s in series if s in b]
-                    ax.set_xlim(self.fork - 0.3, max(xs) + 0.3)
                     ax.set_title("after the fork", fontsize="small")
                 ax.grid(True, alpha=0.3)
                 ax.set_ylabel("loss")
@@ -251,15 +277,20 @@ class Plotter:
         rows = math.ceil(len(panels) / columns)
         with _style():
             fig = Figure(figsize=(WIDTH_IN, 2.4 * rows + 0.6), layout="constrained")
-            # Shared axes put every run on the same epoch scale, so branches line up with their parent.
-            axes = fig.subplots(rows, columns, sharex=True, sharey=True, squeeze=False).flatten()
+            # A shared x axis puts every run on the same epoch scale, so branches line up with their
+            # parent; each panel's y axis is scaled to its own shares (a fixed 0-1 flattens 0.91 -> 0.95).
+            axes = fig.subplots(rows, columns, sharex=True, squeeze=False).flatten()
+            ranges = {}
             for ax, (group, layers) in zip(axes, panels.items()):
+                shown = []
                 for index, series in enumerate(layers):
                     layer = series.removeprefix(share_prefix)
                     label = f"{layer} ({sizes[layer]} nodes)" if layer in sizes else layer
-                    _plot_mean_std(ax, self.aggregated[group][series], colormaps["tab10"](index % 10), label)
+                    stats = self.aggregated[group][series]
+                    _plot_mean_std(ax, stats, colormaps["tab10"](index % 10), label)
+                    shown.append(stats[:2])
                 self.mark_fork(ax)
-                ax.set_ylim(-0.02, 1.02)
+                self.set_epochs(ax)
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
                 ax.tick_params(labelbottom=True)  # sharex hides them above a row that may be missing
                 ax.set_title(self.labels[group], color=self.colors[group])
@@ -267,6 +298,18 @@ class Plotter:
                 ax.set_ylabel("active share")
                 ax.grid(True, alpha=0.3)
                 ax.legend(fontsize="x-small", title="layer", title_fontsize="x-small")
+                values = np.concatenate([mean for _, mean in shown])
+                values = values[np.isfinite(values)]
+                if values.size:
+                    branch = self.fork is not None and min(x.min() for x, _ in shown) >= self.fork
+                    ranges[ax] = (float(values.min()), float(values.max()), branch)
+            # Runs that start at the fork (the branches) are compared panel to panel: one y range.
+            branch_values = [v for low, high, branch in ranges.values() if branch for v in (low, high)]
+            for ax, (low, high, branch) in ranges.items():
+                if branch:
+                    low, high = min(branch_values), max(branch_values)
+                low, high = _padded(low, high, log=False)
+                ax.set_ylim(max(low, -0.02), min(high, 1.02))  # a share is in [0, 1]
             for ax in axes[len(panels) :]:
                 ax.set_visible(False)
             fig.suptitle("Share of active nodes per layer: active / (active + dead)")

@@ -1,11 +1,12 @@
-"""Which logged scalar tags hold accuracy and loss: the names Lightning and torchmetrics write.
+"""Which logged scalar tags a report draws as accuracy and loss, and what a user names with ``--metric``.
 
 ``self.log("train_acc", acc, on_epoch=True)`` in ``training_step`` is stored as
 ``train_acc_step`` and ``train_acc_epoch``; users also log ``train/acc``, ``val_accuracy`` or a
-torchmetrics object under its class name (``val_MulticlassAccuracy``). A tag is split into words
-(on ``/ _ - .``), a stage word (``train``/``training`` or ``val``/``valid``/``validation``) says
-whose metric it is, and an accuracy word (``acc``, ``accuracy``, ``...Accuracy``, ``top1``) or
-``loss`` says what it is. Epoch-level tags win over ``*_step`` ones: a report's x axis is epochs.
+torchmetrics object under its class name (``val_MulticlassAccuracy``). Which tag is which is
+decided by the package's one detector, :func:`emergence_lightning.branching.monitor.classify`
+(words split on ``/ _ - .``: a stage word and an accuracy or loss word), which also picks the
+branches' monitor and TensorBoard's accuracy charts. Epoch-level tags win over ``*_step`` ones:
+a report's x axis is epochs.
 
 Example::
 
@@ -15,41 +16,17 @@ Example::
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 
-ROLES = ("train_acc", "val_acc", "train_loss", "val_loss")
-TRAIN_WORDS = frozenset({"train", "training"})
-VAL_WORDS = frozenset({"val", "valid", "validation"})
-ACCURACY_WORDS = frozenset({"acc", "acc1", "accuracy", "top1"})
-#: End-of-run summaries (tensorboard_views.SUMMARY): `summary/final_val_acc` is no accuracy curve.
-END_OF_RUN_PREFIX = "summary/"
-WORD_SPLIT = re.compile(r"[/_\-.\s]+")
-
-
-def _words(tag: str) -> list[str]:
-    return [word for word in WORD_SPLIT.split(tag.lower()) if word]
-
-
-def classify(tag: str) -> str | None:
-    """The role of ``tag`` (one of :data:`ROLES`), or None when it is not a train/val accuracy or loss."""
-    if tag.startswith(END_OF_RUN_PREFIX):
-        return None  # one point per run (final/best figures), not a curve
-    words = _words(tag)
-    stage = "val" if VAL_WORDS & set(words) else "train" if TRAIN_WORDS & set(words) else None
-    if stage is None:
-        return None
-    if any(word in ACCURACY_WORDS or word.endswith("accuracy") for word in words):
-        return f"{stage}_acc"
-    if any(word == "loss" or word.endswith("loss") for word in words):
-        return f"{stage}_loss"
-    return None
-
-
-def _preference(tag: str) -> tuple:
-    # Per-step values last (epochs are the x axis); then the plainest name: fewer extra words.
-    words = _words(tag)
-    return (words[-1] == "step", len(words), tag)
+from emergence_lightning.branching.monitor import (
+    ROLES,
+    VAL_WORDS,
+    classify,
+    is_accuracy,
+    is_loss,
+    preference,
+    tag_words,
+)
 
 
 def parse_metrics(values: Iterable[str] | str | None) -> tuple[str, ...]:
@@ -74,9 +51,8 @@ def assign_metrics(metrics: Sequence[str]) -> dict[str, str]:
     """
     roles: dict[str, str] = {}
     for tag in metrics:
-        words = set(_words(tag))
-        stage = "val" if VAL_WORDS & words else "train"
-        kind = "loss" if any(word.endswith("loss") for word in words) else "acc"
+        stage = "val" if VAL_WORDS & set(tag_words(tag)) else "train"
+        kind = "loss" if is_loss(tag) else "acc"
         roles.setdefault(f"{stage}_{kind}", tag)
     return roles
 
@@ -106,7 +82,7 @@ def choose_tags(
             candidates[role].append(tag)
     for role, found in candidates.items():
         if found:
-            chosen[role] = min(found, key=_preference)
+            chosen[role] = min(found, key=preference)
     for role, tag in assign_metrics(metrics).items():
         if tag in tags:
             chosen[role] = tag
@@ -117,9 +93,7 @@ def accuracy_like(tags: Iterable[str]) -> list[str]:
     """Tags that look like an accuracy or a loss but name no train/val stage: hints for ``--metric``."""
     hints = []
     for tag in sorted(set(tags)):
-        words = _words(tag)
-        is_metric = any(w in ACCURACY_WORDS or w.endswith(("accuracy", "loss")) for w in words)
-        if is_metric and classify(tag) is None:
+        if (is_accuracy(tag) or is_loss(tag)) and classify(tag) is None:
             hints.append(tag)
     return hints
 
@@ -133,11 +107,10 @@ def used_tags(chosen: dict[str, dict[str, str | None]]) -> dict[str, str]:
 
 def missing_reason(what: str, tags: set[str], prefix: str) -> str:
     """Why a figure of ``what`` is left out, with the tags that might be it (for ``--metric``)."""
-    looked_for = (
-        "`train_acc`, `train_acc_epoch`, `train/acc`, `train_MulticlassAccuracy`..."
-        if what == "training accuracy"
-        else "`train_loss`, `val_loss_epoch`, `train/loss`..."
-    )
+    looked_for = {
+        "training accuracy": "`train_acc`, `train_acc_epoch`, `train/acc`, `train_MulticlassAccuracy`...",
+        "validation accuracy": "`val_acc`, `val_acc_epoch`, `val/acc`, `val_MulticlassAccuracy`...",
+    }.get(what, "`train_loss`, `val_loss_epoch`, `train/loss`...")
     hints = accuracy_like(tag for tag in tags if not tag.startswith(prefix + "/"))
     hint = f"; tags that might be it: {hints} (name one with --metric / `metrics`)" if hints else ""
     return f"no {what} tag in any run (looked for {looked_for}){hint}"
