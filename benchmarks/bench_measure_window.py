@@ -2,7 +2,7 @@
 
 For each model (the issue's 6-block conv net: conv + BatchNorm + ReLU, widths 64-256, 32x32
 input; torchvision ResNet-18 at 32x32; ``nn.TransformerEncoder``, 4 layers, d=128, 64 tokens;
-batch 128) and each statistic (mean, fraction, max), times a validation-like pass of
+batch 128) and each statistic (mean, mean_abs, normalized_mean_abs, fraction, max), times a validation-like pass of
 ``--batches`` forward passes without gradients, once with the window closed and once with an
 ``ActivityTracker`` window open around it (reset, attach, ``start_pass`` per batch, detach and
 ``compute`` included, as the callback does per validation run). Pairs alternate which case runs
@@ -28,8 +28,7 @@ from torch import nn
 from torch.nn.modules import module as module_hooks
 
 from emergence_lightning.measure import ActivityTracker
-
-STATISTICS = ("mean", "fraction", "max")
+from emergence_lightning.measure.statistics import STATISTICS
 
 
 def pass_seconds(

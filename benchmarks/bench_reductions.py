@@ -27,7 +27,7 @@ from emergence_lightning.measure import ActivityTracker
 from emergence_lightning.measure import statistics as current
 from emergence_lightning.measure import tracker as tracker_module
 
-STATISTICS = ("mean", "fraction", "max")
+STATISTICS = current.STATISTICS
 
 
 def module_from(path: str) -> ModuleType:
@@ -52,10 +52,11 @@ def reductions(versions: dict[str, ModuleType], rounds: int, shape: tuple[int, .
             times.append(time.process_time() - start)
     print(f"{shape}: the 3x3 conv producing it {1000 * statistics.median(times):.1f} ms; {load()}")
     for statistic in STATISTICS:
-        taken: dict[str, list[float]] = {name: [] for name in versions}
-        scratches = {name: module.Scratch() for name, module in versions.items()}
+        having = {name: module for name, module in versions.items() if statistic in module.STATISTICS}
+        taken: dict[str, list[float]] = {name: [] for name in having}
+        scratches = {name: module.Scratch() for name, module in having.items()}
         for _ in range(rounds):
-            for name, module in versions.items():
+            for name, module in having.items():
                 node_statistic = module.NodeStatistic(statistic, 0.05)
                 start = time.process_time()
                 node_statistic.add(x, 0, 1, scratches[name])

@@ -68,7 +68,8 @@ def test_functional_activation_is_a_layer_and_equals_the_module_version():
     assert result.a == [int((hidden.mean(0) > 0.05).sum())]
     # `layers=["fc1"]` still measures the module's own output, the pre-activation.
     pre = measure(model, [x], layers=["fc1"])
-    assert pre.names == ["fc1"] and pre.a == [int((model.fc1(x).mean(0) > 0.05).sum())]
+    # the default statistic: mean |a|
+    assert pre.names == ["fc1"] and pre.a == [int((model.fc1(x).abs().mean(0) > 0.05).sum())]
 
 
 def test_model_without_any_activation_is_refused_after_it_ran():
@@ -303,7 +304,7 @@ def test_reshaped_output_keeps_the_side_its_producer_put_features_on():
         shuffled = measure(PixelShuffled(), [torch.randn(2, 3, 5, 5)])
     model.eval()
     with torch.no_grad():
-        expected = model(x).double().mean(dim=(0, 1))
+        expected = model(x).double().abs().mean(dim=(0, 1))  # the default statistic: mean |a|
     assert tokens.n == [4] and torch.allclose(tokens.layers[0].activity, expected)
     assert shuffled.n == [2]
 
@@ -319,9 +320,10 @@ def test_include_input_counts_what_the_first_module_reads():
         seen_images = measure(conv, [images], include_input=True)
         seen_tokens = measure(tokens, [sequence], include_input=True)
     assert seen_images.names[0] == "<input>" and seen_images.n[0] == 3
-    assert torch.allclose(seen_images.layers[0].activity, images.double().mean(dim=(0, 2, 3)))
+    # the default statistic, mean |a|: the data is signed
+    assert torch.allclose(seen_images.layers[0].activity, images.double().abs().mean(dim=(0, 2, 3)))
     assert seen_tokens.n[0] == 6
-    assert torch.allclose(seen_tokens.layers[0].activity, sequence.double().mean(dim=(0, 1)))
+    assert torch.allclose(seen_tokens.layers[0].activity, sequence.double().abs().mean(dim=(0, 1)))
 
 
 def test_heads_split_off_a_linear_output_still_warn():

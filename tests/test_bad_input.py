@@ -138,7 +138,7 @@ ARGUMENT_CASES = [
     Case("tracker-threshold-bool", lambda: ActivityTracker(net(), threshold=True), TypeError, r"`threshold` must be a number, got True"),
     Case("tracker-threshold-none", lambda: ActivityTracker(net(), threshold=None), TypeError, r"`threshold` must be a number, got None"),
     Case("tracker-threshold-inf", lambda: ActivityTracker(net(), threshold=math.inf), ValueError, r"`threshold` must be a finite number >= 0, got inf"),
-    Case("tracker-statistic", lambda: ActivityTracker(net(), statistic=None), ValueError, r"`statistic` must be one of \('mean', 'fraction', 'max'\), got None"),
+    Case("tracker-statistic", lambda: ActivityTracker(net(), statistic=None), ValueError, r"`statistic` must be one of \('mean', 'mean_abs', 'normalized_mean_abs', 'fraction', 'max'\), got None"),
     Case("tracker-rate-nan", lambda: ActivityTracker(net(), min_firing_rate=math.nan), ValueError, r"`min_firing_rate` must be in \[0, 1\), got nan"),
     Case("tracker-rate-string", lambda: ActivityTracker(net(), min_firing_rate="x"), TypeError, r"`min_firing_rate` must be a number, got 'x'"),
     Case("tracker-node-dim-float", lambda: ActivityTracker(net(), node_dim=1.0), TypeError, r"`node_dim` must be an int, a mapping from layer names to ints, or None, got 1.0"),
@@ -515,7 +515,7 @@ def fit(tmp_path, model, callback, max_epochs=2, data=None):
 
 
 def independent(layer_outputs: Callable[[torch.Tensor], list[torch.Tensor]], val: DataLoader, threshold=0.05):
-    """(n, a, E) from per-node means of the given layer outputs over the validation data.
+    """(n, a, E) from per-node means of |output| (the default statistic) over the validation data.
 
     ``layer_outputs(x)`` returns each layer's output with the nodes in the last dimension; every
     other dimension (samples, positions) is averaged over.
@@ -525,7 +525,7 @@ def independent(layer_outputs: Callable[[torch.Tensor], list[torch.Tensor]], val
     with torch.no_grad():
         for x, _ in val:
             for index, out in enumerate(layer_outputs(x)):
-                flat = out.reshape(-1, out.shape[-1]).double()
+                flat = out.reshape(-1, out.shape[-1]).double().abs()
                 if index == len(sums):
                     sums.append(flat.sum(0))
                     rows.append(0)

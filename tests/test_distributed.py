@@ -25,7 +25,7 @@ def run(tmp_path: Path, devices: int, *args: str) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("statistic", ["mean", "max"])
+@pytest.mark.parametrize("statistic", ["mean", "normalized_mean_abs", "max"])
 def test_two_processes_equal_one_on_uneven_validation_set(tmp_path, statistic):
     # 37 validation samples over 2 processes: the sampler pads one sample that must not count twice
     single = run(tmp_path, 1, "--val-samples", "37", "--statistic", statistic)

@@ -282,7 +282,7 @@ def test_state_dict_round_trip_continues_history(tmp_path):
     assert resumed.history[:3] == first.history
     assert (
         resumed.state_key
-        == "EmergenceCallback{'threshold': 0.05, 'statistic': 'mean', 'variant': 'paper', 'prefix': 'emergence'}"
+        == "EmergenceCallback{'threshold': 0.05, 'statistic': 'mean_abs', 'variant': 'paper', 'prefix': 'emergence'}"
     )
 
 
@@ -591,7 +591,7 @@ def test_two_callbacks_with_one_prefix_are_refused_naming_both(tmp_path):
     train, val = loaders()
     first, second = EmergenceCallback(), EmergenceCallback(statistic="fraction")
     message = (
-        r"Two EmergenceCallbacks log under the same `prefix` 'emergence': callbacks\[0\] .*statistic='mean'.* and "
+        r"Two EmergenceCallbacks log under the same `prefix` 'emergence': callbacks\[0\] .*statistic='mean_abs'.* and "
         r"callbacks\[1\] .*statistic='fraction'.*prefix='emergence_2'"
     )
     with pytest.raises(ValueError, match=message):

@@ -2,7 +2,8 @@
 flatten everything else, reduce in float64), over the layouts and map sizes whose reduction paths
 differ: 2-D outputs, short maps (1x1, 2x2, 4x4 take the matrix-vector path on CPU), long maps,
 sequences batch- and time-major, channels-last, a node dim before the batch dim; batches of
-changing size (the scratch buffers are reused across shapes); NaN and -inf in the data.
+changing size (the scratch buffers are reused across shapes); NaN and -inf in the data. The
+rule built on mean |a| equals the paper's mean bit for bit wherever no output is negative.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import math
 import pytest
 import torch
 
-from emergence_lightning.measure.statistics import NodeStatistic, Scratch
+from emergence_lightning.measure.statistics import STATISTICS, NodeStatistic, Scratch, node_activity
 
 THETA = 0.05
 
@@ -31,13 +32,14 @@ LAYOUTS = [
 
 
 def _reference(batches: list[torch.Tensor], batch_dim: int, node_dim: int) -> dict[str, torch.Tensor]:
-    """Per node, in float64: sum, count above THETA, max, and the number of values seen."""
+    """Per node, in float64: sum, sum of |a|, count above THETA, max, and the number of values seen."""
     rows = [
         b.double().movedim((batch_dim, node_dim), (0, -1)).reshape(-1, b.shape[node_dim]) for b in batches
     ]
     values = torch.cat(rows)
     return {
         "sum": values.sum(0),
+        "abs_sum": values.abs().sum(0),
         "count": (values > THETA).sum(0).double(),
         "max": values.max(0).values,
         "rows": len(values),
@@ -51,7 +53,7 @@ def _batches(shape, sizes, dtype, seed=0):
 
 
 @pytest.mark.parametrize("shape, batch_dim, node_dim", LAYOUTS)
-@pytest.mark.parametrize("statistic", ["mean", "fraction", "max"])
+@pytest.mark.parametrize("statistic", STATISTICS)
 def test_statistic_equals_float64_reference(shape, batch_dim, node_dim, statistic):
     batches = _batches(shape, sizes=(8, 3, 8, 1), dtype=torch.float32)
     stat, scratch = NodeStatistic(statistic, THETA), Scratch()
@@ -60,7 +62,13 @@ def test_statistic_equals_float64_reference(shape, batch_dim, node_dim, statisti
     ref = _reference(batches, batch_dim, node_dim)
     assert stat.rows == ref["rows"]
     assert stat.total.dtype == torch.float64
-    expected = {"mean": ref["sum"], "fraction": ref["count"], "max": ref["max"]}[statistic]
+    expected = {
+        "mean": ref["sum"],
+        "mean_abs": ref["abs_sum"],
+        "normalized_mean_abs": ref["abs_sum"],  # the same running total; normalised per layer at the end
+        "fraction": ref["count"],
+        "max": ref["max"],
+    }[statistic]
     # float32 per sample, float64 across samples: the documented bound is far below 1e-5 here.
     torch.testing.assert_close(stat.total, expected, rtol=1e-6, atol=1e-5)
     torch.testing.assert_close(stat.probe, ref["sum"], rtol=1e-6, atol=1e-5)
@@ -69,7 +77,7 @@ def test_statistic_equals_float64_reference(shape, batch_dim, node_dim, statisti
 
 
 @pytest.mark.parametrize("shape, batch_dim, node_dim", LAYOUTS)
-@pytest.mark.parametrize("statistic", ["mean", "fraction", "max"])
+@pytest.mark.parametrize("statistic", STATISTICS)
 def test_nan_and_minus_inf_reach_the_probe_and_never_fire(shape, batch_dim, node_dim, statistic):
     batches = _batches(shape, sizes=(4, 4), dtype=torch.float32, seed=1)
     first = batches[0].movedim((batch_dim, node_dim), (0, -1))  # a view: writes reach the batch
@@ -83,20 +91,26 @@ def test_nan_and_minus_inf_reach_the_probe_and_never_fire(shape, batch_dim, node
     torch.testing.assert_close(stat.probe[2:], ref["sum"][2:], rtol=1e-6, atol=1e-5)
     if statistic == "fraction":
         assert torch.equal(stat.total, ref["count"])  # NaN > theta is False: never counted
+    if statistic in ("mean_abs", "normalized_mean_abs"):
+        assert math.isnan(stat.total[0]) and not math.isfinite(stat.total[1])
+        torch.testing.assert_close(stat.total[2:], ref["abs_sum"][2:], rtol=1e-6, atol=1e-5)
     if statistic == "max":
         assert math.isnan(stat.total[0])  # the tracker reports a NaN node as inactive, from the probe
         torch.testing.assert_close(stat.total[1:], ref["max"][1:])
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
-def test_other_dtypes_accumulate_in_float64(dtype):
-    batches = _batches(lambda n: (n, 6, 3, 3), sizes=(8, 5), dtype=dtype, seed=2)
-    stat, scratch = NodeStatistic("mean", THETA), Scratch()
+@pytest.mark.parametrize("statistic", ["mean", "mean_abs"])
+@pytest.mark.parametrize("shape", [lambda n: (n, 6, 3, 3), lambda n: (n, 6)], ids=["conv", "linear"])
+def test_other_dtypes_accumulate_in_float64(dtype, statistic, shape):
+    batches = _batches(shape, sizes=(8, 5), dtype=dtype, seed=2)
+    stat, scratch = NodeStatistic(statistic, THETA), Scratch()
     for batch in batches:
         stat.add(batch, 0, 1, scratch)
     ref = _reference(batches, 0, 1)  # the same low-precision values, summed in float64
     assert stat.total.dtype == torch.float64
-    torch.testing.assert_close(stat.total, ref["sum"], rtol=1e-6, atol=1e-5)
+    expected = ref["sum"] if statistic == "mean" else ref["abs_sum"]
+    torch.testing.assert_close(stat.total, expected, rtol=1e-6, atol=1e-5)
 
 
 def test_changing_node_count_is_refused():
@@ -104,3 +118,60 @@ def test_changing_node_count_is_refused():
     stat.add(torch.ones(2, 4), 0, 1, scratch)
     with pytest.raises(ValueError, match="node count changed from 4 to 5"):
         stat.add(torch.ones(2, 5), 0, 1, scratch)
+
+
+@pytest.mark.parametrize("shape, batch_dim, node_dim", LAYOUTS)
+@pytest.mark.parametrize(
+    "activation", [torch.relu, torch.sigmoid, lambda x: torch.nn.functional.relu6(x * 3)]
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mean_abs_equals_the_papers_mean_bit_for_bit_on_non_negative_outputs(
+    shape, batch_dim, node_dim, activation, dtype
+):
+    # Values near THETA, where a last-bit difference would flip a node: the totals must be identical.
+    batches = [
+        activation(b * 0.1 + THETA).to(dtype)
+        for b in _batches(shape, sizes=(8, 3, 8, 1), dtype=torch.float32, seed=3)
+    ]
+    paper, absolute, scratch = NodeStatistic("mean", THETA), NodeStatistic("mean_abs", THETA), Scratch()
+    for batch in batches:
+        paper.add(batch, batch_dim, node_dim, scratch)
+        absolute.add(batch, batch_dim, node_dim, scratch)
+    assert torch.equal(absolute.total, paper.total)
+    assert torch.equal(absolute.probe, paper.probe)
+
+
+def _normalized_reference(batches, batch_dim, node_dim):
+    """ReDo's score in float64: per-node mean |a| over the mean of those over the layer's nodes."""
+    ref = _reference(batches, batch_dim, node_dim)
+    per_node = ref["abs_sum"] / ref["rows"]
+    return per_node / per_node.mean()
+
+
+@pytest.mark.parametrize("shape, batch_dim, node_dim", LAYOUTS)
+def test_normalized_mean_abs_is_redos_score(shape, batch_dim, node_dim):
+    batches = [b * 0.3 - 0.1 for b in _batches(shape, sizes=(8, 3), dtype=torch.float32, seed=4)]
+    stat, scratch = NodeStatistic("normalized_mean_abs", THETA), Scratch()
+    for batch in batches:
+        stat.add(batch, batch_dim, node_dim, scratch)
+    finite = torch.isfinite(stat.probe)
+    activity = node_activity("normalized_mean_abs", stat.total, stat.rows, finite)
+    torch.testing.assert_close(
+        activity, _normalized_reference(batches, batch_dim, node_dim), rtol=1e-6, atol=1e-7
+    )
+
+
+def test_normalized_mean_abs_leaves_non_finite_nodes_out_of_the_layer_mean():
+    total = torch.tensor([math.nan, 2.0, 6.0, 0.0], dtype=torch.float64)
+    finite = torch.tensor([False, True, True, True])
+    activity = node_activity("normalized_mean_abs", total, 2.0, finite)
+    # finite per-node means 1, 3, 0: layer mean 4/3
+    assert math.isnan(activity[0])
+    torch.testing.assert_close(activity[1:], torch.tensor([0.75, 2.25, 0.0], dtype=torch.float64))
+
+
+def test_normalized_mean_abs_of_an_all_zero_layer_is_all_dormant():
+    activity = node_activity(
+        "normalized_mean_abs", torch.zeros(3, dtype=torch.float64), 5.0, torch.ones(3, dtype=torch.bool)
+    )
+    assert torch.equal(activity, torch.zeros(3, dtype=torch.float64))

@@ -45,7 +45,7 @@ from emergence_lightning.callbacks.tensorboard_views import (
 from emergence_lightning.functional import Variant, stops_at_zero, zero_streak
 from emergence_lightning.measure import ActivityTracker, Measurement
 from emergence_lightning.measure.observer import left_as_found
-from emergence_lightning.measure.statistics import Statistic
+from emergence_lightning.measure.statistics import DEFAULT_STATISTIC, Statistic
 from emergence_lightning.pruning import count_parameters
 
 __all__ = ["EmergenceCallback", "batch_input", "default_probe_step"]
@@ -73,8 +73,10 @@ class EmergenceCallback(Callback):
 
     Args:
         threshold: a node is active when its activity exceeds this (the paper's 0.05).
-        statistic: the per-node activity: the mean output, the firing fraction, or the max.
-        variant: how paths are counted: the paper's formula, or induced (see docs/measure.md).
+        statistic: ``"mean"`` (the paper's), ``"mean_abs"``, ``"normalized_mean_abs"`` (ReDo's
+            score; ``threshold`` is its tau), ``"fraction"`` (firing rate) or ``"max"``; see
+            :class:`~emergence_lightning.measure.ActivityTracker` and ``docs/measure.md``.
+        variant: ``"paper"`` or ``"induced"``; see :func:`~emergence_lightning.emergence`.
         layers: the layers to keep, by module name (every call of it) or call-site name
             ("layer1.0.relu#2", "encoder.layers.0.relu()"); None: every activation call site.
         node_dim: the dimension that indexes nodes, one int for every layer or a mapping from
@@ -107,7 +109,7 @@ class EmergenceCallback(Callback):
     def __init__(
         self,
         threshold: float = 0.05,
-        statistic: Statistic = "mean",
+        statistic: Statistic = DEFAULT_STATISTIC,
         variant: Variant = "paper",
         layers: Sequence[str] | None = None,
         node_dim: int | Mapping[str, int] | None = None,

@@ -8,13 +8,26 @@ the sum of absolute values (PyTorch sums pairwise, so in practice ``log2(P) * 2*
 1e-5 even for 512 x 512 positions, far under any sensible distance of an activity to ``theta``.
 Firing counts per sample are exact in float32 (below ``2**24`` positions), and a max is exact.
 Everything stays on the layer's device: no step waits for the host.
+
+What a node's activity is (``statistic``; a node is active when it exceeds the threshold):
+
+- ``"mean"``: the paper's, the mean output. Made for ReLU: it calls a tanh or GELU node with a
+  negative mean dead although it carries signal.
+- ``"mean_abs"``: the mean of ``|a|``. Summed as ``sum(a) - 2 * sum(min(a, 0))``: on an output that
+  is never negative (ReLU, ReLU6, sigmoid) the second sum is exactly 0, so the activity is
+  bit for bit the paper's mean and the same nodes are active.
+- ``"normalized_mean_abs"``: ReDo's dormancy score (Sokar et al. 2023), a node's mean ``|a|``
+  divided by the mean of that over the layer's nodes; the threshold is ReDo's ``tau`` (a node is
+  dormant at or below it; the literature uses 0.025-0.1).
+- ``"fraction"``: the share of samples and positions on which the output exceeds the threshold.
+- ``"max"``: the largest output.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal, get_args
 
 import torch
@@ -23,8 +36,16 @@ from torch import Tensor
 from emergence_lightning import _compat
 
 #: The per-node statistics (a ``Literal`` so that LightningCLI shows the choices).
-Statistic = Literal["mean", "fraction", "max"]
+Statistic = Literal["mean", "mean_abs", "normalized_mean_abs", "fraction", "max"]
 STATISTICS: tuple[str, ...] = get_args(Statistic)
+# The rule the tracker, measure() and EmergenceCallback use unless told otherwise; the study behind
+# the choice is `emergence-lightning reproduce activity-rule` (docs/measure.md, "What 'active' means").
+DEFAULT_STATISTIC: Statistic = "mean_abs"
+# Statistics whose running total is the plain sum of the outputs, which is also the probe that
+# NaN/inf propagate into: one reduction serves both.
+TOTAL_IS_PROBE = ("mean",)
+# Statistics accumulated as sums over samples and positions (the rest: a running max).
+SUMMED = ("mean", "mean_abs", "normalized_mean_abs", "fraction")
 # On CPU the firing mask is built a few samples at a time in a buffer of about this many
 # elements (2 MB of float32), so it is still in cache when it is summed: 25 % less time than
 # one activation-sized mask, and no page faults for a fresh buffer in every window.
@@ -122,11 +143,16 @@ class Scratch:
         self.views.clear()
 
 
-def firing_counts(
-    values: Tensor, threshold: float, batch_dim: int, node_dim: int, scratch: Scratch, out: Tensor
+def _chunked_sums(
+    values: Tensor,
+    elementwise: Callable[[Tensor, Scratch], Tensor],
+    batch_dim: int,
+    node_dim: int,
+    scratch: Scratch,
+    out: Tensor,
 ) -> Tensor:
-    """Per-sample counts of the positions whose value exceeds ``threshold`` (NaN never does), in
-    float32 (exact below ``2**24`` positions), written into ``out`` (shaped as :func:`per_sample_sums`).
+    """Per-sample sums of ``elementwise(chunk, scratch)`` (written into a scratch buffer) into ``out``,
+    a few samples at a time on CPU so that the buffer stays in cache (shaped as :func:`per_sample_sums`).
     """
     samples = values.shape[batch_dim]
     step = max(1, samples)
@@ -134,15 +160,63 @@ def firing_counts(
         step = max(1, min(samples, CPU_MASK_ELEMENTS // max(1, values.numel() // samples)))
     sample_axis = 0 if batch_dim < node_dim else 1
     for index, chunk in enumerate(values.split(step, dim=batch_dim)):
-        fired = torch.gt(chunk, threshold, out=scratch.like(chunk))  # 1.0 where it fires
+        transformed = elementwise(chunk, scratch)
         per_sample_sums(
-            fired, batch_dim, node_dim, out=out.narrow(sample_axis, index * step, chunk.shape[batch_dim])
+            transformed,
+            batch_dim,
+            node_dim,
+            out=out.narrow(sample_axis, index * step, chunk.shape[batch_dim]),
         )
     return out
 
 
+def firing_counts(
+    values: Tensor, threshold: float, batch_dim: int, node_dim: int, scratch: Scratch, out: Tensor
+) -> Tensor:
+    """Per-sample counts of the positions whose value exceeds ``threshold`` (NaN never does), in
+    float32 (exact below ``2**24`` positions), written into ``out`` (shaped as :func:`per_sample_sums`).
+    """
+
+    def fired(chunk: Tensor, scratch: Scratch) -> Tensor:
+        return torch.gt(chunk, threshold, out=scratch.like(chunk))  # 1.0 where it fires
+
+    return _chunked_sums(values, fired, batch_dim, node_dim, scratch, out)
+
+
+def negative_sums(values: Tensor, batch_dim: int, node_dim: int, scratch: Scratch, out: Tensor) -> Tensor:
+    """Per-sample sums of ``min(a, 0)`` (exactly 0 where no value is negative), into ``out``."""
+
+    def negative_part(chunk: Tensor, scratch: Scratch) -> Tensor:
+        # In the input's dtype (clamp's out must match it): min(a, 0) is exact in any dtype, and
+        # the sums that follow are float32 for bfloat16/float16 input, as for the probe.
+        return torch.clamp(chunk, max=0.0, out=scratch.take("mask", chunk.shape, chunk.dtype, chunk.device))
+
+    return _chunked_sums(values, negative_part, batch_dim, node_dim, scratch, out)
+
+
+def node_activity(statistic: str, total: Tensor, rows: float, finite: Tensor) -> Tensor:
+    """One layer's per-node activity from a window's totals; NaN where a node saw a non-finite value.
+
+    Args:
+        statistic: one of :data:`STATISTICS`.
+        total: the per-node running total (a sum, a count or a max), reduced across processes.
+        rows: values reduced into each node (samples x positions).
+        finite: per node, whether every value it saw was finite.
+    """
+    activity = total if statistic == "max" else total / rows
+    activity = torch.where(finite, activity, torch.full_like(activity, math.nan))
+    if statistic == "normalized_mean_abs":
+        # ReDo: s_i = mean|a_i| / (1/H sum_k mean|a_k|), over the layer's finite nodes. A layer
+        # whose outputs are all 0 has every node dormant (score 0), not 0/0.
+        layer_mean = float(activity[finite].mean()) if bool(finite.any()) else 0.0
+        activity = activity / layer_mean if layer_mean > 0 else torch.where(finite, 0.0 * activity, activity)
+    return activity
+
+
 class NodeStatistic:
-    """One layer's running statistic; a sum (mean), a count above threshold (fraction) or a max."""
+    """One layer's running statistic: a sum (mean), a sum of ``|a|`` (mean_abs, normalized_mean_abs),
+    a count above threshold (fraction) or a max.
+    """
 
     def __init__(self, statistic: str, threshold: float) -> None:
         self.statistic = statistic
@@ -204,6 +278,15 @@ class NodeStatistic:
             part = torch.sum(
                 counts, sample_axis, dtype=dtype, out=scratch.take("part", (nodes,), dtype, device)
             )
+        elif self.statistic in ("mean_abs", "normalized_mean_abs"):
+            negatives = negative_sums(
+                output, batch_dim, node_dim, scratch, scratch.take("samples", shape, float_dtype, device)
+            )
+            part = torch.sum(
+                negatives, sample_axis, dtype=dtype, out=scratch.take("part", (nodes,), dtype, device)
+            )
+            # sum|a| = sum(a) - 2 sum(min(a, 0)); with no negative value this is `probe` exactly.
+            part.mul_(-2.0).add_(probe)
         elif self.statistic == "max":
             # Positions first, then the (small) sample dimension: one contiguous read, 3x faster
             # on CPU than one amax over batch and positions together.
@@ -217,7 +300,9 @@ class NodeStatistic:
         if self.total is None or self.probe is None:
             self.total = torch.zeros(nodes, dtype=dtype, device=device)
             self.probe = (
-                self.total if self.statistic == "mean" else torch.zeros(nodes, dtype=dtype, device=device)
+                self.total
+                if self.statistic in TOTAL_IS_PROBE
+                else torch.zeros(nodes, dtype=dtype, device=device)
             )
             if self.statistic == "max":
                 self.total.fill_(-math.inf)
@@ -225,6 +310,6 @@ class NodeStatistic:
             torch.maximum(self.total, part, out=self.total)
         else:
             self.total.add_(part)
-        if self.statistic != "mean":
+        if self.statistic not in TOTAL_IS_PROBE:
             self.probe.add_(probe)
         self.rows += output.numel() // max(1, nodes)

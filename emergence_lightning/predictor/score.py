@@ -59,7 +59,8 @@ def score_at_init(
     """E, E~, log10 E and per-layer active fractions of ``model`` on ``batches``.
 
     The model runs in eval mode without gradients (modes restored), as
-    :func:`emergence_lightning.measure.measure` runs it; a node is active when its mean output
+    :func:`emergence_lightning.measure.measure` runs it; a node is active when its activity (the
+    tracker's ``statistic``, by default :data:`~emergence_lightning.measure.statistics.DEFAULT_STATISTIC`)
     exceeds ``threshold`` (the paper's 0.05).
 
     Args:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from emergence_lightning.functional import emergence_as_float
+from emergence_lightning.measure.statistics import DEFAULT_STATISTIC
 from emergence_lightning.paper.predictor.space import Candidate
 from emergence_lightning.paper.predictor.study_data import StudyData
 from emergence_lightning.predictor.proxies import naswot, synflow
@@ -33,6 +34,9 @@ class RunConfig:
     batch_size: int = 64
     lr: float = 1e-3  # Adam: trains deep Tanh/GELU nets at PyTorch's default init, where SGD stalls
     threshold: float = 0.05  # the paper's theta
+    statistic: str = (
+        DEFAULT_STATISTIC  # what a node's activity is (a cached run is reused only if it matches)
+    )
     probe_samples: int = 1000  # validation images E is measured on, every epoch
     naswot_samples: int = 128  # the NASWOT paper's batch size
     train_size: int | None = None  # None: the whole training split
@@ -70,10 +74,10 @@ def _evaluate(model: nn.Module, x: Tensor, y: Tensor, chunk: int = 1000) -> tupl
     return loss / len(x), correct / len(x)
 
 
-def _emergence(model: nn.Module, probe: list[Tensor], threshold: float) -> dict[str, Any]:
+def _emergence(model: nn.Module, probe: list[Tensor], config: RunConfig) -> dict[str, Any]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        score = score_at_init(model, probe, threshold=threshold)
+        score = score_at_init(model, probe, threshold=config.threshold, statistic=config.statistic)
     return {
         "E": emergence_as_float(score.E),
         "E_is_zero": score.E == 0,
@@ -96,7 +100,7 @@ def train_run(candidate: Candidate, seed: int, data: StudyData, config: RunConfi
     model = candidate.build()
     probe_x = data.x_val[: config.probe_samples]
     probe = [probe_x[i : i + 250] for i in range(0, len(probe_x), 250)]
-    init = _emergence(model, probe, config.threshold)
+    init = _emergence(model, probe, config)
     init["naswot"] = naswot(model, data.x_val[: config.naswot_samples])
     init["synflow"] = synflow(model, data.input_shape)
     init["params"] = float(count_parameters(model))
@@ -115,7 +119,7 @@ def train_run(candidate: Candidate, seed: int, data: StudyData, config: RunConfi
             optimizer.step()
             total, batches = total + loss.item(), batches + 1
         val_loss, val_acc = _evaluate(model, data.x_val, data.y_val)
-        measured = _emergence(model, probe, config.threshold)
+        measured = _emergence(model, probe, config)
         epochs.append({
             "epoch": epoch, "E": measured["E"], "log10_E": measured["log10_E"], "E_is_zero": measured["E_is_zero"],
             "val_loss": val_loss, "val_acc": val_acc, "train_loss": total / batches,
