@@ -19,6 +19,7 @@ from emergence_lightning.callbacks.emergence_checks import (
     layer_coverage_warnings,
 )
 from emergence_lightning.callbacks.emergence_metrics import (
+    expert_fields,
     measurement_row,
     scalar_metrics,
     zero_streak,
@@ -490,6 +491,7 @@ class EmergenceCallback(Callback):
             "parameters": parameters,
             "samples": measurement.samples,
             "before_training": before_training,
+            **expert_fields(measurement),  # MoE layers: active units per expert, idle experts
         }
         if self._path_counter is not None:
             E_path = self._path_counter.count(pl_module, measurement)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -28,6 +28,10 @@ class EmergenceRecord:
         active_fraction: active nodes over all nodes.
         samples: samples (rows) the layers saw.
         relative_path: ``E_path / parameters``, or None.
+        expert_active: mixture-of-experts layers -> active units per expert (expert ``e``'s count at
+            index ``e``); empty for a model without experts.
+        idle_experts: the same layers -> the experts that got no token in the window (their units are
+            counted inactive).
     """
 
     epoch: float
@@ -44,6 +48,8 @@ class EmergenceRecord:
     active_fraction: float = math.nan
     samples: int = 0
     relative_path: float | None = None
+    expert_active: Mapping[str, tuple[int, ...]] = field(default_factory=dict, hash=False)
+    idle_experts: Mapping[str, tuple[int, ...]] = field(default_factory=dict, hash=False)
 
     @classmethod
     def from_history(cls, entry: Mapping[str, Any]) -> EmergenceRecord:
@@ -64,4 +70,6 @@ class EmergenceRecord:
             active_fraction=float(entry.get("active_fraction", math.nan)),
             samples=int(entry.get("samples", 0)),
             relative_path=entry.get("relative_path"),
+            expert_active={name: tuple(counts) for name, counts in entry.get("expert_active", {}).items()},
+            idle_experts={name: tuple(experts) for name, experts in entry.get("idle_experts", {}).items()},
         )
