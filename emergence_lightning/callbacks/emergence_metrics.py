@@ -3,8 +3,9 @@
 The keys (``prefix`` is ``emergence`` by default; README "What is logged" says what each means):
 ``{prefix}/E``, ``/relative``, ``/log10_E``, ``/active_fraction``, ``/epoch``; with path-exact
 counting ``/E_path``, ``/log10_E_path``, ``/relative_path``; per layer ``/active/<layer>`` and
-``/dead/<layer>``. Each measurement reaches every logger as one record (:func:`measurement_row`), beside
-Lightning's own ``epoch`` column.
+``/dead/<layer>``; per mixture-of-experts layer ``/expert_active/<layer>/<e>`` (active units of expert
+``e``) and ``/idle_experts/<layer>`` (experts that got no token). Each measurement reaches every logger as
+one record (:func:`measurement_row`), beside Lightning's own ``epoch`` column.
 """
 
 from __future__ import annotations
@@ -40,9 +41,27 @@ def layer_metrics(record: dict[str, Any], prefix: str) -> dict[str, float]:
     return metrics
 
 
+def expert_metrics(record: dict[str, Any], prefix: str) -> dict[str, float]:
+    """Active units per expert and the idle-expert count of every experts layer of a record.
+
+    In namespaces of their own (``/expert_active/``, ``/idle_experts/``), so that nothing reading
+    ``/active/<layer>`` as a layer's count takes an expert for a layer, and no key can equal a layer's.
+    """
+    metrics = {}
+    for name, active in record.get("expert_active", {}).items():
+        for expert, count in enumerate(active):
+            metrics[f"{prefix}/expert_active/{name}/{expert}"] = float(count)
+        metrics[f"{prefix}/idle_experts/{name}"] = float(len(record["idle_experts"][name]))
+    return metrics
+
+
 def all_metrics(record: dict[str, Any], prefix: str) -> dict[str, float]:
-    """Every logged value of a record: the monitorable scalars and the per-layer counts."""
-    return {**scalar_metrics(record, prefix), **layer_metrics(record, prefix)}
+    """Every logged value of a record: the monitorable scalars, the per-layer and the per-expert counts."""
+    return {
+        **scalar_metrics(record, prefix),
+        **layer_metrics(record, prefix),
+        **expert_metrics(record, prefix),
+    }
 
 
 def measurement_row(record: dict[str, Any], prefix: str, epoch: int) -> dict[str, float]:

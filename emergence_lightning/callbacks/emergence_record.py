@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from emergence_lightning.functional import emergence, log10_emergence, relative_emergence
@@ -14,7 +14,8 @@ from emergence_lightning.measure import Measurement
 _DICT_KEYS = {"global_step": "step", "names": "layers"}
 _FIELDS_BY_KEY = {_DICT_KEYS.get(name, name): name for name in (
     "epoch", "global_step", "names", "n", "a", "E", "relative", "log10_E", "active_fraction", "parameters",
-    "samples", "before_training", "E_path", "relative_path", "nonfinite_layers", "run",
+    "samples", "before_training", "E_path", "relative_path", "nonfinite_layers", "run", "expert_active",
+    "idle_experts",
 )}  # fmt: skip
 
 
@@ -44,6 +45,10 @@ class EmergenceRecord(Mapping[str, Any]):
         nonfinite_layers: the layers that produced NaN or inf in this measurement.
         run: which ``Trainer.fit``/``validate`` of this callback took it (1, 2, ...); a callback
             reused in a second fit starts a new run, with its own epoch-0 point.
+        expert_active: mixture-of-experts layers -> active units per expert (expert ``e``'s count at
+            index ``e``); empty for a model without experts.
+        idle_experts: the same layers -> the experts that got no token in the window (their units are
+            counted inactive).
     """
 
     epoch: float
@@ -62,6 +67,8 @@ class EmergenceRecord(Mapping[str, Any]):
     relative_path: float | None = None
     nonfinite_layers: tuple[str, ...] = ()
     run: int = 1
+    expert_active: Mapping[str, tuple[int, ...]] = field(default_factory=dict, hash=False)
+    idle_experts: Mapping[str, tuple[int, ...]] = field(default_factory=dict, hash=False)
 
     @property
     def finite(self) -> bool:
@@ -110,6 +117,8 @@ class EmergenceRecord(Mapping[str, Any]):
             relative_path=entry.get("relative_path"),
             nonfinite_layers=tuple(entry.get("nonfinite_layers", ())),
             run=int(entry.get("run", 1)),
+            expert_active={name: tuple(counts) for name, counts in entry.get("expert_active", {}).items()},
+            idle_experts={name: tuple(experts) for name, experts in entry.get("idle_experts", {}).items()},
         )
 
 
@@ -154,6 +163,11 @@ def record_of(
         relative_path=_relative(E_path, parameters) if E_path is not None else None,
         nonfinite_layers=nonfinite,
         run=run,
+        # Mixture-of-experts layers: active units per expert, and the experts that got no token.
+        expert_active={
+            layer.name: tuple(layer.expert_active) for layer in measurement.layers if layer.experts
+        },
+        idle_experts={layer.name: tuple(layer.idle_experts) for layer in measurement.layers if layer.experts},
     )
 
 
