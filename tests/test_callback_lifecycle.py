@@ -124,7 +124,7 @@ def test_a_second_fit_is_a_separate_run_with_its_own_epoch_zero(tmp_path, caplog
 def test_resume_with_a_changed_threshold_warns_and_never_says_before_training(tmp_path):
     train, val = loaders()
     checkpoints = ModelCheckpoint(dirpath=tmp_path, save_last=True)
-    first = EmergenceCallback(threshold=0.05)
+    first = EmergenceCallback(threshold=0.05, statistic="mean")
     trainer(tmp_path, [first, checkpoints], max_epochs=2, enable_checkpointing=True).fit(
         Classifier(mlp()), train, val
     )
