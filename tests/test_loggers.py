@@ -159,7 +159,7 @@ def test_every_logger_gets_each_measurement_as_one_record_and_the_settings(tmp_p
     from mlflow.tracking import MlflowClient
 
     train, val = loaders()  # 96 samples, batches of 16: 6 steps an epoch
-    emergence = EmergenceCallback()
+    emergence = EmergenceCallback(statistic="mean_abs")
     loggers = [
         TensorBoardLogger(str(tmp_path / "tb"), name="", version=""),
         CSVLogger(str(tmp_path / "csv"), name="", version=""),
@@ -196,7 +196,7 @@ def test_every_logger_gets_each_measurement_as_one_record_and_the_settings(tmp_p
     _check_measurement_rows(measured, measurements)
     assert [row["trainer/global_step"] for row in measured] == [0, 5, 11]
     assert run["config"]["emergence/threshold"] == 0.05
-    assert run["config"]["emergence/statistic"] == "mean"
+    assert run["config"]["emergence/statistic"] == "mean_abs"
 
     # MLflow: every key of a measurement in one batch (same step, same timestamp), the settings as params.
     client = MlflowClient(f"file:{tmp_path / 'mlruns'}")
