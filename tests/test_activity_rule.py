@@ -225,3 +225,10 @@ def test_the_command_refuses_an_unknown_family(tmp_path, capsys):
     code = main(["reproduce", "activity-rule", "--log-dir", str(tmp_path), "--rule-families", "relu,swish"])
     assert code == 2
     assert "`families` must name some of" in capsys.readouterr().err
+
+
+def test_dormancy_names_an_activation_without_a_producer():
+    # A ReLU first: no Linear/Conv before it whose rows could be zeroed.
+    model = nn.Sequential(nn.ReLU(), nn.Linear(4, 3), nn.ReLU())
+    with pytest.raises(RuntimeError, match=r"activation '0' has no Linear or Conv2d before it"):
+        induce_dormancy(model, 0.25, seed=0)

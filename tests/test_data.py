@@ -14,6 +14,7 @@ from emergence_lightning.paper.data import (
     MNIST_IDX_FILES,
     CIFAR10DataModule,
     FashionMNISTDataModule,
+    ImageTensorDataset,
     MNIST5kDataModule,
     MNISTDataModule,
     prepare_debian_fashion_mnist,
@@ -300,3 +301,12 @@ def test_real_debian_fashion_mnist(tmp_path):
     assert torch.bincount(module.test_set.targets).tolist() == [1000] * 10
     x, _ = next(iter(module.test_dataloader()))
     assert x.shape == (256, 1, 28, 28) and 0.2 < x.mean().item() < 0.4  # Fashion-MNIST's mean is 0.286
+
+
+def test_image_dataset_needs_std_with_mean():
+    images = torch.zeros(2, 1, 4, 4, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"`std` must be given together with `mean`, got mean=\(0.5,\)"):
+        ImageTensorDataset(images, torch.tensor([0, 1]), mean=(0.5,))
+    # Both given: pixels in [0, 1] become (x - mean) / std, here 0 -> -1.
+    image, _ = ImageTensorDataset(images, torch.tensor([0, 1]), mean=(0.5,), std=(0.5,))[0]
+    assert torch.equal(image, torch.full((1, 4, 4), -1.0))

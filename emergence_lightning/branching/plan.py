@@ -44,8 +44,9 @@ class PruningSettings:
 
     pruning_fn: str = "l1_unstructured"
     use_global_unstructured: bool | None = None
-    parameter_names: tuple[str, ...] = ("weight",)
-    modules: list[str] | None = None
+    # Any sequences as given; stored as a tuple and a list (``__post_init__``).
+    parameter_names: Sequence[str] = ("weight",)
+    modules: Sequence[str] | None = None
     pruning_dim: int = 0
     pruning_norm: float | str = 1
     seed: int = 0

@@ -44,7 +44,7 @@ def _describe(callback: Any) -> str:
     )
 
 
-def layer_coverage_warnings(model: nn.Module, names: Sequence[str], E: int) -> list[tuple[str, str]]:
+def layer_coverage_warnings(model: nn.Module, names: Sequence[str], E: float) -> list[tuple[str, str]]:
     """``(key, message)`` for each reason to distrust a measurement with fewer than two layers."""
     if len(names) >= 2:
         return []

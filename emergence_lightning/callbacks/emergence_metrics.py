@@ -10,12 +10,13 @@ one record (:func:`measurement_row`), beside Lightning's own ``epoch`` column.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from emergence_lightning.functional import emergence_as_float, log10_emergence
 
 
-def scalar_metrics(record: dict[str, Any], prefix: str) -> dict[str, float]:
+def scalar_metrics(record: Mapping[str, Any], prefix: str) -> dict[str, float]:
     """The monitorable scalars of a record (E as a float: inf beyond float64's range)."""
     p = prefix
     metrics = {
@@ -32,7 +33,7 @@ def scalar_metrics(record: dict[str, Any], prefix: str) -> dict[str, float]:
     return metrics
 
 
-def layer_metrics(record: dict[str, Any], prefix: str) -> dict[str, float]:
+def layer_metrics(record: Mapping[str, Any], prefix: str) -> dict[str, float]:
     """Active and dead node counts of every layer of a record."""
     metrics = {}
     for name, n, a in zip(record["layers"], record["n"], record["a"]):
@@ -41,7 +42,7 @@ def layer_metrics(record: dict[str, Any], prefix: str) -> dict[str, float]:
     return metrics
 
 
-def expert_metrics(record: dict[str, Any], prefix: str) -> dict[str, float]:
+def expert_metrics(record: Mapping[str, Any], prefix: str) -> dict[str, float]:
     """Active units per expert and the idle-expert count of every experts layer of a record.
 
     In namespaces of their own (``/expert_active/``, ``/idle_experts/``), so that nothing reading
@@ -55,7 +56,7 @@ def expert_metrics(record: dict[str, Any], prefix: str) -> dict[str, float]:
     return metrics
 
 
-def all_metrics(record: dict[str, Any], prefix: str) -> dict[str, float]:
+def all_metrics(record: Mapping[str, Any], prefix: str) -> dict[str, float]:
     """Every logged value of a record: the monitorable scalars, the per-layer and the per-expert counts."""
     return {
         **scalar_metrics(record, prefix),
@@ -64,7 +65,7 @@ def all_metrics(record: dict[str, Any], prefix: str) -> dict[str, float]:
     }
 
 
-def measurement_row(record: dict[str, Any], prefix: str, epoch: int) -> dict[str, float]:
+def measurement_row(record: Mapping[str, Any], prefix: str, epoch: int) -> dict[str, float]:
     """One measurement as one record for every logger: :func:`all_metrics` plus ``epoch``.
 
     ``epoch`` is Lightning's ``trainer.current_epoch``, the value Lightning writes in its own ``epoch``

@@ -73,7 +73,7 @@ def parent_logger_spec(logger: Any) -> BranchLoggerSpec | None:
     The parent's W&B and MLflow runs are read on rank zero, the only process whose loggers write.
     """
     kind = next((kind for kind, cls in KINDS.items() if isinstance(logger, cls)), None)
-    if kind in ("wandb", "mlflow") and rank_zero_only.rank == 0:
+    if kind in ("wandb", "mlflow") and _rank_zero():
         return BranchLoggerSpec(kind, _wandb_options(logger) if kind == "wandb" else _mlflow_options(logger))
     return None if kind is None else BranchLoggerSpec(kind)
 
@@ -91,7 +91,7 @@ def build_branch_logger(spec: BranchLoggerSpec | str, branches_dir: Path, name: 
         return TensorBoardLogger(str(branches_dir), name=name, version="", default_hp_metric=False)
     if spec.kind == "csv":
         return CSVLogger(str(branches_dir), name=name, version="")
-    if rank_zero_only.rank != 0:
+    if not _rank_zero():
         return None
     if spec.kind == "wandb":
         return _branch_wandb_logger(spec.options, branches_dir, name)
@@ -134,8 +134,17 @@ def _branch_wandb_logger(options: dict[str, Any], branches_dir: Path, name: str)
     run.define_metric("trainer/global_step")
     run.define_metric("*", step_metric="trainer/global_step", step_sync=True)
     return _BranchWandbLogger(
-        experiment=run, project=options.get("project"), save_dir=options.get("save_dir")
+        experiment=run,
+        project=options.get("project"),
+        # WandbLogger takes None (it checks `save_dir is not None`) though its annotation says a path.
+        save_dir=options.get("save_dir"),  # type: ignore[arg-type]
     )
+
+
+def _rank_zero() -> bool:
+    """Whether this is the process Lightning's loggers write from."""
+    # Lightning sets `rank` on the function object at run time; its overloaded signature does not declare it.
+    return rank_zero_only.rank == 0  # type: ignore[attr-defined]
 
 
 class _BranchWandbLogger(WandbLogger):

@@ -15,7 +15,6 @@ branches in the same order, reusing the initialised process group. See ``docs/pr
 from __future__ import annotations
 
 import dataclasses
-import numbers
 import os
 import pickle
 from collections.abc import Sequence
@@ -82,6 +81,7 @@ from emergence_lightning.callbacks.trainer_factory import (
     skip_placeholder_hp_metric,
 )
 from emergence_lightning.measure import check_flags
+from emergence_lightning.measure.arguments import is_integer
 from emergence_lightning.pruning import STRUCTURED_PRUNING_FUNCTIONS, count_parameters, find_prunable
 from emergence_lightning.pruning.arguments import check_pruning_dim
 
@@ -178,11 +178,7 @@ class PruneAndBranchCallback(Callback):
         only: Sequence[str] | None = None,
         trainer_factory: TrainerFactory | None = None,
     ) -> None:
-        if (
-            isinstance(branch_epoch, bool)
-            or not isinstance(branch_epoch, numbers.Integral)
-            or branch_epoch < 1
-        ):
+        if not is_integer(branch_epoch) or branch_epoch < 1:
             raise ValueError(f"`branch_epoch` must be an int >= 1, got {branch_epoch!r}.")
         branch_epoch = int(branch_epoch)  # NumPy ints too
         self.amounts = check_amounts(amounts)

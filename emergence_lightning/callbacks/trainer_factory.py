@@ -15,7 +15,7 @@ import datetime
 import inspect
 import logging
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -361,7 +361,7 @@ def logger_kinds(trainer: pl.Trainer) -> list[BranchLoggerSpec]:
     return specs
 
 
-def branch_loggers(kinds: list[BranchLoggerSpec | str], branches_dir: Path, name: str) -> list[Any]:
+def branch_loggers(kinds: Sequence[BranchLoggerSpec | str], branches_dir: Path, name: str) -> list[Any]:
     """The branch's loggers: TensorBoard and CSV writing to ``<branches_dir>/<name>/``, W&B and MLflow runs."""
     loggers = (build_branch_logger(spec, branches_dir, name) for spec in kinds)
     return [logger for logger in loggers if logger is not None]

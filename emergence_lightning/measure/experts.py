@@ -32,14 +32,18 @@ import dataclasses
 import math
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from emergence_lightning import _compat
 from emergence_lightning.measure.statistics import NodeStatistic, Scratch
+
+if TYPE_CHECKING:  # the tracker imports this module; its record type is needed for annotations only
+    from emergence_lightning.measure.tracker import LayerActivity
 
 
 @dataclass(frozen=True)
@@ -191,11 +195,11 @@ class _Idle:
 
 
 def expand(
-    names: Sequence[str], stats: dict[str, object]
-) -> tuple[list[str], list[object], list[int | None]]:
+    names: Sequence[str], stats: Mapping[str, NodeStatistic | ExpertStatistic]
+) -> tuple[list[str], list[NodeStatistic | _Idle], list[int | None]]:
     """Layers -> units for packing: an experts layer becomes one unit per expert (same name)."""
     unit_names: list[str] = []
-    units: list[object] = []
+    units: list[NodeStatistic | _Idle] = []
     indices: list[int | None] = []
     for name in names:
         stat = stats[name]
@@ -216,14 +220,14 @@ def idle_activity(size: int) -> tuple[Tensor, Tensor]:
     return torch.full((size,), math.nan, dtype=torch.float64), torch.zeros(size, dtype=torch.bool)
 
 
-def merge(layers: list, indices: list[int | None], idle: list[bool]) -> list:
+def merge(layers: list[LayerActivity], indices: list[int | None], idle: list[bool]) -> list[LayerActivity]:
     """Joins the per-expert units of each experts layer into one layer, listing the idle experts.
 
     ``layers`` are ``LayerActivity`` records, one per kept unit; ``indices`` their expert index
     (None for an ordinary layer); ``idle`` whether the unit's expert got no row.
     """
-    merged: list = []
-    run: list[tuple[object, int, bool]] = []
+    merged: list[LayerActivity] = []
+    run: list[tuple[LayerActivity, int, bool]] = []
 
     def flush() -> None:
         if not run:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -87,33 +88,35 @@ def weight_owner(tensor: object, owners: Mapping[int, tuple[str, nn.Module]]) ->
 def functional_producer(
     kind: str,
     args: tuple,
-    kwargs: Mapping[str, object],
+    kwargs: Mapping[str, Any],
     output: object,
     owners: Mapping[int, tuple[str, nn.Module]],
 ) -> FunctionalProducer | None:
     """The producer a weight-applying call makes, or None when no argument is the model's 2-D+ weight."""
     if not isinstance(output, Tensor) or output.dim() < 2:
         return None
+    # (argument, side): for matmul, the dimension of the output that the weight's features are on.
+    operands: list[tuple[object, int | None]]
     if kind in (_LINEAR, _CONV, _CONV_TRANSPOSED):
-        weight = args[1] if len(args) > 1 else kwargs.get("weight")
-        operands = [(weight, None)]
+        operands = [(args[1] if len(args) > 1 else kwargs.get("weight"), None)]
     elif kind == _ADDMM:
         operands = [(args[2] if len(args) > 2 else kwargs.get("mat2"), -1)]
     else:  # matmul: a weight on the left keeps its rows on dim -2, on the right its columns on dim -1
         operands = [(args[0] if args else None, -2), (args[1] if len(args) > 1 else kwargs.get("other"), -1)]
     for weight, side in operands:
-        owner = weight_owner(weight, owners)
-        if owner is None or weight.dim() < 2:  # type: ignore[union-attr]
+        owner = weight_owner(weight, owners)  # None for anything but a Tensor
+        if owner is None or not isinstance(weight, Tensor) or weight.dim() < 2:
             continue
         if kind == _LINEAR:
-            features, dim = weight.shape[0], -1  # type: ignore[union-attr]
+            features, dim = weight.shape[0], -1
         elif kind == _CONV:
-            features, dim = weight.shape[0], 1  # type: ignore[union-attr]
+            features, dim = weight.shape[0], 1
         elif kind == _CONV_TRANSPOSED:
             groups = args[6] if len(args) > 6 else kwargs.get("groups", 1)
-            features, dim = weight.shape[1] * int(groups), 1  # type: ignore[union-attr,arg-type]
+            features, dim = weight.shape[1] * int(groups), 1
         else:
-            features, dim = weight.shape[-2 if side == -2 else -1], side  # type: ignore[union-attr]
+            dim = -2 if side == -2 else -1  # side is -2 or -1 here
+            features = weight.shape[dim]
         if output.shape[dim] != features:
             continue  # a weight used some other way (a batched expert slice, a reshape): no claim
         return FunctionalProducer(owner[1], owner[0], kind, int(features), int(dim), tuple(output.shape))

@@ -188,14 +188,17 @@ def activation_modules(model: nn.Module) -> dict[str, nn.Module]:
     return {name: module for name, module in model.named_modules() if isinstance(module, kinds)}
 
 
-def _producers(model: nn.Module) -> dict[str, nn.Module]:
+def _producers(model: nn.Module) -> dict[str, nn.Linear | nn.Conv2d]:
     """Each activation module's producer: the Linear/Conv registered just before it (a gate in SwiGLU)."""
     activations = activation_modules(model)
-    producers, last = {}, None
+    producers: dict[str, nn.Linear | nn.Conv2d] = {}
+    last: nn.Linear | nn.Conv2d | None = None
     for name, module in model.named_modules():
         if isinstance(module, (nn.Linear, nn.Conv2d)) and not name.endswith(".up"):
             last = module
         elif name in activations:
+            if last is None:
+                raise RuntimeError(f"activation {name!r} has no Linear or Conv2d before it to make dormant")
             producers[name] = last
     return producers
 

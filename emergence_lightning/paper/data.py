@@ -17,7 +17,6 @@ activations of inputs in ``[0, 1]``.
 from __future__ import annotations
 
 import gzip
-import numbers
 import os
 import shutil
 from collections.abc import Sequence
@@ -29,6 +28,8 @@ import torch
 import torchvision
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+
+from emergence_lightning.measure.arguments import is_integer
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 MNIST_IDX_FILES = (
@@ -85,6 +86,8 @@ class ImageTensorDataset(Dataset):
             raise ValueError(f"`images` and `targets` differ in length: {len(images)} != {len(targets)}.")
         self.images = images
         self.targets = torch.as_tensor(targets, dtype=torch.long)
+        if mean is not None and std is None:
+            raise ValueError(f"`std` must be given together with `mean`, got mean={mean!r} and std=None.")
         self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = None if std is None else torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
 
@@ -93,7 +96,7 @@ class ImageTensorDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         image = self.images[index].float().div_(255.0)
-        if self.mean is not None:
+        if self.mean is not None and self.std is not None:
             image = (image - self.mean) / self.std
         return image, self.targets[index]
 
@@ -119,7 +122,7 @@ class _ImageDataModule(pl.LightningDataModule):
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"`num_workers` must be a non-negative integer, got {num_workers!r}.")
         self.num_workers = num_workers
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        if not is_integer(seed):
             raise TypeError(f"`seed` must be an int, got {seed!r}.")
         self.seed = seed
         self.normalize = normalize
@@ -321,7 +324,7 @@ class _TorchvisionDataModule(_ImageDataModule):
         self.test_set = self._dataset(self._images(test), torch.as_tensor(test.targets, dtype=torch.long))
 
 
-def _idx_how_to_get(dataset_class: type, folder: str, extra: str = "") -> str:
+def _idx_how_to_get(dataset_class: type[torchvision.datasets.MNIST], folder: str, extra: str = "") -> str:
     return (
         f"torchvision's {dataset_class.__name__} reads the four uncompressed IDX files from "
         f"<data_dir>/{folder}. Pass `download=True` where a network exists, or fetch the .gz files from "

@@ -32,7 +32,10 @@ except ModuleNotFoundError as error:  # torchvision (or mlxtend): not part of th
 from emergence_lightning.paper.models import PaperCNN, PaperMLP
 from emergence_lightning.paper.progress import EpochLines
 
-DATASETS: dict[str, Callable[..., pl.LightningDataModule]] = {
+#: The paper's data modules (each has ``input_shape`` and ``num_classes`` for the model).
+PaperDataModule = MNIST5kDataModule | MNISTDataModule | FashionMNISTDataModule | CIFAR10DataModule
+
+DATASETS: dict[str, Callable[..., PaperDataModule]] = {
     "mnist5k": MNIST5kDataModule,
     "mnist": MNISTDataModule,
     "fashion-mnist": FashionMNISTDataModule,
@@ -77,7 +80,7 @@ class Settings:
             raise ValueError(f"`lr` must be > 0, got {self.lr!r}.")
 
 
-def datamodule(settings: Settings, dataset: str | None = None, seed: int = 0) -> pl.LightningDataModule:
+def datamodule(settings: Settings, dataset: str | None = None, seed: int = 0) -> PaperDataModule:
     name = dataset or settings.dataset
     factory = DATASETS[name]
     if name == "mnist5k":

@@ -9,7 +9,6 @@ once per epoch. Every hidden activation is its own ``nn.ReLU`` module, so
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Iterable, Sequence
 from itertools import pairwise
 
@@ -17,6 +16,8 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
+
+from emergence_lightning.measure.arguments import is_real
 
 
 def _check_widths(name: str, widths: Sequence[int]) -> tuple[int, ...]:
@@ -47,11 +48,11 @@ class _PaperClassifier(pl.LightningModule):
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"`num_classes` must be an integer >= 2, got {num_classes!r}.")
-        if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not lr > 0:  # numpy floats too
+        if not is_real(lr) or not lr > 0:  # numpy floats too
             raise ValueError(f"`lr` must be positive, got {lr!r}.")
         if math.isinf(lr):
             raise ValueError(f"`lr` must be finite, got {lr!r}.")
-        if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0 <= momentum < 1:
+        if not is_real(momentum) or not 0 <= momentum < 1:
             raise ValueError(f"`momentum` must be in [0, 1), got {momentum!r}.")
         # "micro" averaging is plain accuracy (correct / total), what the paper reports.
         self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
@@ -81,7 +82,7 @@ class _PaperClassifier(pl.LightningModule):
         return self._step(batch, "test", self.test_acc)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=self.hparams.momentum)
+        return torch.optim.SGD(self.parameters(), lr=self.hparams["lr"], momentum=self.hparams["momentum"])
 
 
 class PaperMLP(_PaperClassifier):

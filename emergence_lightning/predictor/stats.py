@@ -12,8 +12,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+#: Numbers one per item: a sequence or a 1-D array.
+Values = Sequence[float] | np.ndarray
 
-def _pair(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+
+def _pair(x: Values, y: Values) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if xs.ndim != 1 or xs.shape != ys.shape:
         raise ValueError(
@@ -89,7 +92,7 @@ def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
     return float((rx * ry).sum()) / denominator if denominator else math.nan
 
 
-def grouped_spearman(x: Sequence[float], y: Sequence[float], groups: Sequence[object]) -> float:
+def grouped_spearman(x: Values, y: Values, groups: Sequence[object] | np.ndarray) -> float:
     """Spearman's rho inside each group, averaged with weights ``len(group) - 1``; NaN if none has 3+."""
     xs, ys = _pair(x, y)
     labels = np.asarray([str(g) for g in groups])

@@ -82,11 +82,12 @@ def check_seed(seed: Any) -> int:
     """
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"`seed` must be an int, got {seed!r}.")
-    if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+    value = int(seed)  # exact for any Integral; typeshed's Integral has no comparison with int
+    if not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
         raise ValueError(
             f"`seed` must be in [{SEED_RANGE[0]}, 2**32 - 1] (what NumPy and torch seed with), got {seed!r}."
         )
-    return int(seed)
+    return value
 
 
 def check_pruning_dim(

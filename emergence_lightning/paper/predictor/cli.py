@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 SPACE_NAMES = ("study", "quick", "paper")
 SCORE_NAMES = ("E", "relative", "log10_E", "naswot", "synflow", "params")
@@ -124,7 +125,7 @@ def run_rank(args: argparse.Namespace) -> int:
         return _error(str(error))
     images = data.x_val[: args.batches * args.batch_size]
     batches = list(images.split(args.batch_size))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for candidate in candidates:
         torch.manual_seed(args.seed)
         model = candidate.build()

@@ -14,6 +14,7 @@ A user factory is ``module:function``; the function takes no argument and return
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -123,10 +124,7 @@ def named_space(
         return [paper]
     else:
         raise ValueError(f"`space` must be one of {SPACES}, got {name!r}.")
-    return [
-        Candidate(a.name, (lambda a=a: a.build(input_shape, num_classes)), a.family)
-        for a in archs  # type: ignore[misc]
-    ]
+    return [Candidate(a.name, functools.partial(a.build, input_shape, num_classes), a.family) for a in archs]
 
 
 SPACES = ("study", "quick", "paper")

@@ -73,7 +73,7 @@ def run_study(
         raise ValueError(f"Candidate names must be unique, got duplicates in {names}.")
     folder = Path(cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    records = []
+    records: list[dict[str, Any]] = []
     order = run_order(candidates, seeds)
     for count, (candidate, seed) in enumerate(order, start=1):
         path = _cache_path(folder, candidate, seed)

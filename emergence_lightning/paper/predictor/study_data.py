@@ -56,6 +56,7 @@ def load_study_data(dataset: str, data_dir: str | Path = "data", train_size: int
         train_size: train on this many images of the training split (seeded, the same for every
             run), or all when ``None``.
     """
+    module: FashionMNISTDataModule | MNIST5kDataModule
     if dataset == "fashion-mnist":
         module = FashionMNISTDataModule(data_dir=str(data_dir), seed=0)
         if module.missing_files() and Path(DEBIAN_FASHION_MNIST).is_dir():

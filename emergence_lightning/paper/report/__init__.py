@@ -96,13 +96,13 @@ def _epoch_axis(points: list[Scalar], has_epochs: bool) -> Curve:
     points = sorted(points, key=lambda p: p.step)
     if not has_epochs:
         return np.array([p.step for p in points], float), np.array([p.value for p in points])
-    points = [p for p in points if p.epoch is not None]
+    epoch_points = [(p.epoch, p.step, p.value) for p in points if p.epoch is not None]
     by_x: dict[float, float] = {}
-    for index, point in enumerate(points):
+    for index, (epoch, step, value) in enumerate(epoch_points):
         leading = (
-            index == 0 and len(points) > 1 and points[1].epoch == point.epoch and points[1].step > point.step
+            index == 0 and len(epoch_points) > 1 and epoch_points[1][0] == epoch and epoch_points[1][1] > step
         )
-        by_x[point.epoch + (0 if leading else 1)] = point.value  # a repeated x keeps the last value
+        by_x[epoch + (0 if leading else 1)] = value  # a repeated x keeps the last value
     xs = sorted(by_x)
     return np.array(xs, float), np.array([by_x[x] for x in xs])
 
@@ -159,7 +159,8 @@ def _run_curves(
             continue
         x, y = run_curves["train_acc"]
         # A branch's first change is taken from its parent's accuracy at the fork: what pruning cost.
-        parent = curves.get(_fork_parent(run, root_name), {})
+        parent_run = _fork_parent(run, root_name)
+        parent = curves.get(parent_run, {}) if parent_run is not None else {}
         if "train_acc" in parent and len(x):
             parent_x, parent_y = parent["train_acc"]
             before = parent_x < x[0]

@@ -117,7 +117,7 @@ class Plotter:
     def set_epochs(self, ax, after_fork: bool = False) -> None:
         """The x range of a whole-run panel (every epoch of the report) or a zoomed one (from the fork)."""
         first, last = self.epochs
-        if after_fork:
+        if after_fork and self.fork is not None:  # zoomed panels are drawn only for a forked run
             ax.set_xlim(self.fork - 0.3, last + 0.3)
         else:
             pad = max(0.3, 0.04 * (last - first))
@@ -139,8 +139,8 @@ class Plotter:
                 if after_fork:
                     mean = mean[x >= self.fork]
                 values.append(mean)
-        values = np.concatenate(values) if values else np.array([])
-        return values[np.isfinite(values)]
+        points = np.concatenate(values) if values else np.array([])
+        return points[np.isfinite(points)]
 
     def minimum(self, series: str) -> float:
         return float(self._points(series).min())

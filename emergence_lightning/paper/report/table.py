@@ -29,7 +29,7 @@ def _as_int(value: float | None) -> float | int | None:
 def summary_table(
     curves: Curves, prefix: str, names: dict[str, str], first_epoch: dict[str, int | None]
 ) -> list[dict[str, object]]:
-    table = []
+    table: list[dict[str, object]] = []
     for run, by_series in sorted(curves.items()):
         val_acc = by_series.get("val_acc")
         last_epochs = [x[-1] for x, _ in by_series.values() if len(x)]

@@ -101,7 +101,7 @@ def accuracy_like(tags: Iterable[str]) -> list[str]:
 def used_tags(chosen: dict[str, dict[str, str | None]]) -> dict[str, str]:
     """Role -> the tags the runs used for it, comma-joined: what a figure's axis label names."""
     return {
-        role: ", ".join(sorted({roles[role] for roles in chosen.values() if roles[role]})) for role in ROLES
+        role: ", ".join(sorted({tag for roles in chosen.values() if (tag := roles[role])})) for role in ROLES
     }
 
 
