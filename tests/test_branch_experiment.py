@@ -42,7 +42,7 @@ def _fit(
         accelerator="cpu",
         devices=1,
         logger=False,
-        callbacks=[EmergenceCallback(threshold=threshold), StepCounter(), callback],
+        callbacks=[EmergenceCallback(threshold=threshold, statistic="mean"), StepCounter(), callback],
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
