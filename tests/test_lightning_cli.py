@@ -69,7 +69,8 @@ def test_a_bad_callback_argument_in_yaml_names_the_argument(tmp_path, capsys):
     with pytest.raises(SystemExit, match="2"):
         _cli(["fit", "--config", str(path)])
     assert re.search(
-        r"(?s)Parser key \"statistic\".*'mean', 'fraction', 'max'.*Got value: median", capsys.readouterr().err
+        r"(?s)Parser key \"statistic\".*'mean', 'mean_abs', 'normalized_mean_abs', 'fraction', 'max'.*Got value: median",
+        capsys.readouterr().err,
     )
 
 
@@ -80,8 +81,10 @@ def test_cli_help_shows_the_choices_in_clean_text():
     parser.add_class_arguments(EmergenceCallback)
     text = parser.format_help()
     for option, choices in [
-        ("statistic", "{mean,fraction,max}"), ("variant", "{paper,induced}"), ("connectivity", "{dense,weights}")
-    ]:  # fmt: skip
+        ("statistic", "{mean,mean_abs,normalized_mean_abs,fraction,max}"),
+        ("variant", "{paper,induced}"),
+        ("connectivity", "{dense,weights}"),
+    ]:
         assert f"--{option} {choices}" in text
     assert "--every_n_train_steps" in text and "--probe_batches" in text
     for markup in (":class:", ":func:", ":mod:", ":attr:", "``", "~emergence_lightning"):

@@ -73,10 +73,11 @@ class EmergenceCallback(Callback):
 
     Args:
         threshold: a node is active when its activity exceeds this (the paper's 0.05).
-        statistic: ``"mean"`` (the paper's), ``"mean_abs"``, ``"normalized_mean_abs"`` (ReDo's
-            score; ``threshold`` is its tau), ``"fraction"`` (firing rate) or ``"max"``; see
-            :class:`~emergence_lightning.measure.ActivityTracker` and ``docs/measure.md``.
-        variant: ``"paper"`` or ``"induced"``; see :func:`~emergence_lightning.emergence`.
+        statistic: the per-node activity: "mean" (the paper's mean output), "mean_abs" (the mean of
+            |a|, the default: equal to "mean" on ReLU outputs), "normalized_mean_abs" (ReDo's
+            dormancy score; threshold is then its tau), "fraction" (firing rate) or "max"; see
+            docs/measure.md, "What 'active' means".
+        variant: how paths are counted: the paper's formula, or induced (see docs/measure.md).
         layers: the layers to keep, by module name (every call of it) or call-site name
             ("layer1.0.relu#2", "encoder.layers.0.relu()"); None: every activation call site.
         node_dim: the dimension that indexes nodes, one int for every layer or a mapping from
