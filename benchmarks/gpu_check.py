@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from emergence_lightning import EmergenceCallback
 from emergence_lightning.functional import emergence
-from emergence_lightning.measure import measure
+from emergence_lightning.measure import measure_activity
 
 NEAR_THETA = 1e-4
 
@@ -46,8 +46,8 @@ def same_measurement(name: str, size: Size, device: torch.device, batches: int) 
     """Measures one seeded model on the CPU and on ``device``; prints and returns whether they agree."""
     model = build(name, size).eval()
     data = list(inputs(name, size, batches * size.batch).split(size.batch))
-    on_cpu = measure(model, data)
-    on_device = measure(copy.deepcopy(model).to(device), [x.to(device) for x in data])
+    on_cpu = measure_activity(model, data)
+    on_device = measure_activity(copy.deepcopy(model).to(device), [x.to(device) for x in data])
     if on_cpu is None or on_device is None:
         print(f"compare {name}: nothing measured (cpu {on_cpu}, {device.type} {on_device}): MISMATCH")
         return False

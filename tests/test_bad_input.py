@@ -37,7 +37,7 @@ from emergence_lightning import (
     count_parameters,
     emergence,
     log10_emergence,
-    measure,
+    measure_activity,
     relative_emergence,
 )
 from emergence_lightning.connectivity import build_edges, path_emergence
@@ -53,13 +53,13 @@ def net() -> nn.Sequential:
 
 
 def one_batch(model: nn.Module, **kwargs: Any):
-    return measure(model, [torch.randn(2, 4)], **kwargs)
+    return measure_activity(model, [torch.randn(2, 4)], **kwargs)
 
 
 def varying_lengths():
     """Sequences of 5 then 7 steps with the node dim forced to the time steps: the count changes."""
     model = nn.Sequential(nn.Linear(4, 3), nn.ReLU())
-    return measure(model, [torch.randn(2, 5, 4), torch.randn(2, 7, 4)], node_dim=1)
+    return measure_activity(model, [torch.randn(2, 5, 4), torch.randn(2, 7, 4)], node_dim=1)
 
 
 # ---- 1. arguments: checked when called ----------------------------------------------------------
@@ -157,11 +157,11 @@ ARGUMENT_CASES = [
         ValueError,
         r"`include_input`/`include_output` need a module with parameters.*Sequential has none",
     ),
-    Case("measure-no-activation", lambda: measure(nn.Linear(4, 2), [torch.randn(3, 4)]), ValueError, r"Linear ran, but no activation was found in its forward pass.*layers=\["),
-    # measure(model, batches, **kwargs), and what the first forward pass reveals
-    Case("measure-batches-none", lambda: measure(net(), None), TypeError, r"`batches` must be an iterable of model inputs.*got NoneType"),
-    Case("measure-batches-tensor", lambda: measure(net(), torch.randn(3, 4)), TypeError, r"`batches` must be an iterable.*`\[x\]` for one batch\), got Tensor"),
-    Case("measure-kwarg", lambda: measure(net(), [torch.randn(2, 4)], tresh=0.1), TypeError, r"unexpected keyword argument 'tresh'"),
+    Case("measure-no-activation", lambda: measure_activity(nn.Linear(4, 2), [torch.randn(3, 4)]), ValueError, r"Linear ran, but no activation was found in its forward pass.*layers=\["),
+    # measure_activity(model, batches, **kwargs), and what the first forward pass reveals
+    Case("measure-batches-none", lambda: measure_activity(net(), None), TypeError, r"`batches` must be an iterable of model inputs.*got NoneType"),
+    Case("measure-batches-tensor", lambda: measure_activity(net(), torch.randn(3, 4)), TypeError, r"`batches` must be an iterable.*`\[x\]` for one batch\), got Tensor"),
+    Case("measure-kwarg", lambda: measure_activity(net(), [torch.randn(2, 4)], tresh=0.1), TypeError, r"unexpected keyword argument 'tresh'"),
     Case(
         "measure-node-dim-out-of-range",
         lambda: one_batch(net(), node_dim=5),

@@ -43,7 +43,7 @@ from emergence_lightning.callbacks.emergence import EmergenceCallback
 from emergence_lightning.callbacks.prune_and_branch import PruneAndBranchCallback
 from emergence_lightning.callbacks.trainer_factory import check_strategy
 from emergence_lightning.connectivity import build_edges, path_emergence
-from emergence_lightning.measure import measure
+from emergence_lightning.measure import measure_activity
 from emergence_lightning.pruning import count_parameters
 
 DDP_SCRIPT = Path(__file__).parent / "scripts" / "ddp_branching.py"
@@ -354,7 +354,7 @@ def test_path_exact_emergence_at_the_fork_and_at_the_end(tmp_path):
     _, val = loaders()
     for name, fit_ in branch_fits().items():
         start = effective_model(fit_["start"])
-        measurement = measure(start, [x for x, _ in val])
+        measurement = measure_activity(start, [x for x, _ in val])
         edges = build_edges(start, measurement.names, next(iter(val))[0][:2])
         expected = path_emergence(edges, [layer.active for layer in measurement.layers])
         assert results[name]["E_path_fork"] == expected, name

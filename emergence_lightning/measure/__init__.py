@@ -6,7 +6,7 @@ from emergence_lightning.measure.tracker import (
     ActivityTracker,
     LayerActivity,
     Measurement,
-    measure,
+    measure_activity,
 )
 
 __all__ = [
@@ -17,6 +17,6 @@ __all__ = [
     "Measurement",
     "check_flags",
     "check_tracking_arguments",
-    "measure",
+    "measure_activity",
     "parametrised_leaves",
 ]

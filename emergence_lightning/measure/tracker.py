@@ -37,6 +37,7 @@ from emergence_lightning.measure.arguments import (
     check_layer_names,
     check_tracking_arguments,
 )
+from emergence_lightning.measure.batches import model_call
 from emergence_lightning.measure.compile_guard import EagerWhileMeasuring
 from emergence_lightning.measure.layers import INPUT_LAYER, OUTPUT_LAYER
 from emergence_lightning.measure.statistics import NodeStatistic, Scratch, accumulation_dtype
@@ -527,12 +528,15 @@ def _leave_mode(mode: TorchFunctionMode) -> None:
         torch.overrides._push_mode(other)
 
 
-def measure(model: nn.Module, batches: Iterable[object], **tracker_kwargs: object) -> Measurement | None:
+def measure_activity(
+    model: nn.Module, batches: Iterable[object], **tracker_kwargs: object
+) -> Measurement | None:
     """Runs ``model`` on ``batches`` in eval mode without gradients and measures it.
 
-    A batch is what the model takes (``model(batch)``), or a dict of keyword arguments
-    (``model(**batch)``, as Hugging Face models take them). The train/eval mode
-    of every module is restored afterwards. Keyword arguments go to :class:`ActivityTracker`.
+    Each batch is read as the callback reads one: a tensor is the input (``model(x)``), a tuple or
+    list gives its first element (``(x, y)`` as a DataLoader yields it: ``model(x)``), and a dict
+    holds keyword arguments (``model(**batch)``, as Hugging Face models take them). The train/eval
+    mode of every module is restored afterwards. Keyword arguments go to :class:`ActivityTracker`.
     """
     if isinstance(batches, Tensor) or not isinstance(batches, Iterable):
         raise TypeError(
@@ -544,12 +548,10 @@ def measure(model: nn.Module, batches: Iterable[object], **tracker_kwargs: objec
     try:
         model.eval()
         with tracker, torch.no_grad():
-            for batch in batches:
+            for index, batch in enumerate(batches):
+                args, kwargs = model_call(batch, index)
                 tracker.start_pass()
-                if isinstance(batch, Mapping):
-                    model(**batch)
-                else:
-                    model(batch)
+                model(*args, **kwargs)
     finally:
         for module, training in modes.items():
             module.training = training

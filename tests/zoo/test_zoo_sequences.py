@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from zoo_expect import assert_layers, measure_quietly
 
-from emergence_lightning.measure import measure
+from emergence_lightning.measure import measure_activity
 
 VOCAB, WIDTH, FEEDFORWARD = 20, 16, 40
 
@@ -147,7 +147,7 @@ def test_functional_measurement_is_not_the_pre_activation():
     x = torch.randn(64, 8)
     with torch.no_grad():
         post = F.relu(model.fc1(x)).double().mean(0)
-    result = measure(model, [x])
+    result = measure_activity(model, [x])
     assert torch.allclose(result.layers[0].activity, post)
     assert int((post > 0.05).sum()) == result.a[0]
 

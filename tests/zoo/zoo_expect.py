@@ -8,15 +8,15 @@ import warnings
 
 import torch
 
-from emergence_lightning.measure import Measurement, measure
+from emergence_lightning.measure import Measurement, measure_activity
 
 
 def measure_quietly(model: torch.nn.Module, batch: object) -> Measurement:
-    """``measure(model, [batch])`` at defaults; any warning fails the test (the zoo must be clean)."""
+    """``measure_activity(model, [batch])`` at defaults; any warning fails the test (the zoo must be clean)."""
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        result = measure(model, [batch])
+        result = measure_activity(model, [batch])
     assert result is not None
     return result
 
