@@ -64,7 +64,7 @@ def test_functional_activation_is_a_layer_and_equals_the_module_version():
     x = torch.randn(30, 8)
     result = measure_activity(model, [x])
     hidden = torch.relu(model.fc1(x))  # independent: the activation computed by hand
-    assert result.names == ["relu()"] and result.n == [6]
+    assert result.names == ["relu-fn"] and result.n == [6]
     assert result.a == [int((hidden.mean(0) > 0.05).sum())]
     # `layers=["fc1"]` still measures the module's own output, the pre-activation.
     pre = measure_activity(model, [x], layers=["fc1"])
@@ -91,7 +91,7 @@ def test_reused_module_gives_one_layer_per_call():
     result = tracker.compute()
     first = torch.relu(model.fc1(x))
     second = torch.relu(model.fc2(first))
-    assert result.names == ["act", "act#2"]
+    assert result.names == ["act", "act-call2"]
     assert result.a == [int((first.mean(0) > 0.05).sum()), int((second.mean(0) > 0.05).sum())]
     assert hook_count(model) == 0
 
@@ -99,7 +99,7 @@ def test_reused_module_gives_one_layer_per_call():
 def test_include_input_and_output():
     model = mlp(hidden=(5,))
     result = measure_activity(model, [torch.rand(4, 8)], include_input=True, include_output=True)
-    assert result.names == ["<input>", "1", "<output>"]
+    assert result.names == ["model-input", "1", "model-output"]
     assert result.n == [8, 5, 3]
 
 
@@ -219,10 +219,10 @@ def test_output_without_node_dimension_is_named_and_skipped():
             return h * torch.sigmoid(h.sum(1)).unsqueeze(1)
 
     with pytest.warns(
-        RuntimeWarning, match=r"Layer 'sigmoid\(\)' produced a tensor of shape \(3,\).*not measured"
+        RuntimeWarning, match=r"Layer 'sigmoid-fn' produced a tensor of shape \(3,\).*not measured"
     ):
         result = measure_activity(Gate(), [torch.randn(3, 4)])
-    assert result.names == ["relu()"]
+    assert result.names == ["relu-fn"]
 
 
 def test_window_leaves_no_global_hook_and_no_function_mode():
@@ -318,7 +318,7 @@ def test_include_input_counts_what_the_first_module_reads():
         warnings.simplefilter("error")
         seen_images = measure_activity(conv, [images], include_input=True)
         seen_tokens = measure_activity(tokens, [sequence], include_input=True)
-    assert seen_images.names[0] == "<input>" and seen_images.n[0] == 3
+    assert seen_images.names[0] == "model-input" and seen_images.n[0] == 3
     assert torch.allclose(seen_images.layers[0].activity, images.double().mean(dim=(0, 2, 3)))
     assert seen_tokens.n[0] == 6
     assert torch.allclose(seen_tokens.layers[0].activity, sequence.double().mean(dim=(0, 1)))
@@ -337,6 +337,6 @@ def test_heads_split_off_a_linear_output_still_warn():
             q = self.q(x).view(batch, tokens, 2, 6).transpose(1, 2)  # (batch, 2 heads, tokens, 6)
             return nn.functional.elu(q) + 1
 
-    message = r"Layer 'elu\(\)' has shape \(3, 2, 5, 6\) and was produced by Linear"
+    message = r"Layer 'elu-fn' has shape \(3, 2, 5, 6\) and was produced by Linear"
     with pytest.warns(RuntimeWarning, match=message):
         measure_activity(LinearAttentionFeatures(), [torch.randn(3, 5, 8)])

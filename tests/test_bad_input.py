@@ -128,9 +128,9 @@ ARGUMENT_CASES = [
     Case("edges-twice", lambda: build_edges(net(), ["1", "1"], torch.randn(2, 4)), ValueError, r"`layer_names` names a layer twice: \['1'\]"),
     Case(
         "edges-input-without-parameters",
-        lambda: build_edges(nn.Sequential(nn.ReLU()), ["<input>", "0"], torch.randn(2, 4)),
+        lambda: build_edges(nn.Sequential(nn.ReLU()), ["model-input", "0"], torch.randn(2, 4)),
         ValueError,
-        r"`layer_names` has '<input>', which needs a module with parameters; Sequential has none",
+        r"`layer_names` has 'model-input', which needs a module with parameters; Sequential has none",
     ),
     # ActivityTracker(model, layers, threshold, statistic, min_firing_rate, node_dim, include_input, include_output)
     Case("tracker-model", lambda: ActivityTracker("net"), TypeError, r"`model` must be a torch.nn.Module, got str"),
@@ -591,7 +591,7 @@ def test_odd_model_reusing_one_activation(tmp_path):
     model = Recorder(SharedReLU())
     callback = EmergenceCallback()
     fit(tmp_path, model, callback)
-    assert callback.history[-1]["layers"] == ["net.act", "net.act#2"]
+    assert callback.history[-1]["layers"] == ["net.act", "net.act-call2"]
     assert callback.history[-1]["n"] == [6, 6]  # fc1 and fc2 both have 6 outputs
     assert hooks(model) == 0
 
@@ -653,7 +653,7 @@ def test_odd_model_returning_a_tuple_or_a_dict(model_class, tmp_path):
     callback = EmergenceCallback(connectivity="weights", include_output=True)
     _, val = fit(tmp_path, model, callback)
     record = callback.history[-1]  # measured after the last epoch, with the weights the model has now
-    assert record["layers"] == ["act1", "act2", "<output>"]
+    assert record["layers"] == ["act1", "act2", "model-output"]
     n, a, E = independent(lambda x: [*model.hidden(x), model.logits(x)], val)
     assert (record["n"], record["a"], record["E"]) == (n, a, E)
     assert E > 0
@@ -791,14 +791,16 @@ def test_odd_model_with_nan_output(tmp_path):
     assert all(math.isnan(loss) for loss in model.losses)  # the NaN is in the user's loss, not raised by us
     # epoch 0: one NaN logit; the NaN gradients then reach every weight that had a gradient
     ours = [str(w.message) for w in caught if "NaN or inf" in str(w.message)]
-    assert ours[0] == "Layer '<output>': 1 of 3 nodes produced NaN or inf; they are counted as inactive."
+    assert ours[0] == "Layer 'model-output': 1 of 3 nodes produced NaN or inf; they are counted as inactive."
     assert sorted(message.split(":")[0] for message in ours) == [
-        "Layer '<output>'",
         "Layer 'act1'",
         "Layer 'act2'",
+        "Layer 'model-output'",
     ]
     first, *later = callback.history
-    assert first["layers"] == ["act1", "act2", "<output>"] and first["a"][-1] <= 2  # the NaN node is inactive
+    assert (
+        first["layers"] == ["act1", "act2", "model-output"] and first["a"][-1] <= 2
+    )  # the NaN node is inactive
     for record in later:
         assert record["a"][1:] == [0, 0]  # every node NaN: none active
         assert isinstance(record["E"], int) and math.isfinite(record["log10_E"])

@@ -368,7 +368,7 @@ def test_activations_called_bypassing_module_hooks_are_still_measured(tmp_path):
     callback = EmergenceCallback()
     trainer(tmp_path, [callback], max_epochs=1).fit(Bypassing(mlp()), loaders()[0])
     # The ReLU functions are intercepted where they run: functional call sites of the model.
-    assert callback.history[-1]["layers"] == ["relu()", "relu()#2"]
+    assert callback.history[-1]["layers"] == ["relu-fn", "relu-fn-call2"]
     assert callback.history[-1]["n"] == [16, 12]
 
 

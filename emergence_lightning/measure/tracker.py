@@ -36,6 +36,7 @@ from emergence_lightning.measure.arguments import (
     check_flags,
     check_layer_names,
     check_tracking_arguments,
+    migrated_node_dims,
 )
 from emergence_lightning.measure.batches import model_call
 from emergence_lightning.measure.compile_guard import EagerWhileMeasuring
@@ -123,7 +124,8 @@ class ActivityTracker:
             any call of its submodules is seen).
         layers: names of the layers to keep (``None``: every activation). A module name keeps
             each call of that module's output (also a non-activation module, e.g. ``"fc1"``);
-            a call-site name (``"layer1.0.relu#2"``, ``"encoder.layers.0.relu()"``) keeps that one.
+            a call-site name (``"layer1.0.relu-call2"``, ``"encoder.layers.0.relu-fn"``) keeps that one.
+            Names leave out wrappers (``torch.compile``'s ``_orig_mod``, DDP's ``module``, ...).
         threshold: a node is active when its activity exceeds this value (the paper's 0.05).
         statistic: ``"mean"`` (mean output per node over samples and positions), ``"fraction"``
             (fraction of samples/positions on which the output exceeds ``threshold``) or ``"max"``.
@@ -148,6 +150,7 @@ class ActivityTracker:
         include_output: bool = False,
     ) -> None:
         check_tracking_arguments(threshold, statistic, min_firing_rate, node_dim, layers)
+        node_dim = migrated_node_dims(node_dim)
         check_flags(include_input=include_input, include_output=include_output)
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
@@ -171,7 +174,12 @@ class ActivityTracker:
         self._first_seen: dict[str, int] = {}
         self._calls: Counter[str] = Counter()  # call sites seen in this forward pass
         self._stack: list[_Frame] = []
-        self._names: dict[int, str] = {}
+        self._names: dict[int, str] = {}  # id(module) -> its name, wrappers left out
+        self._wrappers: set[int] = set()
+        self._module_names: frozenset[str] = frozenset()
+        self._site_names: dict[tuple[str, int], str] = {}  # (site, k) -> the name of its k-th call
+        self._site_of: dict[str, str] = {}  # layer name -> its site (a module, or a functional call)
+        self._input_name, self._output_name = INPUT_LAYER, OUTPUT_LAYER
         self._skipped: set[int] = set()
         self._last_producer: nn.Module | None = None
         self._producer_shapes: dict[int, torch.Size] = {}  # id(producer) -> its last output's shape
@@ -189,7 +197,7 @@ class ActivityTracker:
     @property
     def layer_names(self) -> list[str]:
         """Layers in forward order, as far as forward passes have shown them."""
-        pinned = {INPUT_LAYER: -math.inf, OUTPUT_LAYER: math.inf}
+        pinned = {self._input_name: -math.inf, self._output_name: math.inf}
         return sorted(self._stats, key=lambda name: (pinned.get(name, 0), self._first_seen[name]))
 
     @property
@@ -202,7 +210,15 @@ class ActivityTracker:
             return self
         if not self._holds_eager:
             self._holds_eager = EagerWhileMeasuring.hold(self)
-        self._names = {id(module): name for name, module in self.model.named_modules()}
+        named = rules.qualified_modules(self.model)
+        self._names = {id(module): name for name, module in named}
+        # A wrapper shares its name with the module it wraps, which alone gets a frame (one layer, not two).
+        self._wrappers = {id(module) for (name, module), (inner, _) in zip(named, named[1:]) if name == inner}
+        if frozenset(self._names.values()) != self._module_names:  # new structure: names made afresh
+            self._module_names = frozenset(self._names.values())
+            self._site_names.clear()
+            self._input_name = rules.unambiguous(INPUT_LAYER, self._module_names)
+            self._output_name = rules.unambiguous(OUTPUT_LAYER, self._module_names)
         self._skipped = _metric_modules(self.model)
         self._stack.clear()
         self._handles.append(module_hooks.register_module_forward_pre_hook(self._module_starts))
@@ -267,17 +283,19 @@ class ActivityTracker:
             self._module_calls += 1
             if module is self.model:
                 self._calls.clear()
+        if id(module) in self._wrappers:
+            return
         skip = id(module) in self._skipped or bool(self._stack and self._stack[-1].skip)
         self._stack.append(_Frame(module, name, self._last_producer, skip, args))
         if module is self._input_module and not skip and args and isinstance(args[0], Tensor):
-            self._record(INPUT_LAYER, args[0], producer=None, once=True)
+            self._record(self._input_name, args[0], producer=None, once=True)
 
     def _module_ends(self, module: nn.Module, args: tuple, output: object) -> None:
         with torch._C.DisableTorchFunction():
             self._leave(module, output)
 
     def _leave(self, module: nn.Module, output: object) -> None:
-        if id(module) not in self._names:
+        if id(module) not in self._names or id(module) in self._wrappers:
             return
         while self._stack and self._stack[-1].module is not module:
             self._stack.pop()  # frames left by an exception
@@ -297,7 +315,7 @@ class ActivityTracker:
             if isinstance(output, Tensor):
                 self._producer_shapes[id(module)] = output.shape
         if module is self._output_module:
-            self._record(OUTPUT_LAYER, output, producer=module, once=True)
+            self._record(self._output_name, output, producer=module, once=True)
 
     def _activation_called(self, function: str, args: tuple, output: object) -> None:
         frame = self._stack[-1]
@@ -308,7 +326,8 @@ class ActivityTracker:
             return
         if args and isinstance(args[0], nn.Parameter):
             return  # a gate computed from weights (sigmoid(self.alpha)) has no samples
-        self._record(rules.functional_site(frame.name, function), output, producer=self._last_producer)
+        site = rules.functional_site(frame.name, function, self._module_names)
+        self._record(site, output, producer=self._last_producer)
 
     def _record_recurrent(self, name: str, module: nn.Module, output: object) -> None:
         sequence = output[0] if isinstance(output, tuple) else output
@@ -325,8 +344,13 @@ class ActivityTracker:
         self._calls[site] += 1
         if once and self._calls[site] > 1:
             return
-        name = rules.call_site_name(site, self._calls[site])
-        if self._wanted and name not in self._wanted and rules.base_name(name) not in self._wanted:
+        name = self._site_names.get((site, self._calls[site]))
+        if name is None:
+            name = self._site_names[site, self._calls[site]] = rules.call_site_name(
+                site, self._calls[site], self._module_names
+            )
+            self._site_of[name] = site
+        if self._wanted and name not in self._wanted and site not in self._wanted:
             return
         if not isinstance(output, Tensor):
             raise TypeError(
@@ -376,7 +400,7 @@ class ActivityTracker:
         shape = tuple(output.shape)
         override = self.node_dim
         if isinstance(override, Mapping):
-            override = override.get(name, override.get(rules.base_name(name)))
+            override = override.get(name, override.get(self._site_of.get(name, name)))
         if override is not None:
             if not -output.dim() <= override < output.dim() or override % output.dim() == batch_dim:
                 raise ValueError(
@@ -386,7 +410,9 @@ class ActivityTracker:
             return override % output.dim()
         if batch_dim != 0:  # a recurrent module's (time, batch, features)
             return output.dim() - 1
-        if name == INPUT_LAYER and self._input_module is not None:  # the data: the module reading it decides
+        if (
+            name == self._input_name and self._input_module is not None
+        ):  # the data: the module reading it decides
             decided = rules.input_node_dim(shape, self._input_module)
             source = f"read by {type(self._input_module).__name__}"
         else:
@@ -472,7 +498,7 @@ class ActivityTracker:
             return None
         missing = [name for name, r in zip(names, rows.tolist()) if r == 0]
         unmatched = [
-            name for name in self._wanted if not any(rules.base_name(n) == name or n == name for n in names)
+            name for name in self._wanted if not any(self._site_of.get(n) == name or n == name for n in names)
         ]
         if unmatched:
             raise RuntimeError(
