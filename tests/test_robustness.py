@@ -324,7 +324,9 @@ def test_compiled_code_runs_again_after_the_window_even_when_fit_raises(tmp_path
 
 def test_overlapping_trackers_on_a_compiled_module(fresh_dynamo):
     net = dead_nodes_net()
-    expected = measure_activity(copy.deepcopy(net), [torch.randn(5, 8, generator=torch.Generator().manual_seed(0))])
+    expected = measure_activity(
+        copy.deepcopy(net), [torch.randn(5, 8, generator=torch.Generator().manual_seed(0))]
+    )
     backend = CountingBackend()
     net.compile(backend=backend)
     first, second = ActivityTracker(net).attach(), ActivityTracker(net).attach()
