@@ -86,17 +86,35 @@ class Measurement:
         return sum(self.a) / total if total else math.nan
 
 
+class _Module:
+    """What the hooks need to know of one module, worked out once per window."""
+
+    __slots__ = ("name", "leaf", "producer", "recurrent", "skip", "wrapper")
+
+    def __init__(self, name: str, module: nn.Module, skip: bool, wrapper: bool) -> None:
+        self.name, self.skip, self.wrapper = name, skip, wrapper
+        self.leaf = next(iter(module.children()), None) is None
+        self.producer = rules.is_producer(module)
+        self.recurrent = rules.is_recurrent(module)
+
+
 class _Frame:
     """A module call in progress."""
 
-    __slots__ = ("module", "name", "leaf", "producer", "skip", "saw_activation", "input_shape")
+    __slots__ = (
+        "module", "info", "name", "leaf", "producer", "skip", "saw_activation", "body_activation",
+        "learning", "intercepting", "input_shape",
+    )  # fmt: skip
 
     def __init__(
-        self, module: nn.Module, name: str, producer: nn.Module | None, skip: bool, args: tuple
+        self, module: nn.Module, info: _Module, producer: nn.Module | None, skip: bool, args: tuple
     ) -> None:
-        self.module, self.name, self.producer, self.skip = module, name, producer, skip
-        self.leaf = next(iter(module.children()), None) is None
-        self.saw_activation = False
+        self.module, self.info, self.name, self.leaf = module, info, info.name, info.leaf
+        self.producer, self.skip = producer, skip
+        self.saw_activation = False  # a leaf: an activation ran in its forward (the module is one)
+        self.body_activation = False  # an activation function ran in this module's own forward code
+        self.learning = False  # this call finds out whether the module's own code calls activations
+        self.intercepting = False  # the window's mode is on while this module's own code runs
         first = args[0] if args else None
         self.input_shape = tuple(first.shape) if isinstance(first, Tensor) else None
 
@@ -175,12 +193,15 @@ class ActivityTracker:
         self._calls: Counter[str] = Counter()  # call sites seen in this forward pass
         self._stack: list[_Frame] = []
         self._names: dict[int, str] = {}  # id(module) -> its name, wrappers left out
-        self._wrappers: set[int] = set()
+        self._modules: dict[int, _Module] = {}
+        # (id(module), training) -> whether the module's own forward code calls an activation
+        # function, learned on its first call in each window (see `_enter`).
+        self._calls_activation: dict[tuple[int, bool], bool] = {}
+        self._intercepting = False  # whether the window's mode is on the torch function mode stack
         self._module_names: frozenset[str] = frozenset()
         self._site_names: dict[tuple[str, int], str] = {}  # (site, k) -> the name of its k-th call
         self._site_of: dict[str, str] = {}  # layer name -> its site (a module, or a functional call)
         self._input_name, self._output_name = INPUT_LAYER, OUTPUT_LAYER
-        self._skipped: set[int] = set()
         self._last_producer: nn.Module | None = None
         self._producer_shapes: dict[int, torch.Size] = {}  # id(producer) -> its last output's shape
         self._handles: list[RemovableHandle] = []
@@ -219,12 +240,19 @@ class ActivityTracker:
             self._site_names.clear()
             self._input_name = rules.unambiguous(INPUT_LAYER, self._module_names)
             self._output_name = rules.unambiguous(OUTPUT_LAYER, self._module_names)
-        self._skipped = _metric_modules(self.model)
+        skipped = _metric_modules(self.model)
+        self._modules = {
+            id(module): _Module(name, module, id(module) in skipped, id(module) in self._wrappers)
+            for name, module in named
+        }
+        self._calls_activation.clear()
         self._stack.clear()
         self._handles.append(module_hooks.register_module_forward_pre_hook(self._module_starts))
         self._handles.append(module_hooks.register_module_forward_hook(self._module_ends, always_call=True))
         self._mode = _ActivationCalls(self)
         self._mode.__enter__()
+        self._intercepting = True
+        self._intercept(False)  # on only while a module's own code that calls activations runs
         return self
 
     def detach(self) -> None:
@@ -232,8 +260,10 @@ class ActivityTracker:
         while self._handles:
             self._handles.pop().remove()
         if self._mode is not None:
-            _leave_mode(self._mode)
+            if self._intercepting:
+                _leave_mode(self._mode)
             self._mode = None
+            self._intercepting = False
         self._stack.clear()
         self._producer_shapes.clear()
         self._scratch.free()
@@ -251,6 +281,7 @@ class ActivityTracker:
         """Marks the start of one forward pass (one batch): call sites are numbered per pass."""
         self._calls.clear()
         self._stack.clear()
+        self._intercept(False)
 
     def reset(self) -> None:
         """Clears the statistics to start a new measurement window (layers and order are kept)."""
@@ -276,41 +307,67 @@ class ActivityTracker:
             self._enter(module, args)
 
     def _enter(self, module: nn.Module, args: tuple) -> None:
-        name = self._names.get(id(module))
-        if name is None:  # another model, or a copy of this one
+        info = self._modules.get(id(module))
+        if info is None:  # another model, or a copy of this one
             return
         if not self._stack:
             self._module_calls += 1
             if module is self.model:
                 self._calls.clear()
-        if id(module) in self._wrappers:
+        if info.wrapper:
             return
-        skip = id(module) in self._skipped or bool(self._stack and self._stack[-1].skip)
-        self._stack.append(_Frame(module, name, self._last_producer, skip, args))
+        skip = info.skip or bool(self._stack and self._stack[-1].skip)
+        frame = _Frame(module, info, self._last_producer, skip, args)
+        self._stack.append(frame)
+        # Most torch calls are no activations, and each one the mode sees costs a Python call. A
+        # module's first call in this window runs intercepted and shows whether its own code calls
+        # an activation function; later calls intercept only the code of modules that do (an
+        # activation module is then known to be one without looking).
+        if not skip:
+            calls = self._calls_activation.get((id(module), module.training))
+            frame.learning = calls is None
+            frame.saw_activation = bool(calls and info.leaf)
+            frame.intercepting = frame.learning or bool(calls and not info.leaf)
+        self._intercept(frame.intercepting)
         if module is self._input_module and not skip and args and isinstance(args[0], Tensor):
             self._record(self._input_name, args[0], producer=None, once=True)
+
+    def _intercept(self, on: bool) -> None:
+        """Puts the window's mode on the torch function mode stack, or takes it off."""
+        if on == self._intercepting or self._mode is None:
+            return
+        if on:
+            torch.overrides._push_mode(self._mode)
+            self._intercepting = True
+        elif torch.overrides._get_current_function_mode() is self._mode:  # another mode above: leave it
+            torch.overrides._pop_mode()
+            self._intercepting = False
 
     def _module_ends(self, module: nn.Module, args: tuple, output: object) -> None:
         with torch._C.DisableTorchFunction():
             self._leave(module, output)
 
     def _leave(self, module: nn.Module, output: object) -> None:
-        if id(module) not in self._names or id(module) in self._wrappers:
+        info = self._modules.get(id(module))
+        if info is None or info.wrapper:
             return
         while self._stack and self._stack[-1].module is not module:
             self._stack.pop()  # frames left by an exception
         if not self._stack:
             return
         frame = self._stack.pop()
+        self._intercept(self._stack[-1].intercepting if self._stack else False)
         if frame.skip:
             return
-        if rules.is_recurrent(module):
+        if frame.learning:
+            self._calls_activation[id(module), module.training] = frame.body_activation
+        if info.recurrent:
             self._record_recurrent(frame.name, module, output)
         elif frame.saw_activation or frame.name in self._wanted:
             same_shape = isinstance(output, Tensor) and tuple(output.shape) == frame.input_shape
-            producer = frame.producer if same_shape or not rules.is_producer(module) else module
+            producer = frame.producer if same_shape or not info.producer else module
             self._record(frame.name, output, producer=producer)
-        if rules.is_producer(module) and not frame.saw_activation:
+        if info.producer and not frame.saw_activation:
             self._last_producer = module
             if isinstance(output, Tensor):
                 self._producer_shapes[id(module)] = output.shape
@@ -321,6 +378,7 @@ class ActivityTracker:
         frame = self._stack[-1]
         if frame.skip:
             return
+        frame.body_activation = True
         if frame.leaf:  # an activation module: its output is the layer (recorded when it ends)
             frame.saw_activation = True
             return
@@ -380,21 +438,21 @@ class ActivityTracker:
                 f"Layer {name!r} produced shape {tuple(output.shape)}, but its nodes were on dim {node_dim} "
                 "in earlier batches; set `node_dim` for this layer."
             )
-        with torch.no_grad():
+        if output.requires_grad:  # a training pass: keep the statistic out of the autograd graph
             output = output.detach()
-            rows_left = self._rows_left.get(name)
-            if rows_left is not None:
-                output = output.narrow(batch_dim, 0, min(rows_left, output.shape[batch_dim]))
-                self._rows_left[name] = rows_left - output.shape[batch_dim]
-                if output.shape[batch_dim] == 0:
-                    return
-            try:
-                self._stats[name].add(output, batch_dim, node_dim, self._scratch)
-            except ValueError as error:
-                raise ValueError(
-                    f"Layer {name!r} changed its number of nodes between batches ({error}); set `node_dim` to "
-                    "the dimension that indexes nodes."
-                ) from None
+        rows_left = self._rows_left.get(name)
+        if rows_left is not None:
+            output = output.narrow(batch_dim, 0, min(rows_left, output.shape[batch_dim]))
+            self._rows_left[name] = rows_left - output.shape[batch_dim]
+            if output.shape[batch_dim] == 0:
+                return
+        try:
+            self._stats[name].add(output, batch_dim, node_dim, self._scratch)
+        except ValueError as error:
+            raise ValueError(
+                f"Layer {name!r} changed its number of nodes between batches ({error}); set `node_dim` to "
+                "the dimension that indexes nodes."
+            ) from None
 
     def _decide_node_dim(self, name: str, output: Tensor, producer: nn.Module | None, batch_dim: int) -> int:
         shape = tuple(output.shape)
