@@ -10,6 +10,11 @@ their range and the machine's load, by CPU time and wall clock:
 - the 6-block conv net of bench_models at its window size (target <= 1.05x), every statistic
   for the conv net and GPT-2 (target <= 1.10x).
 
+With ``--split``, the chain's added time per activation call is split into its parts, each timed
+against the closed pass in the same rotation: two empty global module hooks (what torch's hook
+path costs by itself), the tracker with accumulation off (``tracker.enabled = False``: hooks and
+bookkeeping), and the whole tracker (the difference is the reduction).
+
 A window holds ``--passes`` forward passes (default 8: a validation run holds many): a module's
 first call in each window runs intercepted to learn whether its own code calls an activation,
 later calls intercept only such modules. ``--passes 1`` shows the cost of a window of one pass.
@@ -29,6 +34,7 @@ import torch
 from bench_measure_window import leftovers
 from bench_models import WINDOW_SIZES, build, inputs, load
 from torch import nn
+from torch.nn.modules import module as module_hooks
 
 from emergence_lightning.measure import ActivityTracker
 
@@ -138,6 +144,59 @@ def per_call_us(closed: list[tuple[float, float]], opened: list[tuple[float, flo
     return "added per activation call: " + "; ".join(parts)
 
 
+def empty_hooks(model: nn.Module, x: torch.Tensor, passes: int) -> tuple[float, float]:
+    """``passes`` closed passes with two global module hooks that do nothing installed."""
+    handles = [
+        module_hooks.register_module_forward_pre_hook(lambda module, args: None),
+        module_hooks.register_module_forward_hook(lambda module, args, output: None),
+    ]
+    try:
+        return window(model, x, passes, None)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def without_accumulation(
+    model: nn.Module, x: torch.Tensor, passes: int, tracker: ActivityTracker
+) -> tuple[float, float]:
+    tracker.enabled = False
+    try:
+        return window(model, x, passes, tracker)
+    finally:
+        tracker.enabled = True
+
+
+def split_chain(pairs: int, passes: int) -> None:
+    """The chain's added time per activation call, part by part (CPU time, medians over rounds)."""
+    model, x = case("chain")
+    tracker = ActivityTracker(model)
+    cases = {
+        "closed": lambda: window(model, x, passes, None),
+        "two empty global hooks": lambda: empty_hooks(model, x, passes),
+        "tracker, accumulation off": lambda: without_accumulation(model, x, passes, tracker),
+        "tracker": lambda: window(model, x, passes, tracker),
+    }
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for run in cases.values():  # warm-up
+        run()
+    names = list(cases)
+    for index in range(pairs):
+        for name in names[index % len(names) :] + names[: index % len(names)]:
+            times[name].append(cases[name]()[1])
+    closed = statistics.median(times["closed"])
+    calls = passes * CHAIN_LAYERS
+    parts = [
+        f"{name}: +{1e6 * (statistics.median(values) - closed) / calls:.1f} us"
+        for name, values in times.items()
+        if name != "closed"
+    ]
+    print(
+        f"chain split, added per activation call (cpu): {'; '.join(parts)}; {pairs} rounds; {load()}",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -147,6 +206,9 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     parser.add_argument("--statistics", nargs="+", default=["mean"], choices=["mean", "fraction", "max"])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--split", action="store_true", help="also split the chain's per-call cost into parts"
+    )
     args = parser.parse_args()
     if args.pairs < 5:
         parser.error(f"`--pairs` must be >= 5 for a median, got {args.pairs}.")
@@ -172,6 +234,8 @@ def main() -> None:
             if name == "chain":
                 line += f"; {per_call_us(closed, opened, args.passes * CHAIN_LAYERS)}"
             print(f"{line}; {args.pairs} pairs; {load()}", flush=True)
+    if args.split:
+        split_chain(args.pairs, args.passes)
     print(leftovers(), flush=True)
 
 
