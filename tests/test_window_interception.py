@@ -6,8 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from emergence_lightning.measure import ActivityTracker
-from emergence_lightning.measure import tracker as tracker_module
+from emergence_lightning.measure import ActivityTracker, interception
 
 
 class Net(nn.Module):
@@ -34,13 +33,13 @@ class TrainingOnlyActivation(nn.Module):
 def counting(monkeypatch) -> list[int]:
     """Counts the torch calls the window's mode sees, per forward pass."""
     seen = [0]
-    original = tracker_module._ActivationCalls.__torch_function__
+    original = interception.ActivationCalls.__torch_function__
 
     def counted(self, func, types, args=(), kwargs=None):
         seen[-1] += 1
         return original(self, func, types, args, kwargs)
 
-    monkeypatch.setattr(tracker_module._ActivationCalls, "__torch_function__", counted)
+    monkeypatch.setattr(interception.ActivationCalls, "__torch_function__", counted)
     return seen
 
 

@@ -1,14 +1,19 @@
-"""What a batch feeds the model: one rule for the callback's probe passes and ``measure_activity``.
+"""Batches through a model: what a batch feeds it (one rule for the callback's probe passes and
+:func:`measure_activity`), and ``measure_activity``, an eval pass over batches measured.
 
 Plain PyTorch, no Lightning.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
+
+from emergence_lightning.measure.measurement import Measurement
+from emergence_lightning.measure.tracker import ActivityTracker
 
 
 def batch_input(batch: Any) -> Tensor | None:
@@ -38,3 +43,33 @@ def model_call(batch: Any, index: int) -> tuple[tuple[Any, ...], dict[str, Any]]
         return (batch,), {}
     inputs = batch_input(batch)
     return (batch if inputs is None else inputs,), {}
+
+
+def measure_activity(
+    model: nn.Module, batches: Iterable[object], **tracker_kwargs: object
+) -> Measurement | None:
+    """Runs ``model`` on ``batches`` in eval mode without gradients and measures it.
+
+    Each batch is read as the callback reads one: a tensor is the input (``model(x)``), a tuple or
+    list gives its first element (``(x, y)`` as a DataLoader yields it: ``model(x)``), and a dict
+    holds keyword arguments (``model(**batch)``, as Hugging Face models take them). The train/eval
+    mode of every module is restored afterwards. Keyword arguments go to :class:`ActivityTracker`.
+    """
+    if isinstance(batches, Tensor) or not isinstance(batches, Iterable):
+        raise TypeError(
+            f"`batches` must be an iterable of model inputs (a DataLoader of tensors, or `[x]` for one batch), "
+            f"got {type(batches).__name__}."
+        )
+    tracker = ActivityTracker(model, **tracker_kwargs)  # type: ignore[arg-type]
+    modes = {module: module.training for module in model.modules()}
+    try:
+        model.eval()
+        with tracker, torch.no_grad():
+            for index, batch in enumerate(batches):
+                args, kwargs = model_call(batch, index)
+                tracker.start_pass()
+                model(*args, **kwargs)
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    return tracker.compute()

@@ -3,7 +3,11 @@
 While a window is open (``attach`` .. ``detach``) the tracker sees every module call of its model
 through global module hooks and every activation function through a ``TorchFunctionMode``; both
 are removed when the window closes, so training steps outside it run exactly as without the
-tracker. What counts as a layer and a node is decided in :mod:`emergence_lightning.measure.layers`.
+tracker. What counts as a layer and a node is decided in :mod:`emergence_lightning.measure.layers`;
+the frames and the mode are in :mod:`~emergence_lightning.measure.interception`, the per-node
+reductions in :mod:`~emergence_lightning.measure.statistics`, the result in
+:mod:`~emergence_lightning.measure.measurement`, and ``measure_activity`` (batches through a
+model) in :mod:`~emergence_lightning.measure.batches`.
 
 Example (no Trainer needed)::
 
@@ -18,16 +22,13 @@ Example (no Trainer needed)::
 from __future__ import annotations
 
 import math
-import sys
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules import module as module_hooks
-from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
 from emergence_lightning.measure import layers as rules
@@ -38,100 +39,20 @@ from emergence_lightning.measure.arguments import (
     check_tracking_arguments,
     migrated_node_dims,
 )
-from emergence_lightning.measure.batches import model_call
 from emergence_lightning.measure.compile_guard import EagerWhileMeasuring
+from emergence_lightning.measure.interception import (
+    ActivationCalls,
+    Frame,
+    ModuleFacts,
+    leave_mode,
+    metric_modules,
+)
 from emergence_lightning.measure.layers import INPUT_LAYER, OUTPUT_LAYER
+from emergence_lightning.measure.measurement import LayerActivity, Measurement
 from emergence_lightning.measure.statistics import NodeStatistic, Scratch, accumulation_dtype
 
 # A reduction across processes: (tensor, "sum" | "max") -> reduced tensor. Identity on one process.
 Reduce = Callable[[Tensor, str], Tensor]
-
-
-@dataclass
-class LayerActivity:
-    """One layer's nodes after a measurement window."""
-
-    name: str
-    activity: Tensor  # per-node statistic (float64, CPU); NaN where the node saw a non-finite value
-    active: Tensor  # bool per node
-    nonfinite_nodes: int  # nodes that produced NaN or inf at least once (counted as inactive)
-
-    @property
-    def n(self) -> int:
-        return int(self.activity.numel())
-
-    @property
-    def a(self) -> int:
-        return int(self.active.sum())
-
-
-@dataclass
-class Measurement:
-    """Every tracked layer in forward order, and how many samples (rows) each layer saw."""
-
-    layers: list[LayerActivity]
-    samples: int
-    names: list[str] = field(init=False)
-    n: list[int] = field(init=False)
-    a: list[int] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.names = [layer.name for layer in self.layers]
-        self.n = [layer.n for layer in self.layers]
-        self.a = [layer.a for layer in self.layers]
-
-    @property
-    def active_fraction(self) -> float:
-        total = sum(self.n)
-        return sum(self.a) / total if total else math.nan
-
-
-class _Module:
-    """What the hooks need to know of one module, worked out once per window."""
-
-    __slots__ = ("name", "leaf", "producer", "recurrent", "skip", "wrapper")
-
-    def __init__(self, name: str, module: nn.Module, skip: bool, wrapper: bool) -> None:
-        self.name, self.skip, self.wrapper = name, skip, wrapper
-        self.leaf = next(iter(module.children()), None) is None
-        self.producer = rules.is_producer(module)
-        self.recurrent = rules.is_recurrent(module)
-
-
-class _Frame:
-    """A module call in progress."""
-
-    __slots__ = (
-        "module", "info", "name", "leaf", "producer", "skip", "saw_activation", "body_activation",
-        "learning", "intercepting", "input_shape",
-    )  # fmt: skip
-
-    def __init__(
-        self, module: nn.Module, info: _Module, producer: nn.Module | None, skip: bool, args: tuple
-    ) -> None:
-        self.module, self.info, self.name, self.leaf = module, info, info.name, info.leaf
-        self.producer, self.skip = producer, skip
-        self.saw_activation = False  # a leaf: an activation ran in its forward (the module is one)
-        self.body_activation = False  # an activation function ran in this module's own forward code
-        self.learning = False  # this call finds out whether the module's own code calls activations
-        self.intercepting = False  # the window's mode is on while this module's own code runs
-        first = args[0] if args else None
-        self.input_shape = tuple(first.shape) if isinstance(first, Tensor) else None
-
-
-class _ActivationCalls(TorchFunctionMode):
-    """Hands every activation function call to the tracker; every other call passes untouched."""
-
-    def __init__(self, tracker: ActivityTracker) -> None:
-        super().__init__()
-        self.tracker = tracker
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        output = func(*args, **(kwargs or {}))
-        name = rules.activation_name(func)
-        if name is not None and self.tracker._stack:
-            self.tracker._activation_called(name, args, output)
-        return output
 
 
 class ActivityTracker:
@@ -191,9 +112,9 @@ class ActivityTracker:
         self._layout: dict[str, tuple[int, int]] = {}  # layer -> (batch dim, node dim), fixed at first sight
         self._first_seen: dict[str, int] = {}
         self._calls: Counter[str] = Counter()  # call sites seen in this forward pass
-        self._stack: list[_Frame] = []
+        self._stack: list[Frame] = []
         self._names: dict[int, str] = {}  # id(module) -> its name, wrappers left out
-        self._modules: dict[int, _Module] = {}
+        self._modules: dict[int, ModuleFacts] = {}
         # (id(module), training) -> whether the module's own forward code calls an activation
         # function, learned on its first call in each window (see `_enter`).
         self._calls_activation: dict[tuple[int, bool], bool] = {}
@@ -205,7 +126,7 @@ class ActivityTracker:
         self._last_producer: nn.Module | None = None
         self._producer_shapes: dict[int, torch.Size] = {}  # id(producer) -> its last output's shape
         self._handles: list[RemovableHandle] = []
-        self._mode: _ActivationCalls | None = None
+        self._mode: ActivationCalls | None = None
         self._holds_eager = False
         self._warned: set[str] = set()
         self._scratch = Scratch()
@@ -240,16 +161,16 @@ class ActivityTracker:
             self._site_names.clear()
             self._input_name = rules.unambiguous(INPUT_LAYER, self._module_names)
             self._output_name = rules.unambiguous(OUTPUT_LAYER, self._module_names)
-        skipped = _metric_modules(self.model)
+        skipped = metric_modules(self.model)
         self._modules = {
-            id(module): _Module(name, module, id(module) in skipped, id(module) in self._wrappers)
+            id(module): ModuleFacts(name, module, id(module) in skipped, id(module) in self._wrappers)
             for name, module in named
         }
         self._calls_activation.clear()
         self._stack.clear()
         self._handles.append(module_hooks.register_module_forward_pre_hook(self._module_starts))
         self._handles.append(module_hooks.register_module_forward_hook(self._module_ends, always_call=True))
-        self._mode = _ActivationCalls(self)
+        self._mode = ActivationCalls(self._activation_called)
         self._mode.__enter__()
         self._intercepting = True
         self._intercept(False)  # on only while a module's own code that calls activations runs
@@ -261,7 +182,7 @@ class ActivityTracker:
             self._handles.pop().remove()
         if self._mode is not None:
             if self._intercepting:
-                _leave_mode(self._mode)
+                leave_mode(self._mode)
             self._mode = None
             self._intercepting = False
         self._stack.clear()
@@ -317,7 +238,7 @@ class ActivityTracker:
         if info.wrapper:
             return
         skip = info.skip or bool(self._stack and self._stack[-1].skip)
-        frame = _Frame(module, info, self._last_producer, skip, args)
+        frame = Frame(module, info, self._last_producer, skip, args)
         self._stack.append(frame)
         # Most torch calls are no activations, and each one the mode sees costs a Python call. A
         # module's first call in this window runs intercepted and shows whether its own code calls
@@ -375,6 +296,8 @@ class ActivityTracker:
             self._record(self._output_name, output, producer=module, once=True)
 
     def _activation_called(self, function: str, args: tuple, output: object) -> None:
+        if not self._stack:  # outside the model's modules
+            return
         frame = self._stack[-1]
         if frame.skip:
             return
@@ -588,55 +511,3 @@ class ActivityTracker:
                 f"Layers {missing} ran in earlier measurements but not in this one; this measurement leaves them out.",
             )
         return Measurement(layers, samples=int(rows.max()))
-
-
-def _metric_modules(model: nn.Module) -> set[int]:
-    """torchmetrics metrics (and their submodules) inside the model: their sigmoids are no layers."""
-    torchmetrics = sys.modules.get("torchmetrics")
-    metric = getattr(torchmetrics, "Metric", None)
-    if metric is None:
-        return set()
-    return {id(sub) for module in model.modules() if isinstance(module, metric) for sub in module.modules()}
-
-
-def _leave_mode(mode: TorchFunctionMode) -> None:
-    """Pops ``mode`` even when other modes were pushed above it (and puts those back)."""
-    stack = torch.overrides._get_current_function_mode_stack()
-    if mode not in stack:
-        return
-    above = []
-    while torch.overrides._get_current_function_mode() is not mode:
-        above.append(torch.overrides._pop_mode())
-    mode.__exit__(None, None, None)
-    for other in reversed(above):
-        torch.overrides._push_mode(other)
-
-
-def measure_activity(
-    model: nn.Module, batches: Iterable[object], **tracker_kwargs: object
-) -> Measurement | None:
-    """Runs ``model`` on ``batches`` in eval mode without gradients and measures it.
-
-    Each batch is read as the callback reads one: a tensor is the input (``model(x)``), a tuple or
-    list gives its first element (``(x, y)`` as a DataLoader yields it: ``model(x)``), and a dict
-    holds keyword arguments (``model(**batch)``, as Hugging Face models take them). The train/eval
-    mode of every module is restored afterwards. Keyword arguments go to :class:`ActivityTracker`.
-    """
-    if isinstance(batches, Tensor) or not isinstance(batches, Iterable):
-        raise TypeError(
-            f"`batches` must be an iterable of model inputs (a DataLoader of tensors, or `[x]` for one batch), "
-            f"got {type(batches).__name__}."
-        )
-    tracker = ActivityTracker(model, **tracker_kwargs)  # type: ignore[arg-type]
-    modes = {module: module.training for module in model.modules()}
-    try:
-        model.eval()
-        with tracker, torch.no_grad():
-            for index, batch in enumerate(batches):
-                args, kwargs = model_call(batch, index)
-                tracker.start_pass()
-                model(*args, **kwargs)
-    finally:
-        for module, training in modes.items():
-            module.training = training
-    return tracker.compute()
