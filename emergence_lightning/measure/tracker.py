@@ -113,7 +113,7 @@ class ActivityTracker:
         self._first_seen: dict[str, int] = {}
         self._calls: Counter[str] = Counter()  # call sites seen in this forward pass
         self._stack: list[Frame] = []
-        self._names: dict[int, str] = {}  # id(module) -> its name, wrappers left out
+        self._tree: dict[int, tuple[str, type]] = {}  # id(module) -> its name (wrappers left out), type
         self._modules: dict[int, ModuleFacts] = {}
         # (id(module), training) -> whether the module's own forward code calls an activation
         # function, learned on its first call in each window (see `_enter`).
@@ -153,19 +153,21 @@ class ActivityTracker:
         if not self._holds_eager:
             self._holds_eager = EagerWhileMeasuring.hold(self)
         named = rules.qualified_modules(self.model)
-        self._names = {id(module): name for name, module in named}
-        # A wrapper shares its name with the module it wraps, which alone gets a frame (one layer, not two).
-        self._wrappers = {id(module) for (name, module), (inner, _) in zip(named, named[1:]) if name == inner}
-        if frozenset(self._names.values()) != self._module_names:  # new structure: names made afresh
-            self._module_names = frozenset(self._names.values())
+        tree = {id(module): (name, type(module)) for name, module in named}
+        if tree != self._tree:  # the module tree changed (or first window): its facts worked out afresh
+            self._tree = tree
+            # A wrapper shares its name with the module it wraps, which alone gets a frame (one layer, not two).
+            wrappers = {id(module) for (name, module), (inner, _) in zip(named, named[1:]) if name == inner}
+            skipped = metric_modules(self.model)
+            self._modules = {
+                id(module): ModuleFacts(name, module, id(module) in skipped, id(module) in wrappers)
+                for name, module in named
+            }
+        if frozenset(name for name, _ in named) != self._module_names:  # new names: call sites named afresh
+            self._module_names = frozenset(name for name, _ in named)
             self._site_names.clear()
             self._input_name = rules.unambiguous(INPUT_LAYER, self._module_names)
             self._output_name = rules.unambiguous(OUTPUT_LAYER, self._module_names)
-        skipped = metric_modules(self.model)
-        self._modules = {
-            id(module): ModuleFacts(name, module, id(module) in skipped, id(module) in self._wrappers)
-            for name, module in named
-        }
         self._calls_activation.clear()
         self._stack.clear()
         self._handles.append(module_hooks.register_module_forward_pre_hook(self._module_starts))
