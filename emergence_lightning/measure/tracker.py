@@ -385,8 +385,10 @@ class ActivityTracker:
         frame = self._stack[-1]
         if frame.routing is not None:
             frame.routing.observe(func, args, kwargs)
+        if frame.skip or frame.leaf:  # a leaf applies its own weight: its hooks decide
+            return
         kind = producers.producing_kind(func)
-        if kind is None or frame.skip or frame.leaf:  # a leaf applies its own weight: its hooks decide
+        if kind is None:
             return
         with _compat.DisableTorchFunction():
             made = producers.functional_producer(kind, args, kwargs or {}, output, self._owners)
