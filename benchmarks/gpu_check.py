@@ -11,6 +11,11 @@
    raise, so a pass means something.
 3. The overhead ratio of whole fits with / without the callback (alternating, median of rounds),
    at defaults and with ``measure_at_start=False``, at the issue's sizes.
+4. Where Python dominates (issue 19): Hugging Face GPT-2 (12 x 256) and Llama (8 x 256) from tiny
+   configs at batch 1 x 16 tokens, and the 300-layer ReLU chain: eval passes with the window
+   closed vs open (alternating pairs, medians; target <= 1.10x, <= 25 us per activation call),
+   and every forward pass inside an open window run under ``set_sync_debug_mode("error")``: the
+   window adds no host sync per pass (only ``compute`` at its end reads the device).
 
     python benchmarks/gpu_check.py              # on a machine with CUDA (a few minutes on one GPU)
     python benchmarks/gpu_check.py --dry-run    # CPU, tiny sizes: the same code paths but CUDA's (CI)
@@ -32,12 +37,14 @@ import lightning.pytorch as pl
 import torch
 from bench_callback_overhead import CASES, FULL_DATA, fit_once
 from bench_models import MODELS, TINY, WINDOW_SIZES, Classifier, Size, build, inputs, load
+from bench_window_per_call import CHAIN_LAYERS, paired, per_call_us, summary, window
+from bench_window_per_call import case as window_case
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, TensorDataset
 
 from emergence_lightning import EmergenceCallback
 from emergence_lightning.functional import emergence
-from emergence_lightning.measure import measure
+from emergence_lightning.measure import ActivityTracker, measure_activity
 
 NEAR_THETA = 1e-4
 
@@ -46,8 +53,8 @@ def same_measurement(name: str, size: Size, device: torch.device, batches: int) 
     """Measures one seeded model on the CPU and on ``device``; prints and returns whether they agree."""
     model = build(name, size).eval()
     data = list(inputs(name, size, batches * size.batch).split(size.batch))
-    on_cpu = measure(model, data)
-    on_device = measure(copy.deepcopy(model).to(device), [x.to(device) for x in data])
+    on_cpu = measure_activity(model, data)
+    on_device = measure_activity(copy.deepcopy(model).to(device), [x.to(device) for x in data])
     if on_cpu is None or on_device is None:
         print(f"compare {name}: nothing measured (cpu {on_cpu}, {device.type} {on_device}): MISMATCH")
         return False
@@ -202,6 +209,44 @@ def overhead(name: str, size: Size, data: tuple[int, int], rounds: int, accelera
     )
 
 
+def window_cost(name: str, device: torch.device, pairs: int, passes: int) -> bool:
+    """Window open vs closed on ``device`` (issue 19's Python-bound cases); then the passes of one
+    open window under the sync guard. Prints both; returns whether no pass synchronised.
+    """
+    cuda = device.type == "cuda"
+    model, x = window_case(name)
+    model, x = model.to(device), x.to(device)
+    wait = torch.cuda.synchronize if cuda else (lambda: None)
+    tracker = ActivityTracker(model)
+    closed, opened = paired(
+        lambda: window(model, x, passes, None, wait), lambda: window(model, x, passes, tracker, wait), pairs
+    )
+    line = f"window {name} on {device.type}, {passes} passes a window: {summary(closed, opened)}"
+    if name == "chain":
+        line += f"; {per_call_us(closed, opened, passes * CHAIN_LAYERS)}"
+    note = " (dry run: not a figure)" if not cuda else ""
+    print(f"{line} [targets <= 1.10x, <= 25 us a call]{note}; {pairs} pairs; {load()}", flush=True)
+    tracker.reset()
+    try:
+        with torch.no_grad(), tracker:
+            with sync_debug("error", cuda):
+                for _ in range(passes):
+                    tracker.start_pass()
+                    model(x)
+    except RuntimeError as error:
+        print(f"window sync check {name}: a pass inside the window synchronised: {error}: FAILED", flush=True)
+        return False
+    measured = tracker.compute()
+    ok = measured is not None and len(measured.n) > 0
+    skipped = "" if cuda else " (skipped: CPU dry run)"
+    print(
+        f"window sync check {name}: {passes} passes with the window open under set_sync_debug_mode('error')"
+        f"{skipped}: no sync; {len(measured.n) if measured else 0} layers measured: {'OK' if ok else 'FAILED'}",
+        flush=True,
+    )
+    return ok
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -251,6 +296,9 @@ def main() -> int:
     for name in models:
         size, data = (TINY, (16, 8)) if args.dry_run else (WINDOW_SIZES[name], FULL_DATA)
         overhead(name, size, data, args.rounds, "gpu" if cuda else "cpu")
+
+    for name in ("gpt2", "llama", "chain"):
+        ok &= window_cost(name, device, pairs=5 if args.dry_run else 15, passes=2 if args.dry_run else 16)
     print(f"RESULT: {'PASS' if ok else 'FAIL'}")
     return 0 if ok else 1
 

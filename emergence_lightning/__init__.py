@@ -9,7 +9,7 @@ study and the command line) lives in :mod:`emergence_lightning.paper` (the ``pap
 from emergence_lightning.callbacks import EmergenceCallback, EmergenceRecord, PruneAndBranchCallback
 from emergence_lightning.connectivity import ConnectivityError, build_edges, path_emergence
 from emergence_lightning.functional import emergence, log10_emergence, relative_emergence
-from emergence_lightning.measure import ActivityTracker, Measurement, measure
+from emergence_lightning.measure import ActivityTracker, Measurement, measure_activity
 from emergence_lightning.pruning import count_parameters
 
 __all__ = [
@@ -22,7 +22,7 @@ __all__ = [
     "count_parameters",
     "ActivityTracker",
     "Measurement",
-    "measure",
+    "measure_activity",
     "path_emergence",
     "build_edges",
     "ConnectivityError",

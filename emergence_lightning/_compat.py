@@ -45,12 +45,24 @@ class PrivateName:
 
 # ---- torch: module-level names, probed by import -----------------------------------------------
 TORCH_NAMES = (
-    PrivateName("torch.overrides", "_push_mode", "measure/tracker.py: leave a mode pushed below others"),
-    PrivateName("torch.overrides", "_pop_mode", "measure/tracker.py: leave a mode pushed below others"),
     PrivateName(
-        "torch.overrides", "_get_current_function_mode_stack", "measure/tracker.py: is our mode active"
+        "torch.overrides",
+        "_push_mode",
+        "measure/interception.py, tracker.py: the mode on and off, left below others",
     ),
-    PrivateName("torch.overrides", "_get_current_function_mode", "measure/tracker.py: the innermost mode"),
+    PrivateName(
+        "torch.overrides",
+        "_pop_mode",
+        "measure/interception.py, tracker.py: the mode on and off, left below others",
+    ),
+    PrivateName(
+        "torch.overrides", "_get_current_function_mode_stack", "measure/interception.py: is our mode active"
+    ),
+    PrivateName(
+        "torch.overrides",
+        "_get_current_function_mode",
+        "measure/interception.py, tracker.py: the innermost mode",
+    ),
     PrivateName("torch._C", "DisableTorchFunction", "measure/: statistics without re-entering our mode"),
     PrivateName("torch._C", "_nn", "measure/layers.py: activations torch.nn.functional calls there"),
     PrivateName("torch._dynamo.eval_frame", "OptimizedModule", "measure/compile_guard.py: torch.compile(m)"),

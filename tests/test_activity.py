@@ -6,7 +6,7 @@ import torch
 from tiny_models import DefinedOutOfOrder, FunctionalReLU, SharedReLU, mlp
 from torch import nn
 
-from emergence_lightning.measure import ActivityTracker, measure
+from emergence_lightning.measure import ActivityTracker, measure_activity
 
 
 def hook_count(model: nn.Module) -> int:
@@ -17,7 +17,7 @@ def test_mean_statistic_matches_manual_computation():
     torch.manual_seed(0)
     model = mlp(hidden=(16, 12))
     x = torch.randn(50, 8)
-    result = measure(model, [x[:20], x[20:]])
+    result = measure_activity(model, [x[:20], x[20:]])
     h1 = model[1](model[0](x))
     h2 = model[3](model[2](h1))
     assert result.names == ["1", "3"]
@@ -31,7 +31,7 @@ def test_conv_nodes_are_channels_averaged_over_positions():
     torch.manual_seed(0)
     conv = nn.Sequential(nn.Conv2d(2, 5, 3), nn.ReLU())
     x = torch.randn(4, 2, 9, 9)
-    result = measure(conv, [x])
+    result = measure_activity(conv, [x])
     out = conv(x)
     assert result.n == [5]
     assert torch.allclose(result.layers[0].activity, out.mean(dim=(0, 2, 3)).double(), atol=1e-6)
@@ -41,12 +41,12 @@ def test_fraction_and_max_statistics():
     model = nn.Sequential(nn.Identity(), nn.ReLU())
     # node 0 fires on 1 of 4 samples, node 1 on 3 of 4, node 2 never
     x = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
-    fraction = measure(model, [x], statistic="fraction")
+    fraction = measure_activity(model, [x], statistic="fraction")
     assert fraction.layers[0].activity.tolist() == [0.25, 0.75, 0.0]
     assert fraction.a == [1]  # above the default firing rate 0.5
-    assert measure(model, [x], statistic="fraction", min_firing_rate=0.2).a == [2]
-    assert measure(model, [x], statistic="max").a == [2]
-    assert measure(model, [x], statistic="mean").a == [2]  # means 0.25, 0.75, 0
+    assert measure_activity(model, [x], statistic="fraction", min_firing_rate=0.2).a == [2]
+    assert measure_activity(model, [x], statistic="max").a == [2]
+    assert measure_activity(model, [x], statistic="mean").a == [2]  # means 0.25, 0.75, 0
 
 
 def test_layers_follow_forward_order_not_definition_order():
@@ -62,19 +62,19 @@ def test_functional_activation_is_a_layer_and_equals_the_module_version():
     torch.manual_seed(0)
     model = FunctionalReLU()
     x = torch.randn(30, 8)
-    result = measure(model, [x])
+    result = measure_activity(model, [x])
     hidden = torch.relu(model.fc1(x))  # independent: the activation computed by hand
-    assert result.names == ["relu()"] and result.n == [6]
+    assert result.names == ["relu-fn"] and result.n == [6]
     assert result.a == [int((hidden.mean(0) > 0.05).sum())]
     # `layers=["fc1"]` still measures the module's own output, the pre-activation.
-    pre = measure(model, [x], layers=["fc1"])
+    pre = measure_activity(model, [x], layers=["fc1"])
     # the default statistic: mean |a|
     assert pre.names == ["fc1"] and pre.a == [int((model.fc1(x).abs().mean(0) > 0.05).sum())]
 
 
 def test_model_without_any_activation_is_refused_after_it_ran():
     with pytest.raises(ValueError, match=r"Linear ran, but no activation was found.*layers=\["):
-        measure(nn.Linear(4, 2), [torch.randn(3, 4)])
+        measure_activity(nn.Linear(4, 2), [torch.randn(3, 4)])
 
 
 def test_unknown_layer_names_list_valid_ones():
@@ -92,15 +92,15 @@ def test_reused_module_gives_one_layer_per_call():
     result = tracker.compute()
     first = torch.relu(model.fc1(x))
     second = torch.relu(model.fc2(first))
-    assert result.names == ["act", "act#2"]
+    assert result.names == ["act", "act-call2"]
     assert result.a == [int((first.mean(0) > 0.05).sum()), int((second.mean(0) > 0.05).sum())]
     assert hook_count(model) == 0
 
 
 def test_include_input_and_output():
     model = mlp(hidden=(5,))
-    result = measure(model, [torch.rand(4, 8)], include_input=True, include_output=True)
-    assert result.names == ["<input>", "1", "<output>"]
+    result = measure_activity(model, [torch.rand(4, 8)], include_input=True, include_output=True)
+    assert result.names == ["model-input", "1", "model-output"]
     assert result.n == [8, 5, 3]
 
 
@@ -108,7 +108,7 @@ def test_nan_is_never_active_and_warns_with_layer_name():
     model = nn.Sequential(nn.Identity(), nn.ReLU())
     x = torch.tensor([[1.0, float("nan"), 1.0], [1.0, 1.0, float("inf")]])
     with pytest.warns(RuntimeWarning, match=r"Layer '1': 2 of 3 nodes produced NaN or inf"):
-        result = measure(model, [x])
+        result = measure_activity(model, [x])
     assert result.layers[0].active.tolist() == [True, False, False]
     assert math.isnan(result.layers[0].activity[1])
 
@@ -118,13 +118,13 @@ def test_hooks_removed_and_modes_restored_even_when_forward_raises():
     model.train()
     model[1].eval()  # a mixed state the user chose
     with pytest.raises(RuntimeError, match=r"mat1 and mat2 shapes cannot be multiplied"):
-        measure(model, [torch.randn(2, 5)])
+        measure_activity(model, [torch.randn(2, 5)])
     assert hook_count(model) == 0
     assert model.training and not model[1].training and model[3].training
 
 
 def test_no_samples_gives_no_measurement():
-    assert measure(mlp(), []) is None
+    assert measure_activity(mlp(), []) is None
 
 
 def test_sample_limit_drops_padding_rows():
@@ -143,8 +143,8 @@ def test_sample_limit_drops_padding_rows():
 def test_sequence_outputs_with_node_dim():
     model = nn.Sequential(nn.Identity(), nn.GELU())
     x = torch.randn(4, 7, 5)  # (batch, length, features)
-    assert measure(model, [x], node_dim=-1).n == [5]
-    assert measure(model, [x]).n == [7]  # default reads dim 1 as channels
+    assert measure_activity(model, [x], node_dim=-1).n == [5]
+    assert measure_activity(model, [x]).n == [7]  # default reads dim 1 as channels
 
 
 def test_no_host_sync_in_hooks():
@@ -184,7 +184,7 @@ def test_bad_arguments(kwargs, error, match):
 def test_no_warning_on_clean_data():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        measure(mlp(), [torch.randn(3, 8)])
+        measure_activity(mlp(), [torch.randn(3, 8)])
 
 
 def test_copy_of_model_made_while_attached_is_ignored():
@@ -203,7 +203,7 @@ def test_sequences_of_varying_length_count_features_not_time_steps():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 3), nn.ReLU())
     short, long = torch.randn(2, 5, 4), torch.randn(2, 7, 4)
-    result = measure(model, [short, long])
+    result = measure_activity(model, [short, long])
     outputs = torch.cat([model(short).reshape(-1, 3), model(long).reshape(-1, 3)])  # every token a row
     assert result.n == [3]
     assert result.a == [int((outputs.mean(0) > 0.05).sum())]
@@ -220,10 +220,10 @@ def test_output_without_node_dimension_is_named_and_skipped():
             return h * torch.sigmoid(h.sum(1)).unsqueeze(1)
 
     with pytest.warns(
-        RuntimeWarning, match=r"Layer 'sigmoid\(\)' produced a tensor of shape \(3,\).*not measured"
+        RuntimeWarning, match=r"Layer 'sigmoid-fn' produced a tensor of shape \(3,\).*not measured"
     ):
-        result = measure(Gate(), [torch.randn(3, 4)])
-    assert result.names == ["relu()"]
+        result = measure_activity(Gate(), [torch.randn(3, 4)])
+    assert result.names == ["relu-fn"]
 
 
 def test_window_leaves_no_global_hook_and_no_function_mode():
@@ -232,7 +232,7 @@ def test_window_leaves_no_global_hook_and_no_function_mode():
     model = mlp()
     x = torch.randn(5, 8)
     expected = model(x)
-    measure(model, [x])
+    measure_activity(model, [x])
     assert not module_hooks._global_forward_hooks and not module_hooks._global_forward_pre_hooks
     assert torch.overrides._get_current_function_mode_stack() == []
     assert torch.equal(model(x), expected)
@@ -240,7 +240,7 @@ def test_window_leaves_no_global_hook_and_no_function_mode():
 
 def test_node_dim_per_layer_mapping():
     model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 3), nn.Tanh())
-    result = measure(model, [torch.randn(2, 5, 4)], node_dim={"1": 1})
+    result = measure_activity(model, [torch.randn(2, 5, 4)], node_dim={"1": 1})
     assert result.names == ["1", "3"] and result.n == [5, 3]  # time steps on request, features by rule
 
 
@@ -250,11 +250,11 @@ def test_undecidable_node_dim_warns_naming_the_layer_and_the_fix():
     x = torch.randn(6, 4, 5)
     message = r"Layer '0' has shape \(6, 4, 5\) and was produced by no layer with parameters.*counting dim 1"
     with pytest.warns(RuntimeWarning, match=message + r". Pass `node_dim=\{'0': d\}` to choose"):
-        result = measure(model, [x])
+        result = measure_activity(model, [x])
     assert result.names == ["0", "3"] and result.n == [4, 3]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        chosen = measure(model, [x], node_dim={"0": 2})  # the named fix silences it
+        chosen = measure_activity(model, [x], node_dim={"0": 2})  # the named fix silences it
     assert chosen.n == [5, 3]
     assert torch.allclose(chosen.layers[0].activity, torch.relu(x).double().mean(dim=(0, 1)))
 
@@ -270,7 +270,7 @@ def test_producer_with_a_feature_count_matching_neither_dim_warns():
 
     model = nn.Sequential(Odd(), nn.GELU())
     with pytest.warns(RuntimeWarning, match=r"Layer '1' has shape \(2, 3, 5\) and was produced by Odd"):
-        assert measure(model, [torch.randn(2, 3, 5)]).n == [3]
+        assert measure_activity(model, [torch.randn(2, 3, 5)]).n == [3]
 
 
 def test_reshaped_output_keeps_the_side_its_producer_put_features_on():
@@ -300,8 +300,8 @@ def test_reshaped_output_keeps_the_side_its_producer_put_features_on():
     model = TokensThroughFlatNorm()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        tokens = measure(model, [x])
-        shuffled = measure(PixelShuffled(), [torch.randn(2, 3, 5, 5)])
+        tokens = measure_activity(model, [x])
+        shuffled = measure_activity(PixelShuffled(), [torch.randn(2, 3, 5, 5)])
     model.eval()
     with torch.no_grad():
         expected = model(x).double().abs().mean(dim=(0, 1))  # the default statistic: mean |a|
@@ -317,9 +317,9 @@ def test_include_input_counts_what_the_first_module_reads():
     sequence = torch.randn(2, 7, 6)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        seen_images = measure(conv, [images], include_input=True)
-        seen_tokens = measure(tokens, [sequence], include_input=True)
-    assert seen_images.names[0] == "<input>" and seen_images.n[0] == 3
+        seen_images = measure_activity(conv, [images], include_input=True)
+        seen_tokens = measure_activity(tokens, [sequence], include_input=True)
+    assert seen_images.names[0] == "model-input" and seen_images.n[0] == 3
     # the default statistic, mean |a|: the data is signed
     assert torch.allclose(seen_images.layers[0].activity, images.double().abs().mean(dim=(0, 2, 3)))
     assert seen_tokens.n[0] == 6
@@ -339,6 +339,6 @@ def test_heads_split_off_a_linear_output_still_warn():
             q = self.q(x).view(batch, tokens, 2, 6).transpose(1, 2)  # (batch, 2 heads, tokens, 6)
             return nn.functional.elu(q) + 1
 
-    message = r"Layer 'elu\(\)' has shape \(3, 2, 5, 6\) and was produced by Linear"
+    message = r"Layer 'elu-fn' has shape \(3, 2, 5, 6\) and was produced by Linear"
     with pytest.warns(RuntimeWarning, match=message):
-        measure(LinearAttentionFeatures(), [torch.randn(3, 5, 8)])
+        measure_activity(LinearAttentionFeatures(), [torch.randn(3, 5, 8)])

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from emergence_lightning import EmergenceCallback
-from emergence_lightning.measure import ActivityTracker, measure
+from emergence_lightning.measure import ActivityTracker, measure_activity
 from emergence_lightning.measure.statistics import DEFAULT_STATISTIC
 from emergence_lightning.paper.activity_rule import (
     FAMILIES,
@@ -56,8 +56,8 @@ def test_on_relu_outputs_the_default_rule_is_the_papers_node_for_node(index, thr
     model = _relu_nets()[index]
     shape = (64, 12) if index == 0 else (16, 2, 6, 6)
     batches = [torch.randn(shape, generator=torch.Generator().manual_seed(k)) * 0.3 for k in range(3)]
-    paper = measure(model, batches, statistic="mean", threshold=threshold)
-    default = measure(model, batches, statistic=DEFAULT_STATISTIC, threshold=threshold)
+    paper = measure_activity(model, batches, statistic="mean", threshold=threshold)
+    default = measure_activity(model, batches, statistic=DEFAULT_STATISTIC, threshold=threshold)
     assert 0 < sum(paper.a) < sum(paper.n)  # some nodes on each side of the threshold
     for ours, theirs in zip(default.layers, paper.layers):
         assert torch.equal(ours.active, theirs.active)
@@ -70,7 +70,10 @@ def test_on_tanh_outputs_mean_abs_sees_the_negative_nodes_the_papers_rule_calls_
     with torch.no_grad():
         model[0].bias[:16] = -2.0  # outputs near -0.96: strongly driven, mean negative
     x = [torch.randn(128, 8) * 0.1]
-    paper, absolute = measure(model, x, statistic="mean"), measure(model, x, statistic="mean_abs")
+    paper, absolute = (
+        measure_activity(model, x, statistic="mean"),
+        measure_activity(model, x, statistic="mean_abs"),
+    )
     assert not paper.layers[0].active[:16].any()
     assert absolute.layers[0].active[:16].all()
 
@@ -88,7 +91,7 @@ EXPECTED_WIDTHS = {
 def test_every_family_is_measured_at_its_architectures_widths(family):
     torch.manual_seed(0)
     model = FAMILIES[family]()
-    measured = measure(model, [torch.rand(8, 1, 28, 28)])
+    measured = measure_activity(model, [torch.rand(8, 1, 28, 28)])
     assert measured.n == EXPECTED_WIDTHS.get(family, [256, 128, 64])
     assert set(measured.names) == set(activation_modules(model))
     assert set(dead_nodes(measured, model)) == set(measured.names)

@@ -38,7 +38,7 @@ from emergence_lightning import (
     count_parameters,
     emergence,
     log10_emergence,
-    measure,
+    measure_activity,
     relative_emergence,
 )
 from emergence_lightning.connectivity import build_edges, path_emergence
@@ -54,13 +54,13 @@ def net() -> nn.Sequential:
 
 
 def one_batch(model: nn.Module, **kwargs: Any):
-    return measure(model, [torch.randn(2, 4)], **kwargs)
+    return measure_activity(model, [torch.randn(2, 4)], **kwargs)
 
 
 def varying_lengths():
     """Sequences of 5 then 7 steps with the node dim forced to the time steps: the count changes."""
     model = nn.Sequential(nn.Linear(4, 3), nn.ReLU())
-    return measure(model, [torch.randn(2, 5, 4), torch.randn(2, 7, 4)], node_dim=1)
+    return measure_activity(model, [torch.randn(2, 5, 4), torch.randn(2, 7, 4)], node_dim=1)
 
 
 # ---- 1. arguments: checked when called ----------------------------------------------------------
@@ -129,9 +129,9 @@ ARGUMENT_CASES = [
     Case("edges-twice", lambda: build_edges(net(), ["1", "1"], torch.randn(2, 4)), ValueError, r"`layer_names` names a layer twice: \['1'\]"),
     Case(
         "edges-input-without-parameters",
-        lambda: build_edges(nn.Sequential(nn.ReLU()), ["<input>", "0"], torch.randn(2, 4)),
+        lambda: build_edges(nn.Sequential(nn.ReLU()), ["model-input", "0"], torch.randn(2, 4)),
         ValueError,
-        r"`layer_names` has '<input>', which needs a module with parameters; Sequential has none",
+        r"`layer_names` has 'model-input', which needs a module with parameters; Sequential has none",
     ),
     # ActivityTracker(model, layers, threshold, statistic, min_firing_rate, node_dim, include_input, include_output)
     Case("tracker-model", lambda: ActivityTracker("net"), TypeError, r"`model` must be a torch.nn.Module, got str"),
@@ -158,11 +158,11 @@ ARGUMENT_CASES = [
         ValueError,
         r"`include_input`/`include_output` need a module with parameters.*Sequential has none",
     ),
-    Case("measure-no-activation", lambda: measure(nn.Linear(4, 2), [torch.randn(3, 4)]), ValueError, r"Linear ran, but no activation was found in its forward pass.*layers=\["),
-    # measure(model, batches, **kwargs), and what the first forward pass reveals
-    Case("measure-batches-none", lambda: measure(net(), None), TypeError, r"`batches` must be an iterable of model inputs.*got NoneType"),
-    Case("measure-batches-tensor", lambda: measure(net(), torch.randn(3, 4)), TypeError, r"`batches` must be an iterable.*`\[x\]` for one batch\), got Tensor"),
-    Case("measure-kwarg", lambda: measure(net(), [torch.randn(2, 4)], tresh=0.1), TypeError, r"unexpected keyword argument 'tresh'"),
+    Case("measure-no-activation", lambda: measure_activity(nn.Linear(4, 2), [torch.randn(3, 4)]), ValueError, r"Linear ran, but no activation was found in its forward pass.*layers=\["),
+    # measure_activity(model, batches, **kwargs), and what the first forward pass reveals
+    Case("measure-batches-none", lambda: measure_activity(net(), None), TypeError, r"`batches` must be an iterable of model inputs.*got NoneType"),
+    Case("measure-batches-tensor", lambda: measure_activity(net(), torch.randn(3, 4)), TypeError, r"`batches` must be an iterable.*`\[x\]` for one batch\), got Tensor"),
+    Case("measure-kwarg", lambda: measure_activity(net(), [torch.randn(2, 4)], tresh=0.1), TypeError, r"unexpected keyword argument 'tresh'"),
     Case(
         "measure-node-dim-out-of-range",
         lambda: one_batch(net(), node_dim=5),
@@ -585,7 +585,7 @@ def test_odd_model_reusing_one_activation(tmp_path):
     model = Recorder(SharedReLU())
     callback = EmergenceCallback()
     fit(tmp_path, model, callback)
-    assert callback.history[-1]["layers"] == ["net.act", "net.act#2"]
+    assert callback.history[-1]["layers"] == ["net.act", "net.act-call2"]
     assert callback.history[-1]["n"] == [6, 6]  # fc1 and fc2 both have 6 outputs
     assert hooks(model) == 0
 
@@ -647,7 +647,7 @@ def test_odd_model_returning_a_tuple_or_a_dict(model_class, tmp_path):
     callback = EmergenceCallback(connectivity="weights", include_output=True)
     _, val = fit(tmp_path, model, callback)
     record = callback.history[-1]  # measured after the last epoch, with the weights the model has now
-    assert record["layers"] == ["act1", "act2", "<output>"]
+    assert record["layers"] == ["act1", "act2", "model-output"]
     n, a, E = independent(lambda x: [*model.hidden(x), model.logits(x)], val)
     assert (record["n"], record["a"], record["E"]) == (n, a, E)
     assert E > 0
@@ -796,14 +796,16 @@ def test_odd_model_with_nan_output(tmp_path):
         for w in caught
         if "NaN or inf" in str(w.message) and w.message.args[0].startswith("Layer")
     ]
-    assert ours[0] == "Layer '<output>': 1 of 3 nodes produced NaN or inf; they are counted as inactive."
+    assert ours[0] == "Layer 'model-output': 1 of 3 nodes produced NaN or inf; they are counted as inactive."
     assert sorted(message.split(":")[0] for message in ours) == [
-        "Layer '<output>'",
         "Layer 'act1'",
         "Layer 'act2'",
+        "Layer 'model-output'",
     ]
     first, *later = callback.history
-    assert first["layers"] == ["act1", "act2", "<output>"] and first["a"][-1] <= 2  # the NaN node is inactive
+    assert (
+        first["layers"] == ["act1", "act2", "model-output"] and first["a"][-1] <= 2
+    )  # the NaN node is inactive
     for record in later:
         assert record["a"][1:] == [0, 0]  # every node NaN: none active
         assert math.isnan(record["E"]) and math.isnan(record["log10_E"])  # never E = 0 "converged"

@@ -98,7 +98,22 @@ def test_gpu_check_dry_run():
     assert re.search(
         r"overhead convnet: .* median ratio at defaults \d+\.\d{4}, with measure_at_start=False", output
     )
+    # Issue 19's Python-bound cases: GPT-2's 12 and Llama's 8 MLP activations, the chain's 300 ReLUs.
+    for name, layers in (("gpt2", 12), ("llama", 8), ("chain", 300)):
+        assert f"window sync check {name}: 2 passes with the window open" in output, output
+        assert f"{layers} layers measured: OK" in output, output
     assert output.rstrip().endswith("RESULT: PASS"), output
+
+
+def test_per_call_benchmark_prints_each_case_and_leaves_nothing_behind():
+    output = run_script(
+        "benchmarks/bench_window_per_call.py", "--pairs", "5", "--passes", "1", "--cases", "llama", "chain"
+    )
+    assert re.search(r"llama\s+mean\s+8 layers, closed vs open: cpu .* ratio \d", output), output
+    assert re.search(r"chain\s+mean\s+300 layers, .* added per activation call: cpu -?\d+\.\d us", output), (
+        output
+    )
+    assert "global module hooks left 0, torch function modes left 0" in output, output
 
 
 def test_window_benchmark_leaves_no_hook_or_mode_behind():

@@ -31,7 +31,9 @@ def test_demo_path_runs_end_to_end(tmp_path, capsys):
 def test_unknown_experiment_lists_valid_ones(capsys):
     with pytest.raises(SystemExit, match="^2$"):  # argparse exits with status 2
         main(["reproduce", "resnet"])
-    expected = "invalid choice: 'resnet' (choose from 'mlp-prune', 'transfer', 'cnn', 'predictor', 'activity-rule')"
+    expected = (
+        "invalid choice: 'resnet' (choose from 'mlp-prune', 'transfer', 'cnn', 'predictor', 'activity-rule')"
+    )
     assert expected in capsys.readouterr().err
 
 

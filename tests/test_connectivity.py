@@ -392,7 +392,7 @@ def test_concatenation_splits_the_next_weights():
 
 def test_pseudo_input_and_output_layers():
     model = MLP()
-    edges = build_edges(model, ["<input>", "relu1", "relu3", "<output>"], torch.randn(2, 2, 3))
+    edges = build_edges(model, ["model-input", "relu1", "relu3", "model-output"], torch.randn(2, 2, 3))
     # the input of fc1 is the flattened data: 6 nodes; relu3 is reached from relu1 through relu2.
     assert sorted(edges) == [(0, 1), (1, 2), (2, 3)]
     assert [tuple(edges[key].shape) for key in sorted(edges)] == [(6, 5), (5, 3), (3, 2)]
@@ -507,7 +507,7 @@ def test_failing_forward_is_reported_with_its_node():
         (MLP(), ["relu9"], torch.zeros(2, 6), ValueError, r"don't exist in MLP: \['relu9'\].*Some valid names: \['fc1'"),
         (MLP(), [""], torch.zeros(2, 6), ValueError, r"don't exist in MLP: \[''\]"),
         (MLP(), ["relu1"], [[0.0] * 6] * 2, TypeError, r"`example_input` must be a tensor.*list"),
-        (nn.Sequential(nn.ReLU()), ["<input>"], torch.zeros(2, 6), ValueError, r"'<input>'.*needs a module with parameters"),
+        (nn.Sequential(nn.ReLU()), ["model-input"], torch.zeros(2, 6), ValueError, r"'model-input'.*needs a module with parameters"),
     ],
 )  # fmt: skip
 def test_build_edges_rejects_bad_input(model, names, example, error, match):

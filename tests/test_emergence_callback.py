@@ -514,7 +514,7 @@ def test_few_tracked_layers_in_a_deep_model_warn_naming_them(tmp_path):
     train, val = loaders()
     callback = EmergenceCallback()
     message = (
-        r"found only 1 tracked layer \(\['net.relu\(\)'\]\) in Classifier, which has 4 modules with parameters "
+        r"found only 1 tracked layer \(\['net.relu-fn'\]\) in Classifier, which has 4 modules with parameters "
         r"\(\['net.fc1', 'net.fc2', 'net.fc3', 'net.out'\]\)"
     )
     with pytest.warns(UserWarning, match=message) as seen:

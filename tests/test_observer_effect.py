@@ -138,12 +138,12 @@ def test_cadence_on_a_probe_set_leaves_the_fit_untouched(tmp_path, validation):
 
 
 def test_measure_without_a_trainer_leaves_the_random_states_and_the_loader_generator(tmp_path):
-    from emergence_lightning.measure import measure
+    from emergence_lightning.measure import measure_activity
 
     generator = torch.Generator().manual_seed(5)
     batches = DataLoader(blobs(32).tensors[0], batch_size=8, shuffle=True, generator=generator)
     model = net()
     before = (torch.get_rng_state(), generator.get_state(), model.training)
-    assert measure(model, batches) is not None
+    assert measure_activity(model, batches) is not None
     assert torch.equal(torch.get_rng_state(), before[0]) and torch.equal(generator.get_state(), before[1])
     assert model.training is before[2]

@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from emergence_lightning import ActivityTracker, EmergenceCallback, PruneAndBranchCallback, count_parameters
-from emergence_lightning.measure import Measurement, measure
+from emergence_lightning.measure import Measurement, measure_activity
 from emergence_lightning.measure.compile_guard import EagerWhileMeasuring, compiled_modules
 
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -324,7 +324,9 @@ def test_compiled_code_runs_again_after_the_window_even_when_fit_raises(tmp_path
 
 def test_overlapping_trackers_on_a_compiled_module(fresh_dynamo):
     net = dead_nodes_net()
-    expected = measure(copy.deepcopy(net), [torch.randn(5, 8, generator=torch.Generator().manual_seed(0))])
+    expected = measure_activity(
+        copy.deepcopy(net), [torch.randn(5, 8, generator=torch.Generator().manual_seed(0))]
+    )
     backend = CountingBackend()
     net.compile(backend=backend)
     first, second = ActivityTracker(net).attach(), ActivityTracker(net).attach()
@@ -368,7 +370,7 @@ def test_activations_called_bypassing_module_hooks_are_still_measured(tmp_path):
     callback = EmergenceCallback()
     trainer(tmp_path, [callback], max_epochs=1).fit(Bypassing(mlp()), loaders()[0])
     # The ReLU functions are intercepted where they run: functional call sites of the model.
-    assert callback.history[-1]["layers"] == ["relu()", "relu()#2"]
+    assert callback.history[-1]["layers"] == ["relu-fn", "relu-fn-call2"]
     assert callback.history[-1]["n"] == [16, 12]
 
 

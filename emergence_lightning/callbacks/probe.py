@@ -24,19 +24,11 @@ from torch import Tensor
 
 from emergence_lightning import _compat
 from emergence_lightning.callbacks import lightning_state as state
+from emergence_lightning.measure.batches import batch_input
 from emergence_lightning.measure.observer import fresh_iteration, left_as_found
 
 # probe_step(pl_module, batch) runs one forward pass for the measurements the callback drives itself.
 ProbeStep = Callable[["pl.LightningModule", Any], Any]
-
-
-def batch_input(batch: Any) -> Tensor | None:
-    """The model input of a batch: the batch itself if a tensor, else ``batch[0]``; None if neither."""
-    if isinstance(batch, Tensor):
-        return batch
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
-        return batch[0]
-    return None
 
 
 def default_probe_step(pl_module: pl.LightningModule, batch: Any) -> Any:

@@ -44,7 +44,7 @@ def build_edges(
     A layer is the output of a module named in ``layer_names`` (qualified names from
     ``model.named_modules()``, e.g. its ReLUs); its nodes are the features of a ``(batch,
     features)`` output or the channels (dim 1) of a ``(batch, channels, ...)`` output.
-    ``"<input>"`` and ``"<output>"`` name the input of the first and the output of the last
+    ``"model-input"`` and ``"model-output"`` name the input of the first and the output of the last
     module with parameters (definition order), as in the activity tracker.
 
     Node ``p`` of layer ``i`` has an edge to node ``q`` of layer ``j > i`` when some route from one

@@ -77,22 +77,36 @@ def check_flags(**flags: object) -> None:
 
 
 def check_layer_names(model: nn.Module, layers: Sequence[str] | None, argument: str = "layers") -> set[str]:
-    """The names in ``layers``, each a module or a call site of one; raises naming ``argument`` on any other."""
+    """The names in ``layers``, each a module or a call site of one; raises naming ``argument`` on any other.
+
+    Names are read without wrappers (:func:`~emergence_lightning.measure.layers.qualified_modules`);
+    names in the spelling of version 0.1 (``a.relu#2``, ``a.relu()``) are read as today's, with a warning.
+    """
     if layers is None:
         return set()
-    modules = dict(model.named_modules())
+    modules = dict.fromkeys(name for name, _ in rules.qualified_modules(model))  # ordered, for the message
+    wanted = [rules.migrated_name(name) for name in layers]
 
     def known(name: str) -> bool:
+        if name in modules and name != "":
+            return True
         site = rules.base_name(name)
-        if site.endswith("()"):
-            owner = site[:-2].rpartition(".")[0]
-            return owner in modules
-        return site in modules and site != ""
+        if site in (rules.INPUT_LAYER, rules.OUTPUT_LAYER):
+            return True
+        owner = rules.functional_owner(site)
+        return owner in modules if owner is not None else site in modules and site != ""
 
-    unknown = [name for name in layers if not known(name)]
+    unknown = [name for name in wanted if not known(name)]
     if unknown:
         valid = [name for name in modules if name][:12]
         raise ValueError(
             f"`{argument}` names modules that don't exist: {unknown}. Some valid names: {valid}."
         )
-    return set(layers)
+    return set(wanted)
+
+
+def migrated_node_dims(node_dim: NodeDim) -> NodeDim:
+    """``node_dim`` with its layer names (a mapping's keys) in today's spelling."""
+    if not isinstance(node_dim, Mapping):
+        return node_dim
+    return {rules.migrated_name(name): dim for name, dim in node_dim.items()}

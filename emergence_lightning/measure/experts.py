@@ -32,7 +32,7 @@ import dataclasses
 import math
 import warnings
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -55,12 +55,14 @@ class ExpertGroup:
     weights: frozenset[int]  # fused: ids of the (num_experts, ...) parameters; a list: empty
 
 
-def find_expert_groups(model: nn.Module) -> dict[int, tuple[ExpertGroup, str, int | None]]:
+def find_expert_groups(
+    named: Iterable[tuple[str, nn.Module]],
+) -> dict[int, tuple[ExpertGroup, str, int | None]]:
     """``id(module)`` -> (its group, its name, its expert index) for fused modules (index None) and
-    the members of expert lists.
+    the members of expert lists, among ``named`` (a model's modules with their names).
     """
     found: dict[int, tuple[ExpertGroup, str, int | None]] = {}
-    for name, module in model.named_modules():
+    for name, module in named:
         count = getattr(module, "num_experts", None)
         if isinstance(count, int) and count >= 2:
             weights = frozenset(

@@ -13,10 +13,16 @@ A *layer* is the output of one activation call site, in the order the forward pa
 
 Mixture-of-experts blocks are in :mod:`.experts`, weights applied functionally in :mod:`.producers`.
 
-Each call site is its own layer. Names a person can find: the module's qualified name for a
-module (``layer1.0.relu``), ``<module>.<function>()`` for a functional call
-(``encoder.layers.0.relu()``), and ``#k`` for the k-th call of the same site in one forward pass
-(``layer1.0.relu#2``). Softmax is not an activation here: it normalises logits.
+Each call site is its own layer. Names a person can find, made only of letters, digits and
+``_ - . /`` so that every logger (TensorBoard, CSV, W&B, MLflow) keeps them unchanged: the
+module's qualified name for a module (``layer1.0.relu``), ``<module>.<function>-fn`` for a
+functional call (``encoder.layers.0.relu-fn``), ``-call<k>`` for the k-th call of the same site in
+one forward pass (``layer1.0.relu-call2``), and ``model-input`` / ``model-output`` for the data and
+the logits. A name made for a call site never equals a real module's name (a ``-site`` suffix is
+added in the rare model whose module names would collide). Qualified names leave out the
+attributes by which wrappers hold the wrapped model (``torch.compile``'s ``_orig_mod``, Fabric's
+``_forward_module``, DDP's ``module``, FSDP1's ``_fsdp_wrapped_module``), so eager, compiled,
+Fabric, DDP and FSDP runs log the same keys. Softmax is not an activation here: it normalises logits.
 
 A *node* is one feature of the layer that produced the activation's input: a convolution's
 channel (dim 1) or a Linear's feature (the last dim, also for ``(N, tokens, features)`` and
@@ -25,6 +31,8 @@ channels-last ``(N, H, W, C)`` outputs). :func:`node_dim_from_producer` decides 
 
 from __future__ import annotations
 
+import re
+import warnings
 from typing import TypeGuard
 
 import torch
@@ -34,8 +42,20 @@ from torch import Tensor, nn
 from emergence_lightning import _compat
 from emergence_lightning.measure.producers import FunctionalProducer, node_dim_from_functional
 
-INPUT_LAYER = "<input>"
-OUTPUT_LAYER = "<output>"
+INPUT_LAYER = "model-input"
+OUTPUT_LAYER = "model-output"
+FUNCTION_MARK = "-fn"  # encoder.layers.0.relu-fn: F.relu called in encoder.layers.0's forward
+CALL_MARK = "-call"  # layer1.0.relu-call2: the second call of layer1.0.relu in one forward pass
+SITE_MARK = "-site"  # added to a call site's name while it equals a real module's name
+
+# Attributes by which wrappers hold the wrapped module; they add nothing to a layer's name.
+# torch.compile: _orig_mod; Fabric (and Lightning's own wrapper): _forward_module, _original_module;
+# FSDP1: _fsdp_wrapped_module; activation checkpointing: _checkpoint_wrapped_module.
+WRAPPER_ATTRIBUTES = frozenset(
+    {"_orig_mod", "_forward_module", "_original_module", "_fsdp_wrapped_module", "_checkpoint_wrapped_module"}
+)
+# Wrappers that hold the wrapped module as plain `module` (a name users give their own modules too).
+MODULE_ATTRIBUTE_WRAPPERS = frozenset({"DistributedDataParallel", "DataParallel", "DeepSpeedEngine"})
 
 
 def _activation_functions() -> dict[object, str]:
@@ -72,20 +92,92 @@ def is_recurrent(module: nn.Module) -> TypeGuard[nn.RNNBase]:
     return isinstance(module, nn.RNNBase)
 
 
-def call_site_name(base: str, call: int) -> str:
-    """``base`` for a site's first call in a forward pass, ``base#k`` for its k-th."""
-    return base if call == 1 else f"{base}#{call}"
+def call_site_name(site: str, call: int, modules: frozenset[str] | set[str] = frozenset()) -> str:
+    """``site`` for its first call in a forward pass, ``site-call<k>`` for its k-th (never a module's name)."""
+    return site if call == 1 else unambiguous(f"{site}{CALL_MARK}{call}", modules)
 
 
-def functional_site(owner: str, function: str) -> str:
-    """Name of a functional activation call made in the forward of module ``owner``."""
-    return f"{owner}.{function}()" if owner else f"{function}()"
+def functional_site(owner: str, function: str, modules: frozenset[str] | set[str] = frozenset()) -> str:
+    """Name of a functional activation call made in the forward of module ``owner`` (never a module's name)."""
+    return unambiguous(
+        f"{owner}.{function}{FUNCTION_MARK}" if owner else f"{function}{FUNCTION_MARK}", modules
+    )
+
+
+def unambiguous(name: str, modules: frozenset[str] | set[str]) -> str:
+    """``name``, with ``-site`` added while it equals one of ``modules`` (a call site is no module)."""
+    while name in modules:
+        name += SITE_MARK
+    return name
+
+
+_SITE = re.compile(rf"(?P<site>.+?)(?:{CALL_MARK}\d+)?(?:{SITE_MARK})*")
 
 
 def base_name(layer: str) -> str:
-    """The site a layer name belongs to: ``layer1.0.relu#2`` -> ``layer1.0.relu``."""
-    head, sep, tail = layer.rpartition("#")
-    return head if sep and tail.isdigit() else layer
+    """The site a layer name belongs to: ``layer1.0.relu-call2`` -> ``layer1.0.relu``."""
+    match = _SITE.fullmatch(layer)
+    return match["site"] if match else layer
+
+
+def functional_owner(site: str) -> str | None:
+    """The module whose forward made a functional call site (``a.b.relu-fn`` -> ``a.b``); None if no such site."""
+    if not site.endswith(FUNCTION_MARK):
+        return None
+    owner, _, function = site[: -len(FUNCTION_MARK)].rpartition(".")
+    return owner if function in set(ACTIVATION_FUNCTIONS.values()) else None
+
+
+_OLD_NAME = re.compile(r"(?P<site>.*?)(?P<function>\(\))?(?:#(?P<call>\d+))?")
+
+
+def migrated_name(name: str) -> str:
+    """A layer name in the spelling of version 0.1 (``a.relu#2``, ``a.relu()``, ``<input>``) in today's.
+
+    Warns (``FutureWarning``) when it changed a name: the old spellings held ``#``, ``(``, ``)``,
+    ``<``, ``>``, which MLflow rewrites or refuses.
+    """
+    old_pseudo = {"<input>": INPUT_LAYER, "<output>": OUTPUT_LAYER}
+    if name in old_pseudo:
+        new = old_pseudo[name]
+    else:
+        match = _OLD_NAME.fullmatch(name)
+        if match is None or not (match["function"] or match["call"]):
+            return name
+        new = match["site"] + (FUNCTION_MARK if match["function"] else "")
+        new += f"{CALL_MARK}{match['call']}" if match["call"] and match["call"] != "1" else ""
+    warnings.warn(
+        f"Layer name {name!r} uses the spelling of emergence-lightning 0.1; it is now {new!r} "
+        "(call sites use `-fn` and `-call<k>` instead of `()` and `#k`). Read as the new name.",
+        FutureWarning,
+        stacklevel=4,
+    )
+    return new
+
+
+def qualified_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``model.named_modules()`` with the wrappers' attributes left out of every name.
+
+    A wrapper and the module it wraps get the same name (the wrapper first, as
+    ``named_modules`` orders them), so the wrapped module's layers are named as in an eager,
+    unwrapped run: ``torch.compile(net)``'s ``_orig_mod.1`` is ``1``, DDP's ``module.fc`` is ``fc``.
+    """
+    found: list[tuple[str, nn.Module]] = []
+    seen: set[int] = set()
+    stack: list[tuple[str, nn.Module]] = [("", model)]
+    while stack:
+        name, module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        found.append((name, module))
+        holds_module = any(cls.__name__ in MODULE_ATTRIBUTE_WRAPPERS for cls in type(module).__mro__)
+        children = []
+        for attribute, child in module.named_children():
+            hidden = attribute in WRAPPER_ATTRIBUTES or (attribute == "module" and holds_module)
+            children.append((name if hidden else f"{name}.{attribute}" if name else attribute, child))
+        stack.extend(reversed(children))  # depth first, in definition order
+    return found
 
 
 # Producers whose output indexes nodes by dim 1 (channels first) or by the last dim (features).

@@ -3,7 +3,11 @@
 While a window is open (``attach`` .. ``detach``) the tracker sees every module call of its model
 through global module hooks and every activation function through a ``TorchFunctionMode``; both
 are removed when the window closes, so training steps outside it run exactly as without the
-tracker. What counts as a layer and a node is decided in :mod:`emergence_lightning.measure.layers`.
+tracker. What counts as a layer and a node is decided in :mod:`emergence_lightning.measure.layers`;
+the frames and the mode are in :mod:`~emergence_lightning.measure.interception`, the per-node
+reductions in :mod:`~emergence_lightning.measure.statistics`, the result in
+:mod:`~emergence_lightning.measure.measurement`, and ``measure_activity`` (batches through a
+model) in :mod:`~emergence_lightning.measure.batches`.
 
 Example (no Trainer needed)::
 
@@ -18,16 +22,13 @@ Example (no Trainer needed)::
 from __future__ import annotations
 
 import math
-import sys
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules import module as module_hooks
-from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
 from emergence_lightning import _compat
@@ -39,10 +40,18 @@ from emergence_lightning.measure.arguments import (
     check_flags,
     check_layer_names,
     check_tracking_arguments,
+    migrated_node_dims,
 )
 from emergence_lightning.measure.compile_guard import EagerWhileMeasuring
+from emergence_lightning.measure.interception import (
+    ActivationCalls,
+    Frame,
+    ModuleFacts,
+    leave_mode,
+    metric_modules,
+)
 from emergence_lightning.measure.layers import INPUT_LAYER, OUTPUT_LAYER
-from emergence_lightning.measure.observer import eval_pass, fresh_iteration
+from emergence_lightning.measure.measurement import LayerActivity, Measurement
 from emergence_lightning.measure.statistics import (
     DEFAULT_STATISTIC,
     TOTAL_IS_PROBE,
@@ -56,93 +65,6 @@ from emergence_lightning.measure.statistics import (
 Reduce = Callable[[Tensor, str], Tensor]
 
 
-@dataclass
-class LayerActivity:
-    """One layer's nodes after a measurement window."""
-
-    name: str
-    activity: Tensor  # per-node statistic (float64, CPU); NaN where the node saw a non-finite value
-    active: Tensor  # bool per node
-    nonfinite_nodes: int  # nodes that produced NaN or inf at least once (counted as inactive)
-    experts: int = 0  # an MoE block's experts (nodes expert-major), 0 for any other layer
-    idle_experts: tuple[int, ...] = ()  # experts that got no token in the window (NaN, inactive)
-
-    @property
-    def n(self) -> int:
-        return int(self.activity.numel())
-
-    @property
-    def expert_active(self) -> list[int]:
-        """Active nodes per expert of an MoE layer (empty for any other layer)."""
-        return [int(part.sum()) for part in self.active.chunk(self.experts)] if self.experts else []
-
-    @property
-    def a(self) -> int:
-        return int(self.active.sum())
-
-
-@dataclass
-class Measurement:
-    """Every tracked layer in forward order, and how many samples (rows) each layer saw."""
-
-    layers: list[LayerActivity]
-    samples: int
-    names: list[str] = field(init=False)
-    n: list[int] = field(init=False)
-    a: list[int] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.names = [layer.name for layer in self.layers]
-        self.n = [layer.n for layer in self.layers]
-        self.a = [layer.a for layer in self.layers]
-
-    @property
-    def active_fraction(self) -> float:
-        total = sum(self.n)
-        return sum(self.a) / total if total else math.nan
-
-    @property
-    def idle_experts(self) -> dict[str, tuple[int, ...]]:
-        """MoE layers with experts that got no token in the window -> those experts."""
-        return {layer.name: layer.idle_experts for layer in self.layers if layer.idle_experts}
-
-
-class _Frame:
-    """A module call in progress."""
-
-    __slots__ = (
-        "module", "name", "leaf", "producer", "skip", "saw_activation", "input_shape", "routing", "deferred"
-    )  # fmt: skip
-
-    def __init__(
-        self, module: nn.Module, name: str, producer: nn.Module | None, skip: bool, args: tuple
-    ) -> None:
-        self.module, self.name, self.producer, self.skip = module, name, producer, skip
-        self.leaf = next(iter(module.children()), None) is None
-        self.saw_activation = False
-        self.routing: moe.Routing | None = None  # inside an MoE block: which expert rows belong to
-        self.deferred: list | None = None  # a composite candidate: its inner activations, held back
-        first = args[0] if args else None
-        self.input_shape = tuple(first.shape) if isinstance(first, Tensor) else None
-
-
-class _ActivationCalls(TorchFunctionMode):
-    """Hands every activation function call to the tracker; every other call passes untouched."""
-
-    def __init__(self, tracker: ActivityTracker) -> None:
-        super().__init__()
-        self.tracker = tracker
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        output = func(*args, **(kwargs or {}))
-        name = rules.activation_name(func)
-        if name is not None and self.tracker._stack:
-            self.tracker._activation_called(name, args, output)
-        elif self.tracker._stack:
-            self.tracker._other_call(func, args, kwargs, output)
-        return output
-
-
 class ActivityTracker:
     """Collects per-node activity of every activation call site of a model.
 
@@ -151,7 +73,8 @@ class ActivityTracker:
             any call of its submodules is seen).
         layers: names of the layers to keep (``None``: every activation). A module name keeps
             each call of that module's output (also a non-activation module, e.g. ``"fc1"``);
-            a call-site name (``"layer1.0.relu#2"``, ``"encoder.layers.0.relu()"``) keeps that one.
+            a call-site name (``"layer1.0.relu-call2"``, ``"encoder.layers.0.relu-fn"``) keeps that one.
+            Names leave out wrappers (``torch.compile``'s ``_orig_mod``, DDP's ``module``, ...).
         threshold: a node is active when its activity exceeds this value (the paper's 0.05); with
             ``statistic="normalized_mean_abs"`` it is ReDo's ``tau``.
         statistic: what a node's activity is, averaged over samples and positions: ``"mean"``
@@ -181,6 +104,7 @@ class ActivityTracker:
         include_output: bool = False,
     ) -> None:
         check_tracking_arguments(threshold, statistic, min_firing_rate, node_dim, layers)
+        node_dim = migrated_node_dims(node_dim)
         check_flags(include_input=include_input, include_output=include_output)
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
@@ -207,13 +131,21 @@ class ActivityTracker:
         self._layout: dict[str, tuple[int, int]] = {}  # layer -> (batch dim, node dim), fixed at first sight
         self._first_seen: dict[str, int] = {}
         self._calls: Counter[str] = Counter()  # call sites seen in this forward pass
-        self._stack: list[_Frame] = []
-        self._names: dict[int, str] = {}
-        self._skipped: set[int] = set()
+        self._stack: list[Frame] = []
+        self._tree: dict[int, tuple[str, type]] = {}  # id(module) -> its name (wrappers left out), type
+        self._modules: dict[int, ModuleFacts] = {}
+        # (id(module), training) -> whether the module's own forward code calls an activation function,
+        # and whether it applies another module's weight, learned on its first call in each window (`_enter`).
+        self._learned: dict[tuple[int, bool], tuple[bool, bool]] = {}
+        self._intercepting = False  # whether the window's mode is on the torch function mode stack
+        self._module_names: frozenset[str] = frozenset()
+        self._site_names: dict[tuple[str, int], str] = {}  # (site, k) -> the name of its k-th call
+        self._site_of: dict[str, str] = {}  # layer name -> its site (a module, or a functional call)
+        self._input_name, self._output_name = INPUT_LAYER, OUTPUT_LAYER
         self._last_producer: nn.Module | None = None
         self._producer_shapes: dict[int, torch.Size] = {}  # id(producer) -> its last output's shape
         self._handles: list[RemovableHandle] = []
-        self._mode: _ActivationCalls | None = None
+        self._mode: ActivationCalls | None = None
         self._holds_eager = False
         self._warned: set[str] = set()
         self._scratch = Scratch()
@@ -230,7 +162,7 @@ class ActivityTracker:
     @property
     def layer_names(self) -> list[str]:
         """Layers in forward order, as far as forward passes have shown them."""
-        pinned = {INPUT_LAYER: -math.inf, OUTPUT_LAYER: math.inf}
+        pinned = {self._input_name: -math.inf, self._output_name: math.inf}
         return sorted(self._stats, key=lambda name: (pinned.get(name, 0), self._first_seen[name]))
 
     @property
@@ -243,20 +175,34 @@ class ActivityTracker:
             return self
         if not self._holds_eager:
             self._holds_eager = EagerWhileMeasuring.hold(self)
-        self._names = {id(module): name for name, module in self.model.named_modules()}
-        self._skipped = _metric_modules(self.model)
-        self._expert_groups = moe.find_expert_groups(self.model)
-        self._owners = {
-            id(p): (name, module)
-            for name, module in self.model.named_modules()
-            for p in module.parameters(False)
-        }
-        self._composite = rules.composite_candidates(self.model)
+        named = rules.qualified_modules(self.model)
+        tree = {id(module): (name, type(module)) for name, module in named}
+        if tree != self._tree:  # the module tree changed (or first window): its facts worked out afresh
+            self._tree = tree
+            # A wrapper shares its name with the module it wraps, which alone gets a frame (one layer, not two).
+            wrappers = {id(module) for (name, module), (inner, _) in zip(named, named[1:]) if name == inner}
+            skipped = metric_modules(self.model)
+            self._modules = {
+                id(module): ModuleFacts(name, module, id(module) in skipped, id(module) in wrappers)
+                for name, module in named
+            }
+            self._composite = rules.composite_candidates(self.model)
+        if frozenset(name for name, _ in named) != self._module_names:  # new names: call sites named afresh
+            self._module_names = frozenset(name for name, _ in named)
+            self._site_names.clear()
+            self._input_name = rules.unambiguous(INPUT_LAYER, self._module_names)
+            self._output_name = rules.unambiguous(OUTPUT_LAYER, self._module_names)
+        # Parameters can change under an unchanged tree (pruning's weight_orig): looked up every window.
+        self._expert_groups = moe.find_expert_groups(named)
+        self._owners = {id(p): (name, module) for name, module in named for p in module.parameters(False)}
+        self._learned.clear()
         self._stack.clear()
         self._handles.append(module_hooks.register_module_forward_pre_hook(self._module_starts))
         self._handles.append(module_hooks.register_module_forward_hook(self._module_ends, always_call=True))
-        self._mode = _ActivationCalls(self)
+        self._mode = ActivationCalls(self._activation_called, self._other_call)
         self._mode.__enter__()
+        self._intercepting = True
+        self._intercept(False)  # on only while a module's own code that calls activations runs
         return self
 
     def detach(self) -> None:
@@ -264,8 +210,10 @@ class ActivityTracker:
         while self._handles:
             self._handles.pop().remove()
         if self._mode is not None:
-            _leave_mode(self._mode)
+            if self._intercepting:
+                leave_mode(self._mode)
             self._mode = None
+            self._intercepting = False
         self._stack.clear()
         self._producer_shapes.clear()
         self._scratch.free()
@@ -284,6 +232,7 @@ class ActivityTracker:
         self._compare_call_counts()
         self._calls.clear()
         self._stack.clear()
+        self._intercept(False)
 
     def reset(self) -> None:
         """Clears the statistics to start a new measurement window (layers and order are kept)."""
@@ -309,16 +258,18 @@ class ActivityTracker:
             self._enter(module, args)
 
     def _enter(self, module: nn.Module, args: tuple) -> None:
-        name = self._names.get(id(module))
-        if name is None:  # another model, or a copy of this one
+        info = self._modules.get(id(module))
+        if info is None:  # another model, or a copy of this one
             return
         if not self._stack:
             self._module_calls += 1
             if module is self.model:
                 self._compare_call_counts()
                 self._calls.clear()
-        skip = id(module) in self._skipped or bool(self._stack and self._stack[-1].skip)
-        frame = _Frame(module, name, self._last_producer, skip, args)
+        if info.wrapper:
+            return
+        skip = info.skip or bool(self._stack and self._stack[-1].skip)
+        frame = Frame(module, info, self._last_producer, skip, args)
         expert = self._expert_groups.get(id(module))
         if expert is not None:
             frame.routing = moe.Routing(*expert)
@@ -327,31 +278,62 @@ class ActivityTracker:
         if id(module) in self._composite:
             frame.deferred = []
         self._stack.append(frame)
+        # Most torch calls are no activations, and each one the mode sees costs a Python call. A
+        # module's first call in this window runs intercepted and shows whether its own code needs
+        # the mode: it calls an activation function, or applies another module's weight (a producer
+        # for what follows); later calls intercept only such code (an activation module is then
+        # known to be one without looking). Inside an MoE block every call is seen: the weight
+        # accesses tell which expert each row belongs to.
+        if not skip:
+            learned = self._learned.get((id(module), module.training))
+            frame.learning = learned is None
+            activation, foreign_weight = learned or (False, False)
+            frame.saw_activation = activation and info.leaf
+            frame.intercepting = (
+                frame.learning
+                or frame.routing is not None
+                or (not info.leaf and (activation or foreign_weight))
+            )
+        self._intercept(frame.intercepting)
         if module is self._input_module and not skip and args and isinstance(args[0], Tensor):
-            self._record(INPUT_LAYER, args[0], producer=None, once=True)
+            self._record(self._input_name, args[0], producer=None, once=True)
+
+    def _intercept(self, on: bool) -> None:
+        """Puts the window's mode on the torch function mode stack, or takes it off."""
+        if on == self._intercepting or self._mode is None:
+            return
+        if on:
+            _compat.push_torch_function_mode(self._mode)
+            self._intercepting = True
+        elif _compat.current_torch_function_mode() is self._mode:  # another mode above: leave it
+            _compat.pop_torch_function_mode()
+            self._intercepting = False
 
     def _module_ends(self, module: nn.Module, args: tuple, output: object) -> None:
         with _compat.DisableTorchFunction():
             self._leave(module, output)
 
     def _leave(self, module: nn.Module, output: object) -> None:
-        if id(module) not in self._names:
+        info = self._modules.get(id(module))
+        if info is None or info.wrapper:
             return
         while self._stack and self._stack[-1].module is not module:
             self._stack.pop()  # frames left by an exception
         if not self._stack:
             return
         frame = self._stack.pop()
+        self._intercept(self._stack[-1].intercepting if self._stack else False)
         if frame.skip:
             return
-        composite = self._close_composite(frame, output) if frame.deferred else False
-        if composite:
+        if frame.learning:
+            self._learned[id(module), module.training] = (frame.body_activation, frame.body_foreign_weight)
+        if frame.deferred and self._close_composite(frame, output):
             pass  # recorded at the module's output; its inner activation was held back
-        elif rules.is_recurrent(module):
+        elif info.recurrent:
             self._record_recurrent(frame.name, module, output)
         elif frame.saw_activation or frame.name in self._wanted:
             same_shape = isinstance(output, Tensor) and tuple(output.shape) == frame.input_shape
-            producer = frame.producer if same_shape or not rules.is_producer(module) else module
+            producer = frame.producer if same_shape or not info.producer else module
             parent = self._stack[-1] if self._stack else None
             if frame.saw_activation and frame.leaf and parent is not None and parent.deferred is not None:
                 parent.deferred.append((frame, producer, output))  # maybe the inner ReLU of a StarReLU
@@ -359,14 +341,14 @@ class ActivityTracker:
                 self._record_site(frame, frame.name, output, producer)
             else:
                 self._record(frame.name, output, producer=producer)
-        if rules.is_producer(module) and not frame.saw_activation:
+        if info.producer and not frame.saw_activation:
             self._last_producer = module
             if isinstance(output, Tensor):
                 self._producer_shapes[id(module)] = output.shape
         if module is self._output_module:
-            self._record(OUTPUT_LAYER, output, producer=module, once=True)
+            self._record(self._output_name, output, producer=module, once=True)
 
-    def _close_composite(self, frame: _Frame, output: object) -> bool:
+    def _close_composite(self, frame: Frame, output: object) -> bool:
         """Records a composite activation module (StarReLU) at its output and returns True, or
         records the activations held back inside it as usual and returns False.
         """
@@ -380,41 +362,51 @@ class ActivityTracker:
         return False
 
     def _activation_called(self, function: str, args: tuple, output: object) -> None:
+        if not self._stack:  # outside the model's modules
+            return
         frame = self._stack[-1]
         if frame.skip:
             return
+        frame.body_activation = True
         if frame.leaf:  # an activation module: its output is the layer (recorded when it ends)
             frame.saw_activation = True
             return
         if args and isinstance(args[0], nn.Parameter):
             return  # a gate computed from weights (sigmoid(self.alpha)) has no samples
-        self._record_site(frame, rules.functional_site(frame.name, function), output, self._last_producer)
+        site = rules.functional_site(frame.name, function, self._module_names)
+        self._record_site(frame, site, output, self._last_producer)
 
     def _other_call(self, func: object, args: tuple, kwargs: dict | None, output: object) -> None:
         """Any other function in the window: an MoE block's weight access, or a weight applied
         functionally (``F.conv1d(x, self.conv.weight)``), which becomes the producer of what follows.
         """
+        if not self._stack:
+            return
         frame = self._stack[-1]
         if frame.routing is not None:
             frame.routing.observe(func, args, kwargs)
+        if frame.skip or frame.leaf:  # a leaf applies its own weight: its hooks decide
+            return
         kind = producers.producing_kind(func)
-        if kind is None or frame.skip or frame.leaf:  # a leaf applies its own weight: its hooks decide
+        if kind is None:
             return
         with _compat.DisableTorchFunction():
             made = producers.functional_producer(kind, args, kwargs or {}, output, self._owners)
         if made is not None and made.module is not frame.module:  # a module's own forward: its hooks decide
             self._last_producer = made  # type: ignore[assignment]
+            frame.body_foreign_weight = True  # later calls of this module keep the mode on for it
 
-    def _record_site(self, frame: _Frame, site: str, output: object, producer: nn.Module | None) -> None:
+    def _record_site(self, frame: Frame, site: str, output: object, producer: nn.Module | None) -> None:
         """Records an activation call site's output, as an MoE experts layer when inside one."""
         if frame.routing is None:
             self._record(site, output, producer=producer)
             return
         routing = frame.routing
-        name = routing.layer(site)
-        routing.calls[(name, routing.call_key())] += 1
-        name = rules.call_site_name(name, routing.calls[(name, routing.call_key())])
-        if self._wanted and name not in self._wanted and rules.base_name(name) not in self._wanted:
+        layer = routing.layer(site)
+        routing.calls[(layer, routing.call_key())] += 1
+        name = rules.call_site_name(layer, routing.calls[(layer, routing.call_key())], self._module_names)
+        self._site_of[name] = layer
+        if self._wanted and name not in self._wanted and layer not in self._wanted:
             return
         if not isinstance(output, Tensor) or output.dim() < 2:
             return self._record(name, output, producer=producer)  # the usual errors and warnings
@@ -445,17 +437,18 @@ class ActivityTracker:
 
     def _compare_call_counts(self) -> None:
         """Warns about a call site whose number of calls changed between forward passes: its
-        ``#k`` names would not mean the same call in every pass.
+        ``-call<k>`` names would not mean the same call in every pass.
         """
         if not self._calls:
             return
         current = dict(self._calls)
         if self._previous_calls is not None:
             for site in rules.changed_call_counts(self._previous_calls, current):
+                second = rules.call_site_name(site, 2, self._module_names)
                 self._warn_once(
                     "calls:" + site,
                     f"Call site {site!r} ran {self._previous_calls.get(site, 0)} times in one forward pass and "
-                    f"{current.get(site, 0)} in another, so its layers {site!r}, {site + '#2'!r}, ... do not name "
+                    f"{current.get(site, 0)} in another, so its layers {site!r}, {second!r}, ... do not name "
                     "the same call in every pass; name the layers to keep with `layers=[...]`.",
                 )
         self._previous_calls = current
@@ -475,8 +468,13 @@ class ActivityTracker:
         self._calls[site] += 1
         if once and self._calls[site] > 1:
             return
-        name = rules.call_site_name(site, self._calls[site])
-        if self._wanted and name not in self._wanted and rules.base_name(name) not in self._wanted:
+        name = self._site_names.get((site, self._calls[site]))
+        if name is None:
+            name = self._site_names[site, self._calls[site]] = rules.call_site_name(
+                site, self._calls[site], self._module_names
+            )
+            self._site_of[name] = site
+        if self._wanted and name not in self._wanted and site not in self._wanted:
             return
         if not isinstance(output, Tensor):
             raise TypeError(
@@ -506,27 +504,27 @@ class ActivityTracker:
                 f"Layer {name!r} produced shape {tuple(output.shape)}, but its nodes were on dim {node_dim} "
                 "in earlier batches; set `node_dim` for this layer."
             )
-        with torch.no_grad():
+        if output.requires_grad:  # a training pass: keep the statistic out of the autograd graph
             output = output.detach()
-            rows_left = self._rows_left.get(name)
-            if rows_left is not None:
-                output = output.narrow(batch_dim, 0, min(rows_left, output.shape[batch_dim]))
-                self._rows_left[name] = rows_left - output.shape[batch_dim]
-                if output.shape[batch_dim] == 0:
-                    return
-            try:
-                self._stats[name].add(output, batch_dim, node_dim, self._scratch)
-            except ValueError as error:
-                raise ValueError(
-                    f"Layer {name!r} changed its number of nodes between batches ({error}); set `node_dim` to "
-                    "the dimension that indexes nodes."
-                ) from None
+        rows_left = self._rows_left.get(name)
+        if rows_left is not None:
+            output = output.narrow(batch_dim, 0, min(rows_left, output.shape[batch_dim]))
+            self._rows_left[name] = rows_left - output.shape[batch_dim]
+            if output.shape[batch_dim] == 0:
+                return
+        try:
+            self._stats[name].add(output, batch_dim, node_dim, self._scratch)
+        except ValueError as error:
+            raise ValueError(
+                f"Layer {name!r} changed its number of nodes between batches ({error}); set `node_dim` to "
+                "the dimension that indexes nodes."
+            ) from None
 
     def _decide_node_dim(self, name: str, output: Tensor, producer: nn.Module | None, batch_dim: int) -> int:
         shape = tuple(output.shape)
         override = self.node_dim
         if isinstance(override, Mapping):
-            override = override.get(name, override.get(rules.base_name(name)))
+            override = override.get(name, override.get(self._site_of.get(name, name)))
         if override is not None:
             if not -output.dim() <= override < output.dim() or override % output.dim() == batch_dim:
                 raise ValueError(
@@ -536,7 +534,9 @@ class ActivityTracker:
             return override % output.dim()
         if batch_dim != 0:  # a recurrent module's (time, batch, features)
             return output.dim() - 1
-        if name == INPUT_LAYER and self._input_module is not None:  # the data: the module reading it decides
+        if (
+            name == self._input_name and self._input_module is not None
+        ):  # the data: the module reading it decides
             decided = rules.input_node_dim(shape, self._input_module)
             source = f"read by {type(self._input_module).__name__}"
         else:
@@ -629,7 +629,7 @@ class ActivityTracker:
         seen = {name for name, r in zip(unit_names, rows.tolist()) if r > 0}
         missing = [name for name in names if name not in seen]
         unmatched = [
-            name for name in self._wanted if not any(rules.base_name(n) == name or n == name for n in names)
+            name for name in self._wanted if not any(self._site_of.get(n) == name or n == name for n in names)
         ]
         if unmatched:
             raise RuntimeError(
@@ -666,49 +666,3 @@ class ActivityTracker:
                 f"Layers {missing} ran in earlier measurements but not in this one; this measurement leaves them out.",
             )
         return Measurement(layers, samples=int(rows.max()))
-
-
-def _metric_modules(model: nn.Module) -> set[int]:
-    """torchmetrics metrics (and their submodules) inside the model: their sigmoids are no layers."""
-    torchmetrics = sys.modules.get("torchmetrics")
-    metric = getattr(torchmetrics, "Metric", None)
-    if metric is None:
-        return set()
-    return {id(sub) for module in model.modules() if isinstance(module, metric) for sub in module.modules()}
-
-
-def _leave_mode(mode: TorchFunctionMode) -> None:
-    """Pops ``mode`` even when other modes were pushed above it (and puts those back)."""
-    stack = _compat.torch_function_mode_stack()
-    if mode not in stack:
-        return
-    above = []
-    while _compat.current_torch_function_mode() is not mode:
-        above.append(_compat.pop_torch_function_mode())
-    mode.__exit__(None, None, None)
-    for other in reversed(above):
-        _compat.push_torch_function_mode(other)
-
-
-def measure(model: nn.Module, batches: Iterable[object], **tracker_kwargs: object) -> Measurement | None:
-    """Runs ``model`` on ``batches`` in eval mode without gradients and measures it.
-
-    A batch is what the model takes (``model(batch)``), or a dict of keyword arguments
-    (``model(**batch)``, as Hugging Face models take them). The train/eval mode
-    of every module, the random states and the loader's generators are restored afterwards (see
-    :mod:`~emergence_lightning.measure.observer`). Keyword arguments go to :class:`ActivityTracker`.
-    """
-    if isinstance(batches, Tensor) or not isinstance(batches, Iterable):
-        raise TypeError(
-            f"`batches` must be an iterable of model inputs (a DataLoader of tensors, or `[x]` for one batch), "
-            f"got {type(batches).__name__}."
-        )
-    tracker = ActivityTracker(model, **tracker_kwargs)  # type: ignore[arg-type]
-    with eval_pass(model, [batches]), tracker:
-        for batch in fresh_iteration(batches):
-            tracker.start_pass()
-            if isinstance(batch, Mapping):
-                model(**batch)
-            else:
-                model(batch)
-    return tracker.compute()

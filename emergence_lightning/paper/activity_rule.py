@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from emergence_lightning.functional import emergence, log10_emergence
-from emergence_lightning.measure import Measurement, measure
+from emergence_lightning.measure import Measurement, measure_activity
 from emergence_lightning.paper.predictor.study_data import StudyData, load_study_data
 
 # Each rule is a statistic and its thresholds: theta for the mean rules, ReDo's tau for its score.
@@ -304,7 +304,7 @@ def study_model(
         for threshold in thresholds:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                measured = measure(model, x.split(500), statistic=statistic, threshold=threshold)
+                measured = measure_activity(model, x.split(500), statistic=statistic, threshold=threshold)
             if measured is None:
                 raise RuntimeError("the validation split is empty")
             active = [layer.active for layer in measured.layers]

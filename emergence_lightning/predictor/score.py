@@ -1,7 +1,7 @@
 """Score a network without training it: emergence at initialisation beside the zero-cost baselines.
 
 Pure tier (no Lightning). E comes from the project's own tracker
-(:func:`emergence_lightning.measure.measure`) and formula (:mod:`emergence_lightning.functional`);
+(:func:`emergence_lightning.measure.measure_activity`) and formula (:mod:`emergence_lightning.functional`);
 the baselines from :mod:`emergence_lightning.predictor.proxies`.
 
 Example::
@@ -20,7 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from emergence_lightning.functional import emergence, emergence_as_float, log10_emergence, relative_emergence
-from emergence_lightning.measure import measure
+from emergence_lightning.measure import measure_activity
+from emergence_lightning.measure.batches import batch_input
 from emergence_lightning.predictor.proxies import naswot, synflow
 from emergence_lightning.pruning import count_parameters
 
@@ -42,13 +43,6 @@ class EmergenceScore:
     a: list[int] = field(default_factory=list)
 
 
-def _inputs(batch: object) -> object:
-    """A DataLoader's ``(inputs, targets)`` pair gives its inputs; anything else is the input itself."""
-    if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[0], Tensor):
-        return batch[0]
-    return batch
-
-
 def score_at_init(
     model: nn.Module,
     batches: Iterable[object],
@@ -59,7 +53,7 @@ def score_at_init(
     """E, E~, log10 E and per-layer active fractions of ``model`` on ``batches``.
 
     The model runs in eval mode without gradients (modes restored), as
-    :func:`emergence_lightning.measure.measure` runs it; a node is active when its activity (the
+    :func:`emergence_lightning.measure.measure_activity` runs it; a node is active when its activity (the
     tracker's ``statistic``, by default :data:`~emergence_lightning.measure.statistics.DEFAULT_STATISTIC`)
     exceeds ``threshold`` (the paper's 0.05).
 
@@ -75,7 +69,7 @@ def score_at_init(
     """
     if isinstance(batches, Tensor):
         raise TypeError("`batches` must be an iterable of batches (e.g. `[x]` for one batch), got a tensor.")
-    measurement = measure(model, (_inputs(b) for b in batches), threshold=threshold, **tracker_kwargs)
+    measurement = measure_activity(model, batches, threshold=threshold, **tracker_kwargs)
     if measurement is None:
         raise ValueError("`batches` gave no samples: pass at least one non-empty batch.")
     num_parameters = count_parameters(model)
@@ -110,7 +104,7 @@ def proxy_scores(
     """
     if not batches:
         raise ValueError("`batches` must hold at least one batch.")
-    first = _inputs(batches[0])
+    first = batch_input(batches[0])
     if not isinstance(first, Tensor):
         raise TypeError(f"proxy_scores needs tensor inputs, got {type(first).__name__}.")
     emergence_score = score_at_init(model, batches, threshold=threshold)

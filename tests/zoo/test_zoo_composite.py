@@ -57,7 +57,7 @@ def test_weights_applied_functionally_decide_the_node_dimension():
     model = FunctionalWeights()
     x = torch.randn(3, 9, 8, generator=torch.Generator().manual_seed(1))
     result = measure_quietly(model, x)  # no warning: the conv's and the projection's weights tell
-    assert_layers(result, [("relu()", 7), ("tanh()", 9)])
+    assert_layers(result, [("relu-fn", 7), ("tanh-fn", 9)])
     with torch.no_grad():
         h = F.relu(F.conv1d(x.transpose(1, 2), model.conv.weight, model.conv.bias, padding=1))
         # mean |a| per feature, over tokens (the default statistic)
@@ -77,6 +77,6 @@ def test_a_transposed_output_is_never_read_as_features_last():
             inner, _ = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)  # (batch, 6, 5 tokens)
             return F.silu(inner)
 
-    message = r"Layer 'silu\(\)' has shape \(2, 6, 5\) and was produced by Linear, which does not tell"
+    message = r"Layer 'silu-fn' has shape \(2, 6, 5\) and was produced by Linear, which does not tell"
     result = measure_expecting(Transposed(), [torch.randn(2, 5, 8)], message)
     assert result.n == [6]  # dim 1, as the warning says; the 5 positions were never taken for nodes

@@ -85,5 +85,5 @@ def test_distilbert_feed_forward_then_the_heads_functional_relu():
     model = transformers.DistilBertForSequenceClassification(config)
     expected = [(f"distilbert.transformer.layer.{i}.ffn.activation", 40) for i in range(2)]
     # `nn.ReLU()(pooled_output)`: a module made in forward, not registered, seen as its F.relu call
-    expected.append(("relu()", 16))
+    expected.append(("relu-fn", 16))
     assert_layers(measure_quietly(model, {"input_ids": IDS, "attention_mask": MASK}), expected)

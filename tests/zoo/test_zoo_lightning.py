@@ -69,7 +69,7 @@ def test_torchvision_resnet18_fit_logs_every_call_site_of_the_shared_relu(tmp_pa
     expected = ["net.relu"]  # the module holds torchvision's model as `net`
     for stage in range(1, 5):
         for block in range(2):
-            expected += [f"net.layer{stage}.{block}.relu", f"net.layer{stage}.{block}.relu#2"]
+            expected += [f"net.layer{stage}.{block}.relu", f"net.layer{stage}.{block}.relu-call2"]
     widths = [64] + [w for w in (64, 128, 256, 512) for _ in range(4)]
     assert [r["epoch"] for r in callback.history] == [0, 1]
     for record in callback.history:
@@ -147,7 +147,7 @@ def test_no_forward_module_with_dict_and_dataclass_batches(tmp_path, collate):
     trainer, callback = fit(tmp_path, NoForward(), train, val, epochs=2)
     assert [r["epoch"] for r in callback.history] == [0, 1, 2]
     for record in callback.history:
-        assert record["layers"] == ["net.act1", "net.relu()", "net.gelu()"]
+        assert record["layers"] == ["net.act1", "net.relu-fn", "net.gelu-fn"]
         assert record["n"] == [6, 10, 12]
     assert "val_loss" in trainer.callback_metrics
 
@@ -237,5 +237,5 @@ def test_transformer_encoder_with_a_padding_mask_through_a_fit(tmp_path):
     trainer, callback = fit(tmp_path, MaskedEncoder(), train, val)
     assert [r["epoch"] for r in callback.history] == [0, 1]
     for record in callback.history:
-        assert record["layers"] == ["encoder.layers.0.relu()", "encoder.layers.1.relu()"]
+        assert record["layers"] == ["encoder.layers.0.relu-fn", "encoder.layers.1.relu-fn"]
         assert record["n"] == [40, 40] and record["samples"] == 4 * 7  # every position, padding included

@@ -136,7 +136,7 @@ def test_qwen2_moe_experts_beside_the_shared_expert_and_its_sigmoid_gate():
         [
             ("model.layers.0.mlp.shared_expert.act_fn", 20),
             ("model.layers.0.mlp.experts.act_fn", EXPERTS * D_FF),
-            ("model.layers.0.mlp.sigmoid()", 1),
+            ("model.layers.0.mlp.sigmoid-fn", 1),
         ],
     )
     assert result.layers[1].expert_active == ACTIVE
@@ -221,7 +221,7 @@ def test_an_expert_list_member_that_never_ran_is_reported():
 
 def test_a_call_site_whose_number_of_calls_changes_between_passes_is_warned_about():
     class Unrolled(nn.Module):
-        """One ReLU module applied once per time step: its #k names follow the sequence length."""
+        """One ReLU module applied once per time step: its -call<k> names follow the sequence length."""
 
         def __init__(self) -> None:
             super().__init__()
@@ -235,7 +235,9 @@ def test_a_call_site_whose_number_of_calls_changes_between_passes_is_warned_abou
 
     batches = [torch.randn(2, 3, 4), torch.randn(2, 5, 4)]
     measure_expecting(
-        Unrolled(), batches, r"Call site 'act' ran 3 times in one forward pass and 5 in another"
+        Unrolled(),
+        batches,
+        r"Call site 'act' ran 3 times in one forward pass and 5 in another, so its layers 'act', 'act-call2', \.\.\. ",
     )
 
 

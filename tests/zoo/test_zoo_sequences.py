@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from zoo_expect import assert_layers, measure_quietly
 
-from emergence_lightning.measure import measure
+from emergence_lightning.measure import measure_activity
 
 VOCAB, WIDTH, FEEDFORWARD = 20, 16, 40
 
@@ -35,7 +35,7 @@ TOKENS = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed
 
 def test_transformer_encoder_counts_feedforward_features_not_tokens():
     result = measure_quietly(Encoder(layers=3), {"tokens": TOKENS})
-    assert_layers(result, [(f"encoder.layers.{i}.relu()", FEEDFORWARD) for i in range(3)])
+    assert_layers(result, [(f"encoder.layers.{i}.relu-fn", FEEDFORWARD) for i in range(3)])
 
 
 def test_transformer_encoder_with_a_padding_mask():
@@ -46,7 +46,7 @@ def test_transformer_encoder_with_a_padding_mask():
     mask[1, 4:] = True
     model = Encoder()
     result = measure_quietly(model, {"tokens": TOKENS, "padding_mask": mask})
-    names = ["encoder.layers.0.relu()", "encoder.layers.1.relu()"]
+    names = ["encoder.layers.0.relu-fn", "encoder.layers.1.relu-fn"]
     assert_layers(result, [(name, FEEDFORWARD) for name in names])
     # Independent: the plain path (train mode, dropout 0) with a standard hook on each linear1.
     captured = []
@@ -133,7 +133,7 @@ def test_all_functional_mlp_equals_the_same_weights_with_activation_modules():
     functional = FunctionalMLP()
     x = torch.randn(64, 8)
     result = measure_quietly(functional, x)
-    assert_layers(result, [("relu()", 24), ("tanh()", 20), ("sigmoid()", 16), ("relu()#2", 12)])
+    assert_layers(result, [("relu-fn", 24), ("tanh-fn", 20), ("sigmoid-fn", 16), ("relu-fn-call2", 12)])
     modules = measure_quietly(ModuleMLP(functional), x)
     assert modules.names == ["net.1", "net.3", "net.5", "net.7"]
     assert result.a == modules.a and result.n == modules.n
@@ -148,7 +148,7 @@ def test_functional_measurement_is_not_the_pre_activation():
     x = torch.randn(64, 8)
     with torch.no_grad():
         post = F.relu(model.fc1(x)).double().mean(0)
-    result = measure(model, [x])
+    result = measure_activity(model, [x])
     assert torch.allclose(result.layers[0].activity, post)
     assert int((post > 0.05).sum()) == result.a[0]
 

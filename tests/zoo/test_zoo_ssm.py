@@ -32,7 +32,11 @@ def test_mamba_counts_inner_channels_not_token_positions():
     expected = []
     for layer in range(2):
         mixer = f"backbone.layers.{layer}.mixer"
-        expected += [(f"{mixer}.silu()", INNER), (f"{mixer}.softplus()", INNER), (f"{mixer}.silu()#2", INNER)]
+        expected += [
+            (f"{mixer}.silu-fn", INNER),
+            (f"{mixer}.softplus-fn", INNER),
+            (f"{mixer}.silu-fn-call2", INNER),
+        ]
     assert_layers(result, expected)
     # Independent: the first mixer's conv SiLU per channel, from its in_proj output read by a hook
     # and the causal depthwise conv written out (pad kernel - 1, keep the first 12 steps).

@@ -29,7 +29,7 @@ def resnet_layers(blocks: list[int], bottleneck: bool) -> list[tuple[str, int]]:
         for block in range(count):
             site = f"layer{stage}.{block}.relu"
             widths = [planes, planes, 4 * planes] if bottleneck else [planes, planes]
-            expected += [(site if k == 0 else f"{site}#{k + 1}", w) for k, w in enumerate(widths)]
+            expected += [(site if k == 0 else f"{site}-call{k + 1}", w) for k, w in enumerate(widths)]
     return expected
 
 
@@ -116,7 +116,7 @@ def test_densenet121():
             expected.append((f"features.transition{block}.relu", channels))
             channels //= 2
     # The final BatchNorm's ReLU is a functional F.relu in DenseNet.forward.
-    expected.append(("relu()", channels))
+    expected.append(("relu-fn", channels))
     assert channels == 1024 and len(expected) == 1 + 2 * 58 + 3 + 1
     assert_layers(measure_quietly(models.densenet121(), IMAGES), expected)
 
@@ -141,7 +141,7 @@ def test_small_vision_transformer_counts_features_not_tokens():
 
 
 def test_activity_of_a_reused_relu_equals_a_hand_computation():
-    # layer1.0.relu#2 is relu(bn2(conv2(...)) + identity): computed here by hand from the modules.
+    # layer1.0.relu-call2 is relu(bn2(conv2(...)) + identity): computed here by hand from the modules.
     model = models.resnet18().eval()
     with torch.no_grad():
         stem = model.maxpool(model.relu(model.bn1(model.conv1(IMAGES))))
@@ -149,7 +149,7 @@ def test_activity_of_a_reused_relu_equals_a_hand_computation():
         first = torch.relu(block.bn1(block.conv1(stem)))
         second = torch.relu(block.bn2(block.conv2(first)) + stem)
     result = measure_quietly(model, IMAGES)
-    for name, output in [("layer1.0.relu", first), ("layer1.0.relu#2", second)]:
+    for name, output in [("layer1.0.relu", first), ("layer1.0.relu-call2", second)]:
         layer = result.layers[result.names.index(name)]
         means = output.double().mean(dim=(0, 2, 3))
         assert torch.allclose(layer.activity, means, rtol=1e-5, atol=1e-6)

@@ -9,15 +9,15 @@ import warnings
 
 import torch
 
-from emergence_lightning.measure import Measurement, measure
+from emergence_lightning.measure import Measurement, measure_activity
 
 
 def measure_quietly(model: torch.nn.Module, batch: object) -> Measurement:
-    """``measure(model, [batch])`` at defaults; any warning fails the test (the zoo must be clean)."""
+    """``measure_activity(model, [batch])`` at defaults; any warning fails the test (the zoo must be clean)."""
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        result = measure(model, [batch])
+        result = measure_activity(model, [batch])
     assert result is not None
     return result
 
@@ -35,12 +35,33 @@ def assert_layers(result: Measurement, expected: list[tuple[str, int]]) -> None:
 
 
 def measure_expecting(model: torch.nn.Module, batches: list, message: str) -> Measurement:
-    """``measure(model, batches)`` at defaults; exactly one warning, and it matches ``message`` (a regex)."""
+    """``measure_activity(model, batches)`` at defaults; exactly one warning, and it matches ``message`` (a regex)."""
     torch.manual_seed(0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = measure(model, batches)
+        result = measure_activity(model, batches)
     messages = [str(warning.message) for warning in caught]
     assert len(messages) == 1 and re.search(message, messages[0]), messages
     assert result is not None
     return result
+
+
+def assert_later_passes_agree(model: torch.nn.Module, batch: object, passes: int = 3) -> Measurement:
+    """The same batch ``passes`` times in one window measures what one pass measures, with no warning.
+
+    A window's first pass runs fully intercepted and learns which modules' code needs the mode;
+    later passes intercept only that code. The same layers, nodes and per-node activity on every
+    pass is what a later pass that lost a routing or producer call would fail.
+    """
+    once = measure_quietly(model, batch)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        repeated = measure_activity(model, [batch] * passes)
+    assert repeated is not None
+    assert list(zip(repeated.names, repeated.n)) == list(zip(once.names, once.n))
+    assert repeated.samples == passes * once.samples
+    for alone, together in zip(once.layers, repeated.layers):
+        torch.testing.assert_close(together.activity, alone.activity, rtol=1e-5, atol=1e-6, equal_nan=True)
+        assert together.idle_experts == alone.idle_experts
+    return repeated

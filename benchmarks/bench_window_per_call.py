@@ -1,0 +1,243 @@
+"""The measurement window's per-call cost where Python dominates (issue 19, item 4), side by side.
+
+Cases, each timed as alternating pairs in one process (the order rotates), medians printed with
+their range and the machine's load, by CPU time and wall clock:
+
+- Hugging Face GPT-2 (12 layers x 256) and Llama (8 layers x 256) from tiny configs, batch 1 x 16
+  tokens: an eval pass with the window closed vs open (target open/closed <= 1.10x);
+- a 300-layer ReLU chain (Linear 512 -> ReLU, batch 32): the added time per activation call,
+  (open - closed) / (passes x 300) (target <= 25 us);
+- the 6-block conv net of bench_models at its window size (target <= 1.05x), every statistic
+  for the conv net and GPT-2 (target <= 1.10x).
+
+With ``--split``, the chain's added time per activation call is split into its parts, each timed
+against the closed pass in the same rotation: two empty global module hooks (what torch's hook
+path costs by itself), the tracker with accumulation off (``tracker.enabled = False``: hooks and
+bookkeeping), and the whole tracker (the difference is the reduction).
+
+A window holds ``--passes`` forward passes (default 8: a validation run holds many): a module's
+first call in each window runs intercepted to learn whether its own code calls an activation,
+later calls intercept only such modules. ``--passes 1`` shows the cost of a window of one pass.
+At the end: whether any global hook or torch function mode is left behind.
+
+    .venv/bin/python benchmarks/bench_window_per_call.py [--pairs 9] [--passes 8] [--cases gpt2 llama chain convnet]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from bench_measure_window import leftovers
+from bench_models import WINDOW_SIZES, build, inputs, load
+from torch import nn
+from torch.nn.modules import module as module_hooks
+
+from emergence_lightning.measure import ActivityTracker
+
+CASES = ("gpt2", "llama", "chain", "convnet")
+CHAIN_LAYERS, CHAIN_WIDTH, CHAIN_BATCH = 300, 512, 32
+
+
+def gpt2() -> nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(n_layer=12, n_embd=256, n_head=4, vocab_size=1000, n_positions=64)
+    return GPT2LMHeadModel(config)
+
+
+def llama() -> nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        num_hidden_layers=8,
+        hidden_size=256,
+        intermediate_size=688,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=1000,
+    )
+    return LlamaForCausalLM(config)
+
+
+def chain() -> nn.Module:
+    layers: list[nn.Module] = []
+    for _ in range(CHAIN_LAYERS):
+        layers += [nn.Linear(CHAIN_WIDTH, CHAIN_WIDTH), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+def case(name: str) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    if name in ("gpt2", "llama"):
+        model = gpt2() if name == "gpt2" else llama()
+        return model.eval(), torch.randint(0, 1000, (1, 16))
+    if name == "chain":
+        return chain().eval(), torch.randn(CHAIN_BATCH, CHAIN_WIDTH)
+    size = WINDOW_SIZES[name]
+    return build(name, size).eval(), inputs(name, size, size.batch)
+
+
+def window(
+    model: nn.Module,
+    x: torch.Tensor,
+    passes: int,
+    tracker: ActivityTracker | None,
+    wait: Callable[[], None] = lambda: None,
+) -> tuple[float, float]:
+    """``passes`` eval forward passes, inside one window when a tracker is given (reset, attach,
+    ``start_pass`` per pass, detach and ``compute`` included). Returns wall and CPU seconds, read
+    after ``wait()`` (``torch.cuda.synchronize`` on a GPU).
+    """
+    start, cpu = time.perf_counter(), time.process_time()
+    with torch.no_grad():
+        if tracker is None:
+            for _ in range(passes):
+                model(x)
+        else:
+            tracker.reset()
+            tracker.attach()
+            try:
+                for _ in range(passes):
+                    tracker.start_pass()
+                    model(x)
+            finally:
+                tracker.detach()
+            tracker.compute()
+    wait()
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+def paired(first: Callable[[], tuple[float, float]], second: Callable[[], tuple[float, float]], pairs: int):  # type: ignore[no-untyped-def]
+    a, b = [], []
+    first(), second()  # warm-up
+    for index in range(pairs):
+        if index % 2:
+            b.append(second())
+            a.append(first())
+        else:
+            a.append(first())
+            b.append(second())
+    return a, b
+
+
+def summary(closed: list[tuple[float, float]], opened: list[tuple[float, float]]) -> str:
+    parts = []
+    for clock, index in (("cpu", 1), ("wall", 0)):
+        ratios = [o[index] / c[index] for o, c in zip(opened, closed)]
+        parts.append(
+            f"{clock} {1000 * statistics.median(c[index] for c in closed):.2f} vs "
+            f"{1000 * statistics.median(o[index] for o in opened):.2f} ms, ratio "
+            f"{statistics.median(ratios):.3f}x ({min(ratios):.3f}-{max(ratios):.3f})"
+        )
+    return "; ".join(parts)
+
+
+def per_call_us(closed: list[tuple[float, float]], opened: list[tuple[float, float]], calls: int) -> str:
+    parts = []
+    for clock, index in (("cpu", 1), ("wall", 0)):
+        added = [1e6 * (o[index] - c[index]) / calls for o, c in zip(opened, closed)]
+        parts.append(f"{clock} {statistics.median(added):.1f} us ({min(added):.1f}-{max(added):.1f})")
+    return "added per activation call: " + "; ".join(parts)
+
+
+def empty_hooks(model: nn.Module, x: torch.Tensor, passes: int) -> tuple[float, float]:
+    """``passes`` closed passes with two global module hooks that do nothing installed."""
+    handles = [
+        module_hooks.register_module_forward_pre_hook(lambda module, args: None),
+        module_hooks.register_module_forward_hook(lambda module, args, output: None),
+    ]
+    try:
+        return window(model, x, passes, None)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def without_accumulation(
+    model: nn.Module, x: torch.Tensor, passes: int, tracker: ActivityTracker
+) -> tuple[float, float]:
+    tracker.enabled = False
+    try:
+        return window(model, x, passes, tracker)
+    finally:
+        tracker.enabled = True
+
+
+def split_chain(pairs: int, passes: int) -> None:
+    """The chain's added time per activation call, part by part (CPU time, medians over rounds)."""
+    model, x = case("chain")
+    tracker = ActivityTracker(model)
+    cases = {
+        "closed": lambda: window(model, x, passes, None),
+        "two empty global hooks": lambda: empty_hooks(model, x, passes),
+        "tracker, accumulation off": lambda: without_accumulation(model, x, passes, tracker),
+        "tracker": lambda: window(model, x, passes, tracker),
+    }
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for run in cases.values():  # warm-up
+        run()
+    names = list(cases)
+    for index in range(pairs):
+        for name in names[index % len(names) :] + names[: index % len(names)]:
+            times[name].append(cases[name]()[1])
+    closed = statistics.median(times["closed"])
+    calls = passes * CHAIN_LAYERS
+    parts = [
+        f"{name}: +{1e6 * (statistics.median(values) - closed) / calls:.1f} us"
+        for name, values in times.items()
+        if name != "closed"
+    ]
+    print(
+        f"chain split, added per activation call (cpu): {'; '.join(parts)}; {pairs} rounds; {load()}",
+        flush=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--pairs", type=int, default=9)
+    parser.add_argument("--passes", type=int, default=8, help="forward passes per window (default 8)")
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+    parser.add_argument("--statistics", nargs="+", default=["mean"], choices=["mean", "fraction", "max"])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--split", action="store_true", help="also split the chain's per-call cost into parts"
+    )
+    args = parser.parse_args()
+    if args.pairs < 5:
+        parser.error(f"`--pairs` must be >= 5 for a median, got {args.pairs}.")
+    if args.passes < 1:
+        parser.error(f"`--passes` must be >= 1, got {args.passes}.")
+    torch.set_num_threads(args.threads)
+    print(
+        f"torch {torch.__version__}, {args.threads} thread(s), {args.passes} passes a window; {load()}",
+        flush=True,
+    )
+    for name in args.cases:
+        model, x = case(name)
+        for statistic in args.statistics:
+            tracker = ActivityTracker(model, statistic=statistic)
+            closed, opened = paired(
+                lambda: window(model, x, args.passes, None),
+                lambda: window(model, x, args.passes, tracker),
+                args.pairs,
+            )
+            measured = tracker.compute()
+            layers = len(measured.n) if measured else 0
+            line = f"{name:<8} {statistic:<8} {layers:>3} layers, closed vs open: {summary(closed, opened)}"
+            if name == "chain":
+                line += f"; {per_call_us(closed, opened, args.passes * CHAIN_LAYERS)}"
+            print(f"{line}; {args.pairs} pairs; {load()}", flush=True)
+    if args.split:
+        split_chain(args.pairs, args.passes)
+    print(leftovers(), flush=True)
+
+
+if __name__ == "__main__":
+    main()
