@@ -25,6 +25,7 @@ import math
 import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -127,7 +128,8 @@ class ActivityTracker:
             )
         self._input_module = leaves[0][1] if include_input else None
         self._output_module = leaves[-1][1] if include_output else None
-        self._stats: dict[str, NodeStatistic] = {}
+        # An experts layer's statistic splits rows by expert; every other layer's is a NodeStatistic.
+        self._stats: dict[str, NodeStatistic | moe.ExpertStatistic] = {}
         self._layout: dict[str, tuple[int, int]] = {}  # layer -> (batch dim, node dim), fixed at first sight
         self._first_seen: dict[str, int] = {}
         self._calls: Counter[str] = Counter()  # call sites seen in this forward pass
@@ -433,7 +435,12 @@ class ActivityTracker:
             )
         batch_dim, node_dim = self._layout[name]
         with torch.no_grad():
-            self._stats[name].add(output.detach(), batch_dim, node_dim, self._scratch, experts)
+            stat = self._stats[name]
+            if not isinstance(stat, moe.ExpertStatistic):
+                raise RuntimeError(
+                    f"Layer {name!r} was first measured outside the experts of {routing.group.name!r}."
+                )
+            stat.add(output.detach(), batch_dim, node_dim, self._scratch, experts)
 
     def _compare_call_counts(self) -> None:
         """Warns about a call site whose number of calls changed between forward passes: its
@@ -513,7 +520,8 @@ class ActivityTracker:
             if output.shape[batch_dim] == 0:
                 return
         try:
-            self._stats[name].add(output, batch_dim, node_dim, self._scratch)
+            # A name is an experts layer or not for the whole window (routing decides it at first sight).
+            cast(NodeStatistic, self._stats[name]).add(output, batch_dim, node_dim, self._scratch)
         except ValueError as error:
             raise ValueError(
                 f"Layer {name!r} changed its number of nodes between batches ({error}); set `node_dim` to "
