@@ -79,7 +79,7 @@ class EmergenceCallback(Callback):
             docs/measure.md, "What 'active' means".
         variant: how paths are counted: the paper's formula, or induced (see docs/measure.md).
         layers: the layers to keep, by module name (every call of it) or call-site name
-            (``"layer1.0.relu-call2"``, ``"encoder.layers.0.relu-fn"``); ``None``: every activation
+            ("layer1.0.relu-call2", "encoder.layers.0.relu-fn"); None: every activation
             call site (modules of any library, functional calls, recurrent outputs).
         node_dim: the dimension that indexes nodes, one int for every layer or a mapping from
             layer name to int; None decides it per layer from the layer that produced it.
