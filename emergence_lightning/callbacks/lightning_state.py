@@ -2,7 +2,7 @@
 
 The one read of a Lightning internal (the step epoch-end values are logged at, with no public
 accessor) goes through :mod:`emergence_lightning._compat`, which fails naming it on a Lightning
-version that moved it (tests/test_compat.py, tests/test_schedules.py exercise it).
+version that moved it (tests/test_compat.py, tests/callbacks/test_emergence_schedules.py exercise it).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Fits a tiny model with PruneAndBranchCallback on N CPU processes (DDP, gloo) and writes what each rank saw.
 
-Run by tests/test_prune_and_branch.py as a real script, because Lightning's DDP launcher starts
+Run by tests/callbacks/test_prune_and_branch.py as a real script, because Lightning's DDP launcher starts
 the other processes by running this file again.
 
     python ddp_branching.py --devices 2 --out DIR

@@ -1,6 +1,6 @@
 """Fits a tiny model with EmergenceCallback on N CPU processes and writes rank zero's history.
 
-Run by tests/test_distributed.py as a real script, because Lightning's DDP launcher starts the
+Run by tests/callbacks/test_distributed.py as a real script, because Lightning's DDP launcher starts the
 other processes by running this file again.
 
     python ddp_emergence.py --devices 2 --out history.json [--val-samples 37] [--stop-at-zero]

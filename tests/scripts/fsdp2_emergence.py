@@ -1,6 +1,6 @@
 """Fits a small conv net with EmergenceCallback under FSDP2 on N CPU processes, or eagerly on one.
 
-Run by tests/test_fsdp2.py as a real script, because Lightning's launcher starts the other
+Run by tests/callbacks/test_fsdp2.py as a real script, because Lightning's launcher starts the other
 processes by running this file again. With ``--fsdp2`` the LightningModule's ``configure_model``
 applies ``fully_shard`` to its conv block (a conv and a ReLU inside the sharded block) and to the
 root, under Lightning's ``ModelParallelStrategy`` (gloo). The conv's weight carries a

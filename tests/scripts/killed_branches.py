@@ -1,6 +1,6 @@
 """Fits a tiny MLP with PruneAndBranchCallback; can SIGKILL itself while a given branch trains.
 
-Run by tests/test_robustness.py as a real process. The logger has a fixed version, so a rerun
+Run by tests/callbacks/test_robustness.py as a real process. The logger has a fixed version, so a rerun
 finds the branches a killed run finished.
 
     python killed_branches.py --root DIR --kill-in pruned-30   # dies in pruned-30's first epoch

@@ -1,6 +1,6 @@
 """Fits a tiny MLP with EmergenceCallback and checkpoints, and can SIGKILL itself part-way.
 
-Run by tests/test_robustness.py as a real process, so the kill is a real one: no ``finally``, no
+Run by tests/callbacks/test_robustness.py as a real process, so the kill is a real one: no ``finally``, no
 ``on_exception``, no logger finalisation.
 
     python killed_fit.py --root DIR --max-epochs 4 --kill-at-epoch 2   # dies when epoch 2 starts

@@ -4,7 +4,7 @@ Wrappers run here for real where this CPU machine can run them: ``torch.compile`
 LightningModule's submodule, the LightningModule itself), Fabric's ``_FabricModule``, torch's DDP
 (one gloo process), activation checkpointing's ``CheckpointWrapper``. FSDP1 needs an accelerator,
 so its name stripping is checked on a module tree that holds the model under FSDP1's attribute
-name. FSDP2 (``fully_shard``) keeps names; tests/test_fsdp2.py runs it on 2 processes.
+name. FSDP2 (``fully_shard``) keeps names; tests/callbacks/test_fsdp2.py runs it on 2 processes.
 """
 
 import re

@@ -157,7 +157,7 @@ def test_version_comes_from_the_installed_package(capsys):
     printed = capsys.readouterr().out.strip()
     # pyproject.toml's version when written there (tomllib needs Python 3.11, so a regex reads it);
     # a dynamic version is whatever the build gave the package metadata.
-    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()
     static = re.search(r'^version\s*=\s*"([^"]+)"', pyproject, re.MULTILINE)
     expected = static.group(1) if static else metadata.version("emergence-lightning")
     assert printed == f"emergence-lightning {expected}"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tb import read_scalars
 
-SCRIPT = Path(__file__).parent / "scripts" / "ddp_emergence.py"
+SCRIPT = Path(__file__).parents[1] / "scripts" / "ddp_emergence.py"
 
 
 def run(tmp_path: Path, devices: int, *args: str) -> dict:

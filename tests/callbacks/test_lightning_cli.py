@@ -14,7 +14,7 @@ from emergence_lightning import EmergenceCallback, PruneAndBranchCallback
 
 pytest.importorskip("jsonargparse", reason="LightningCLI needs jsonargparse (the `test` extra installs it)")
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "lightning_cli"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lightning_cli"
 
 
 def _cli(args):

@@ -45,7 +45,7 @@ from emergence_lightning.callbacks.prune_and_branch import PruneAndBranchCallbac
 from emergence_lightning.callbacks.trainer_factory import check_strategy
 from emergence_lightning.pruning import count_parameters
 
-DDP_SCRIPT = Path(__file__).parent / "scripts" / "ddp_branching.py"
+DDP_SCRIPT = Path(__file__).parents[1] / "scripts" / "ddp_branching.py"
 
 
 class Probe(pl.Callback):
@@ -885,7 +885,7 @@ def test_lightning_cli_save_config_callback_is_left_out_of_the_branches_silently
 
     import yaml
 
-    example = Path(__file__).resolve().parents[1] / "examples" / "lightning_cli"
+    example = Path(__file__).resolve().parents[2] / "examples" / "lightning_cli"
     config = yaml.safe_load((example / "config.yaml").read_text())
     config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path)
     config["trainer"].update(

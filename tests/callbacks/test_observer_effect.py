@@ -14,11 +14,11 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from tiny_models import Classifier, blobs
 from torch import nn
 from torch.utils.data import DataLoader
 
 from emergence_lightning import EmergenceCallback
-from tests.tiny_models import Classifier, blobs
 
 
 class NoisyClassifier(Classifier):

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from tiny_models import Classifier, loaders, mlp
 
 from emergence_lightning import EmergenceCallback, EmergenceRecord
 from emergence_lightning.functional import stops_at_zero, zero_streak
 from emergence_lightning.paper.predictor.stopping import stop_at_zero_epoch
-from tests.tiny_models import Classifier, loaders, mlp
 
 
 def trainer(tmp_path, callbacks, max_epochs=2, **kwargs) -> pl.Trainer:

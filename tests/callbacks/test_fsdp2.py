@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch.distributed.fsdp
 
-SCRIPT = Path(__file__).parent / "scripts" / "fsdp2_emergence.py"
+SCRIPT = Path(__file__).parents[1] / "scripts" / "fsdp2_emergence.py"
 pytestmark = pytest.mark.skipif(
     not hasattr(torch.distributed.fsdp, "fully_shard"),
     reason="needs torch.distributed.fsdp.fully_shard (FSDP2)",

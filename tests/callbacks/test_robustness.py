@@ -28,7 +28,7 @@ from emergence_lightning import ActivityTracker, EmergenceCallback, PruneAndBran
 from emergence_lightning.measure import Measurement, measure_activity
 from emergence_lightning.measure.compile_guard import EagerWhileMeasuring, compiled_modules
 
-SCRIPTS = Path(__file__).parent / "scripts"
+SCRIPTS = Path(__file__).parents[1] / "scripts"
 THRESHOLD = 0.05
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

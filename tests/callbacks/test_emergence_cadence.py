@@ -9,10 +9,10 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from tiny_models import Classifier, blobs, loaders, mlp
 from torch.utils.data import DataLoader
 
 from emergence_lightning import EmergenceCallback
-from tests.tiny_models import Classifier, blobs, loaders, mlp
 
 
 def trainer(tmp_path, callbacks, **kwargs) -> pl.Trainer:

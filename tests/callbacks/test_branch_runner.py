@@ -28,7 +28,7 @@ from emergence_lightning.callbacks.prune_and_branch import PruneAndBranchCallbac
 from emergence_lightning.paper.cli import main as cli
 from emergence_lightning.paper.report import find_runs
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 EXAMPLE = ROOT / "examples" / "parallel_branches.py"
 
 

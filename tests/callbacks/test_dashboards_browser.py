@@ -35,7 +35,7 @@ pytestmark = [
         "(apt-get install -y chromium chromium-driver)",
     ),
 ]
-DOCS_FIGURES = Path(__file__).resolve().parents[1] / "docs" / "figures"
+DOCS_FIGURES = Path(__file__).resolve().parents[2] / "docs" / "figures"
 WAIT_S = 90
 
 
