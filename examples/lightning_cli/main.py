@@ -6,6 +6,10 @@ tensorboard --logdir runs/lightning-cli
 
 from lightning.pytorch.cli import LightningCLI
 
+# Imported so that LightningCLI knows both callbacks by their short names:
+# `--trainer.callbacks.help EmergenceCallback`, `class_path: PruneAndBranchCallback`.
+import emergence_lightning  # noqa: F401
+
 
 def main(args=None) -> LightningCLI:
     # With no classes given, `model:` and `data:` take any class_path, as in config.yaml.

@@ -89,3 +89,13 @@ def test_cli_help_shows_the_choices_in_clean_text():
     assert "--every_n_train_steps" in text and "--probe_batches" in text
     for markup in (":class:", ":func:", ":mod:", ":attr:", "``", "~emergence_lightning"):
         assert markup not in text, markup
+
+
+@pytest.mark.parametrize("name", ["EmergenceCallback", "PruneAndBranchCallback"])
+def test_the_example_cli_knows_both_callbacks_by_their_short_names(name, capsys):
+    # Without the example's `import emergence_lightning`, jsonargparse asks for a dot import path.
+    with pytest.raises(SystemExit, match="^0$"):
+        _cli(["fit", "--trainer.callbacks.help", name])
+    help_text = capsys.readouterr().out
+    expected = "statistic" if name == "EmergenceCallback" else "amounts"  # an argument only that class has
+    assert f"--trainer.callbacks.{expected}" in help_text
