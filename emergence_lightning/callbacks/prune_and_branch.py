@@ -23,6 +23,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
@@ -519,7 +520,17 @@ class PruneAndBranchCallback(Callback):
 
 
 def _branches_dir(trainer: pl.Trainer) -> Path:
-    return Path(trainer.log_dir or trainer.default_root_dir) / "branches"
+    """``branches/`` beside the parent's TensorBoard or CSV run, else under ``default_root_dir``.
+
+    Never inside an MLflow store or a W&B folder (``trainer.log_dir`` is the first logger's
+    ``save_dir`` for those): MLflow reads every folder of its store as an experiment.
+    """
+    first = trainer.loggers[0] if trainer.loggers else None
+    if first is None or isinstance(first, (TensorBoardLogger, CSVLogger)):
+        return Path(trainer.log_dir or trainer.default_root_dir) / "branches"
+    runs = [logger for logger in trainer.loggers if isinstance(logger, (TensorBoardLogger, CSVLogger))]
+    folder = runs[0].log_dir if runs else trainer.default_root_dir
+    return Path(trainer.strategy.broadcast(folder)) / "branches"  # rank zero's version folder
 
 
 def _check_data_arguments(datamodule: Any, train_dataloaders: Any, val_dataloaders: Any) -> None:

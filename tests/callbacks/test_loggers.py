@@ -304,3 +304,22 @@ def test_bare_kind_names_of_older_saved_forks_still_build_loggers(tmp_path):
     assert isinstance(csv_logger, CSVLogger) and Path(csv_logger.log_dir) == tmp_path / "control"
     with pytest.raises(ValueError, match=r"unknown branch logger kind 'comet'; expected one of \['csv', "):
         build_branch_logger("comet", tmp_path, "control")
+
+
+def test_branches_never_land_in_an_mlflow_store(tmp_path, offline):
+    """With MLflow as the first logger, ``trainer.log_dir`` is the store: branches go elsewhere."""
+    torch.manual_seed(0)
+    train, val = loaders()
+    store = tmp_path / "mlruns"
+    csv_logger = CSVLogger(tmp_path / "csv")
+    branching = PruneAndBranchCallback(branch_epoch=1, amounts=(0.5,), verbose=False)
+    _trainer(tmp_path, [_mlflow_logger(store), csv_logger], [branching]).fit(Classifier(mlp()), train, val)
+    assert [r["status"] for r in branching.results] == ["finished", "finished"]
+    assert not (store / "branches").exists()
+    assert (Path(csv_logger.log_dir) / "branches" / "control" / "result.json").is_file()  # beside the CSV run
+
+    alone = PruneAndBranchCallback(branch_epoch=1, amounts=(0.5,), verbose=False)
+    root = tmp_path / "alone"
+    _trainer(root, [_mlflow_logger(root / "mlruns")], [alone]).fit(Classifier(mlp()), train, val)
+    assert not (root / "mlruns" / "branches").exists()
+    assert (root / "branches" / "pruned-50" / "result.json").is_file()  # under default_root_dir
