@@ -48,6 +48,8 @@ from emergence_lightning.pruning.names import MASK, canonical_name
 
 EXPERIMENT_FILE = "experiment.json"
 RESULT_FILE = "result.json"
+#: A TensorBoard run's event files (the branch runs', and what `report` reads).
+EVENT_GLOB = "events.out.tfevents*"
 STATE_DICT_FILE = "final_state_dict.pt"
 FORK_FILE = "fork.pt"
 SUMMARY_CSV = "summary.csv"
@@ -309,7 +311,7 @@ def clear_stale_run(run_dir: Path) -> list[Path]:
 
     Call it only while holding the branch's lock (:func:`~emergence_lightning.branching.lock.acquire_lock`): the files are then no other job's.
     """
-    stale = [*run_dir.glob("events.out.tfevents*"), run_dir / RESULT_FILE, run_dir / STATE_DICT_FILE]
+    stale = [*run_dir.glob(EVENT_GLOB), run_dir / RESULT_FILE, run_dir / STATE_DICT_FILE]
     removed = [path for path in stale if path.is_file()]
     for path in removed:
         path.unlink()

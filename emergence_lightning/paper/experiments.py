@@ -14,6 +14,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from emergence_lightning.branching.store import EVENT_GLOB
 from emergence_lightning.callbacks import EmergenceCallback, PruneAndBranchCallback
 
 try:
@@ -97,7 +98,7 @@ class _ReplacePreviousRun(pl.Callback):
     """
 
     def __init__(self, log_dir: Path) -> None:
-        self.previous = sorted(log_dir.glob("events.out.tfevents*"))
+        self.previous = sorted(log_dir.glob(EVENT_GLOB))
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:

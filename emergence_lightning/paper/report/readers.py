@@ -24,7 +24,8 @@ from pathlib import Path
 
 from tensorboard.backend.event_processing import event_accumulator
 
-EVENT_GLOB = "events.out.tfevents*"
+from emergence_lightning.branching.store import EVENT_GLOB
+
 #: The table Lightning's CSVLogger writes (its ``ExperimentWriter.NAME_METRICS_FILE``), read by name.
 METRICS_CSV = "metrics.csv"
 #: The column of a ``metrics.csv`` that holds the step every other value of its row was logged at.
