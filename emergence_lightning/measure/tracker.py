@@ -53,12 +53,11 @@ from emergence_lightning.measure.interception import (
 )
 from emergence_lightning.measure.layers import INPUT_LAYER, OUTPUT_LAYER
 from emergence_lightning.measure.measurement import LayerActivity, Measurement
+from emergence_lightning.measure.reduction import reduce_statistics
 from emergence_lightning.measure.statistics import (
     DEFAULT_STATISTIC,
-    TOTAL_IS_PROBE,
     NodeStatistic,
     Scratch,
-    accumulation_dtype,
     node_activity,
 )
 
@@ -585,46 +584,7 @@ class ActivityTracker:
         names = self.layer_names
         # An MoE layer is one unit per expert until the end (each expert has its own row count).
         unit_names, stats, expert_index = moe.expand(names, self._stats)
-        device = next((s.total.device for s in stats if s.total is not None), torch.device("cpu"))
-        dtype = accumulation_dtype(device)
-        # Node counts must agree everywhere to pack tensors; a process that saw nothing reports 0.
-        sizes = torch.tensor([s.nodes or 0 for s in stats], device=device, dtype=torch.long)
-        if reduce is not None:
-            # Layers are found as they run; every process must have found the same ones.
-            counts = reduce(torch.tensor([len(names)], device=device), "max")
-            if int(counts) != len(names):
-                raise RuntimeError(
-                    f"This process found {len(names)} layers ({names}) but another found {int(counts)}; the "
-                    "processes ran different forward passes. Pass the same `layers=[...]` everywhere."
-                )
-            if names:
-                sizes = reduce(sizes, "max")
-        sizes_list = [int(v) for v in sizes.tolist()]
-
-        def packed(values: list[Tensor | None], fill: float) -> Tensor:
-            filled = [
-                torch.full((size,), fill, device=device, dtype=dtype) if v is None else v.to(dtype)
-                for v, size in zip(values, sizes_list)
-            ]
-            return torch.cat(filled) if filled else torch.zeros(0, device=device, dtype=dtype)
-
-        rows = torch.tensor([float(s.rows) for s in stats], device=device, dtype=dtype)
-        totals = packed([s.total for s in stats], -math.inf if self.statistic == "max" else 0.0)
-        # One collective for everything that adds up, one more for a max statistic.
-        if self.statistic in TOTAL_IS_PROBE:
-            summed_parts = [rows, totals]
-        else:
-            probes = packed([s.probe for s in stats], 0.0)
-            summed_parts = [rows, probes] if self.statistic == "max" else [rows, probes, totals]
-        summed = torch.cat(summed_parts)
-        if reduce is not None:
-            summed = reduce(summed, "sum")
-            if self.statistic == "max":
-                totals = reduce(totals, "max")
-        split = torch.split(summed.cpu(), [part.numel() for part in summed_parts])
-        rows = split[0]
-        totals = (totals if self.statistic == "max" else split[-1]).cpu()
-        probes = totals if self.statistic in TOTAL_IS_PROBE else split[1]
+        rows, totals, probes, sizes_list = reduce_statistics(stats, names, self.statistic, reduce)
 
         if not stats or float(rows.max()) == 0:
             if self._module_calls and not stats:
