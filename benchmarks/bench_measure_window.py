@@ -21,6 +21,7 @@ import argparse
 import copy
 import statistics
 import time
+from collections.abc import Iterable
 
 import torch
 from bench_models import MODELS, TINY, WINDOW_SIZES, build, inputs, load
@@ -69,10 +70,16 @@ def paired(first, second, pairs: int) -> tuple[list[float], list[float]]:  # typ
     return a, b
 
 
-def leftovers() -> str:
+def leftovers(models: Iterable[nn.Module] = ()) -> str:
+    """What a window could leave behind: global hooks, hooks on the models' modules, torch function modes."""
     hooks = len(module_hooks._global_forward_hooks) + len(module_hooks._global_forward_pre_hooks)
+    hooked = sum(
+        bool(module._forward_hooks or module._forward_pre_hooks)
+        for model in models
+        for module in model.modules()
+    )
     modes = len(torch.overrides._get_current_function_mode_stack())
-    return f"global module hooks left {hooks}, torch function modes left {modes}"
+    return f"global module hooks left {hooks}, modules with hooks left {hooked}, torch function modes left {modes}"
 
 
 def ratio_line(
@@ -133,7 +140,7 @@ def main() -> None:
             args.pairs,
         )
         label = f"{name:<11} outside windows: never-tracked copy vs tracked model"
-        print(f"{ratio_line(label, untouched, tracked, args.pairs)}; {leftovers()}", flush=True)
+        print(f"{ratio_line(label, untouched, tracked, args.pairs)}; {leftovers([model])}", flush=True)
 
 
 if __name__ == "__main__":

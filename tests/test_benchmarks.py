@@ -109,11 +109,13 @@ def test_per_call_benchmark_prints_each_case_and_leaves_nothing_behind():
     output = run_script(
         "benchmarks/bench_window_per_call.py", "--pairs", "5", "--passes", "1", "--cases", "llama", "chain"
     )
-    assert re.search(r"llama\s+mean\s+8 layers, closed vs open: cpu .* ratio \d", output), output
-    assert re.search(r"chain\s+mean\s+300 layers, .* added per activation call: cpu -?\d+\.\d us", output), (
+    assert re.search(r"llama\s+mean_abs\s+8 layers, closed vs open: cpu .* ratio \d", output), output
+    assert re.search(
+        r"chain\s+mean_abs\s+300 layers, .* added per activation call: cpu -?\d+\.\d us", output
+    ), output
+    assert "global module hooks left 0, modules with hooks left 0, torch function modes left 0" in output, (
         output
     )
-    assert "global module hooks left 0, torch function modes left 0" in output, output
 
 
 def test_window_benchmark_leaves_no_hook_or_mode_behind():
@@ -130,4 +132,6 @@ def test_window_benchmark_leaves_no_hook_or_mode_behind():
     assert re.search(
         r"convnet\s+fraction\s+6 layers, window closed vs open: wall .* median ratio \d", output
     ), output
-    assert "global module hooks left 0, torch function modes left 0" in output, output
+    assert "global module hooks left 0, modules with hooks left 0, torch function modes left 0" in output, (
+        output
+    )

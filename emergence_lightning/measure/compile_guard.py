@@ -1,7 +1,8 @@
-"""Compiled code and forward hooks: keep ``torch.compile``'d code eager while a tracker measures.
+"""Compiled code, fused kernels and forward hooks: keep the model's Python visible while a tracker measures.
 
 Plain PyTorch, no Lightning. Dynamo does not guard compiled code on hooks added later, so a
-tracker attached after compilation would silently see nothing; see :class:`EagerWhileMeasuring`.
+tracker attached after compilation would silently see nothing, and torch's fused attention fast
+path runs a whole encoder layer, activation included, in one kernel; see :class:`EagerWhileMeasuring`.
 """
 
 from __future__ import annotations
@@ -49,10 +50,18 @@ class EagerWhileMeasuring:
     in ``forward``); on code that was never compiled it changes nothing. The holders are a weak set
     of trackers: a copy of an attached tracker cannot release the original's hold, and one dropped
     while attached stops counting (the stance then ends with the next tracker's detach).
+
+    For the same reason torch's native fast path of ``nn.TransformerEncoder`` and
+    ``nn.MultiheadAttention`` (``torch.backends.mha``) is off while held: in eval without gradients
+    it runs each encoder layer, its ReLU or GELU included, in one fused kernel (on nested tensors
+    when a padding mask is given), where no activation can be seen. Measured passes run torch's
+    Python path instead, which computes the same function (padded positions then hold values
+    rather than zeros).
     """
 
     holders: weakref.WeakSet[Any] = weakref.WeakSet()
     stance: object = None
+    fastpath: bool | None = None  # torch.backends.mha's setting before the first hold
 
     @classmethod
     def hold(cls, tracker: Any) -> bool:
@@ -70,6 +79,9 @@ class EagerWhileMeasuring:
             return False
         if cls.stance is None:
             cls.stance = set_stance("force_eager")
+        if cls.fastpath is None:
+            cls.fastpath = torch.backends.mha.get_fastpath_enabled()
+            torch.backends.mha.set_fastpath_enabled(False)
         cls.holders.add(tracker)
         return True
 
@@ -79,3 +91,6 @@ class EagerWhileMeasuring:
         if not cls.holders and cls.stance is not None:
             cls.stance.__exit__(None, None, None)  # type: ignore[attr-defined]  # the stance before `hold`
             cls.stance = None
+        if not cls.holders and cls.fastpath is not None:
+            torch.backends.mha.set_fastpath_enabled(cls.fastpath)
+            cls.fastpath = None

@@ -1,11 +1,12 @@
-"""What the window installs: the frames of module calls in progress, and the mode that sees activations.
+"""What the window installs: module hooks, the frames of module calls in progress, and the mode
+that sees activations.
 
 Plain PyTorch, no Lightning. :class:`~emergence_lightning.measure.tracker.ActivityTracker` keeps a
-:class:`Frame` per module call of its model (from global module hooks) and puts
-:class:`ActivationCalls` on the torch function mode stack only while module code that needs it
-runs: code that calls activation functions, code inside a mixture-of-experts block (whose weight
-accesses tell which expert a row belongs to), and code that applies another module's weight
-functionally (the producer that decides the node dimension).
+:class:`Frame` per call of the modules it hooks fully and puts :class:`ActivationCalls` on the
+torch function mode stack only while module code that needs it runs: code that calls activation
+functions, code inside a mixture-of-experts block (whose weight accesses tell which expert a row
+belongs to), and code that applies another module's weight functionally (the producer that
+decides the node dimension). Which modules get which hooks is :func:`hook_plan`'s decision.
 """
 
 from __future__ import annotations
@@ -80,6 +81,123 @@ class ActivationCalls(TorchFunctionMode):
         else:
             self.other(func, args, kwargs, output)
         return output
+
+
+def inert(*args: object) -> None:
+    """What a copy of a window's hook is: nothing (see :class:`WindowHook`)."""
+
+
+def _inert() -> Callable[..., None]:
+    return inert
+
+
+class WindowHook:
+    """A module hook of the window. The hooks sit in the modules' own hook dictionaries, so a model
+    deep-copied or pickled while a window is open (an EMA copy, a snapshot, ``torch.save(model)``)
+    carries them: its copy is :func:`inert`, so the copy neither reports to this tracker nor drags
+    the tracker along (a bound method would deep-copy it).
+    """
+
+    __slots__ = ("function",)
+
+    def __init__(self, function: Callable[..., None]) -> None:
+        self.function = function
+
+    def __call__(self, *args: object) -> None:
+        self.function(*args)
+
+    def __deepcopy__(self, memo: dict) -> Callable[..., None]:
+        return inert
+
+    def __reduce__(self) -> tuple:
+        return (_inert, ())
+
+
+#: Learned on a module's first fully hooked call, per ``(id(module), module.training)``: whether its
+#: own forward code calls an activation function, and whether it applies another module's weight.
+Learned = dict[tuple[int, bool], tuple[bool, bool]]
+
+
+def needs_mode(facts: ModuleFacts, learned: tuple[bool, bool]) -> bool:
+    """Whether the window's mode must be on while this (non-leaf) module's own code runs."""
+    return not facts.leaf and (learned[0] or learned[1])
+
+
+def hook_plan(
+    named: list[tuple[str, nn.Module]],
+    facts: dict[int, ModuleFacts],
+    learned: Learned,
+    callers: dict[int, set[int | None]],
+    always: set[int],
+    subtrees: set[int],
+    producers: bool = True,
+) -> tuple[list[nn.Module], list[nn.Module]]:
+    """Which modules the window hooks: ``(full, leaves)``.
+
+    Every hook costs: torch then runs the module call through its slow path, and the tracker's
+    Python runs. Once a module's facts are learned, most modules need none:
+
+    - *fully* (a pre- and a post-hook, a frame per call): the root; every module not yet learned in
+      its current train/eval mode (its first call learns); the modules in ``always`` (expert
+      blocks, composite candidates, the input/output modules, modules named in ``layers``) and
+      everything inside ``subtrees`` (expert blocks, composite candidates, metrics); recurrent
+      modules; non-leaf producers; modules whose own code needs the mode; and every module called
+      from such code (its frame turns the mode off while it runs).
+    - *a post-hook only*: a learned leaf that is an activation (its output is a layer) or, with
+      ``producers``, a producer (the node layout of what follows); nothing happens inside a leaf
+      that needs a frame. Producers matter only to a layer seen for the first time, so once every
+      module is learned the tracker leaves them out (see ``ActivityTracker._record``).
+    - *none*: the rest (containers, dropout, attention blocks whose code calls no activation).
+    """
+    by_id = {id(module): module for _, module in named}
+
+    def mode_on_in(caller: int | None) -> bool:
+        if caller is None:
+            return False
+        module = by_id.get(caller)
+        if module is None or caller in subtrees:
+            return True  # unknown, or inside a block whose code is always seen
+        known = learned.get((caller, module.training))
+        return known is None or needs_mode(facts[caller], known)
+
+    full: list[nn.Module] = []
+    leaves: list[nn.Module] = []
+    for _, module in named:
+        key = id(module)
+        info = facts[key]
+        if info.wrapper and key not in always:
+            continue
+        known = learned.get((key, module.training))
+        if (
+            known is None
+            or key in always
+            or key in subtrees
+            or info.skip
+            or info.recurrent
+            or (not info.leaf and info.producer)
+            or needs_mode(info, known)
+            or any(mode_on_in(caller) for caller in callers.get(key, {-1}))  # -1: never seen called
+        ):
+            full.append(module)
+        elif info.leaf and (known[0] or (producers and info.producer)):
+            leaves.append(module)
+    return full, leaves
+
+
+def inside(named: list[tuple[str, nn.Module]], roots: set[int]) -> set[int]:
+    """Ids of the modules in ``roots`` and of every module below one of them (by qualified name)."""
+    names = {name for name, module in named if id(module) in roots}
+    found = set()
+    for name, module in named:
+        prefix = name
+        while True:
+            if prefix in names:
+                found.add(id(module))
+                break
+            if not prefix:
+                break
+            prefix = prefix.rpartition(".")[0]
+    return found
 
 
 def metric_modules(model: nn.Module) -> set[int]:

@@ -13,9 +13,11 @@ What a node's activity is (``statistic``; a node is active when it exceeds the t
 
 - ``"mean"``: the paper's, the mean output. Made for ReLU: it calls a tanh or GELU node with a
   negative mean dead although it carries signal.
-- ``"mean_abs"``: the mean of ``|a|``. Summed as ``sum(a) - 2 * sum(min(a, 0))``: on an output that
-  is never negative (ReLU, ReLU6, sigmoid) the second sum is exactly 0, so the activity is
-  bit for bit the paper's mean and the same nodes are active.
+- ``"mean_abs"``: the mean of ``|a|``. ``|a|`` is written into a buffer laid out as the output
+  (same dimension order) and summed by the same reduction as the paper's mean, so on an output
+  that is never negative (ReLU, ReLU6, sigmoid) the activity is bit for bit the paper's mean and
+  the same nodes are active. Its running total is also the non-finite probe (``|NaN|`` is NaN,
+  ``|-inf|`` is inf): one reduction per output.
 - ``"normalized_mean_abs"``: ReDo's dormancy score (Sokar et al. 2023), a node's mean ``|a|``
   divided by the mean of that over the layer's nodes; the threshold is ReDo's ``tau`` (a node is
   dormant at or below it; the literature uses 0.025-0.1).
@@ -41,9 +43,9 @@ STATISTICS: tuple[str, ...] = get_args(Statistic)
 # The rule the tracker, measure() and EmergenceCallback use unless told otherwise; the study behind
 # the choice is `emergence-lightning reproduce activity-rule` (docs/measure.md, "What 'active' means").
 DEFAULT_STATISTIC: Statistic = "mean_abs"
-# Statistics whose running total is the plain sum of the outputs, which is also the probe that
-# NaN/inf propagate into: one reduction serves both.
-TOTAL_IS_PROBE = ("mean",)
+# Statistics whose running total NaN/inf propagate into (a sum of a or of |a|), so that it is also
+# the probe that finds non-finite nodes: one reduction serves both.
+TOTAL_IS_PROBE = ("mean", "mean_abs", "normalized_mean_abs")
 # Statistics accumulated as sums over samples and positions (the rest: a running max).
 SUMMED = ("mean", "mean_abs", "normalized_mean_abs", "fraction")
 # On CPU the firing mask is built a few samples at a time in a buffer of about this many
@@ -105,69 +107,136 @@ def per_sample_sums(values: Tensor, batch_dim: int, node_dim: int, out: Tensor |
     return torch.sum(values, other, dtype=_float_dtype(values), out=out)
 
 
+def dense_strides(shape: Sequence[int], strides: Sequence[int]) -> tuple[int, ...]:
+    """Strides of a dense tensor of ``shape`` whose dimensions lie in memory in the order of
+    ``strides`` (the strides themselves when those are dense, as ``torch.empty_like`` gives).
+    """
+    step, dense = 1, [0] * len(shape)
+    for dim in sorted(range(len(shape)), key=lambda d: (strides[d], shape[d])):  # innermost first
+        dense[dim] = step
+        step *= max(1, shape[dim])
+    return tuple(dense)
+
+
 class Scratch:
     """Reusable buffers for the intermediate results of every layer, freed when the window closes.
 
-    The firing masks, per-sample results and per-node partial results are written into these
-    buffers instead of fresh tensors: a fresh activation-sized tensor per call costs more in page
-    faults than the comparison itself (on CPU 6x the time of the read), and with every
-    intermediate in a buffer a hook call allocates no tensor memory at all.
+    The transformed values (|a|, firing masks), per-sample results and per-node partial results
+    are written into these buffers instead of fresh tensors: a fresh activation-sized tensor per
+    call costs more in page faults than the arithmetic itself (on CPU 6x the time of the read),
+    and with every intermediate in a buffer a hook call allocates no tensor memory at all.
     """
 
     def __init__(self) -> None:
         self.buffers: dict[str, Tensor] = {}
-        # Views handed out, by (slot, shape, dtype, device): a layer's shapes repeat every batch,
-        # and a cached view spares two tensor operations per request.
-        self.views: dict[tuple[str, tuple[int, ...], torch.dtype, torch.device], Tensor] = {}
+        # Views handed out, by (slot, shape, dtype, device, strides): a layer's shapes repeat every
+        # batch, and a cached view spares two tensor operations per request.
+        self.views: dict[tuple, Tensor] = {}
+        # Renewed whenever a buffer is replaced (a larger one was needed) or freed: the reduction
+        # steps that hold views of the old buffers are then built again.
+        self.generation = 0
 
-    def take(self, slot: str, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
-        """A tensor of ``shape`` in ``slot``'s buffer (its contents are whatever was there)."""
-        key = (slot, tuple(shape), dtype, device)
+    def take(
+        self,
+        slot: str,
+        shape: Sequence[int],
+        dtype: torch.dtype,
+        device: torch.device,
+        strides: tuple[int, ...] | None = None,
+    ) -> Tensor:
+        """A tensor of ``shape`` (contiguous, or with ``strides``) in ``slot``'s buffer (its contents
+        are whatever was there).
+        """
+        key = (slot, tuple(shape), dtype, device, strides)
         view = self.views.get(key)
         if view is not None:
             return view
-        numel = math.prod(shape)
+        if strides is None:
+            numel = math.prod(shape)
+        else:  # the storage the strides reach (a view with gaps reaches past its elements)
+            numel = 0 if 0 in shape else 1 + sum((size - 1) * step for size, step in zip(shape, strides))
         buffer = self.buffers.get(slot)
         if buffer is None or buffer.numel() < numel or buffer.dtype != dtype or buffer.device != device:
             buffer = self.buffers[slot] = torch.empty(numel, dtype=dtype, device=device)
             self.views = {k: v for k, v in self.views.items() if k[0] != slot}  # views of the old buffer
-        view = self.views[key] = buffer[:numel].view(key[1])
+            self.generation += 1
+        flat = buffer[:numel]
+        view = flat.view(key[1]) if strides is None else flat.as_strided(key[1], strides)
+        self.views[key] = view
         return view
 
-    def like(self, values: Tensor) -> Tensor:
-        """A float mask buffer shaped as ``values`` (float64 for float64 values, else float32)."""
-        return self.take("mask", values.shape, _float_dtype(values), values.device)
+    def laid_out_as(self, slot: str, values: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """A buffer with the shape and strides of ``values``, so that a reduction over it runs exactly
+        as the same reduction over ``values`` (the same kernel, the same order of additions).
+        """
+        strides = None if values.is_contiguous() else values.stride()
+        if strides is not None and any(step == 0 and size > 1 for size, step in zip(values.shape, strides)):
+            strides = dense_strides(values.shape, strides)  # an expanded view: written to, it would overlap
+        return self.take(slot, values.shape, dtype or values.dtype, values.device, strides)
 
     def free(self) -> None:
         self.buffers.clear()
         self.views.clear()
+        self.generation += 1
+
+
+def _chunk_samples(values: Tensor, batch_dim: int) -> int:
+    """Samples per chunk: on CPU, about CPU_MASK_ELEMENTS elements (a buffer that stays in cache),
+    when the batch is the outermost dimension in memory (a chunk is then one compact block).
+    """
+    samples = values.shape[batch_dim]
+    outermost = all(
+        values.stride(batch_dim) >= step for size, step in zip(values.shape, values.stride()) if size > 1
+    )
+    if values.device.type != "cpu" or not samples or not outermost:
+        return max(1, samples)
+    return max(1, min(samples, CPU_MASK_ELEMENTS // max(1, values.numel() // samples)))
 
 
 def _chunked_sums(
     values: Tensor,
-    elementwise: Callable[[Tensor, Scratch], Tensor],
+    elementwise: Callable[[Tensor, Scratch], Tensor] | None,
     batch_dim: int,
     node_dim: int,
     scratch: Scratch,
     out: Tensor,
 ) -> Tensor:
-    """Per-sample sums of ``elementwise(chunk, scratch)`` (written into a scratch buffer) into ``out``,
-    a few samples at a time on CPU so that the buffer stays in cache (shaped as :func:`per_sample_sums`).
+    """Per-sample sums of ``elementwise(chunk, scratch)`` (written into a scratch buffer; ``None``:
+    the values themselves) into ``out``, a few samples at a time on CPU so that the buffer stays in
+    cache (shaped as :func:`per_sample_sums`; a 2-D output is returned transformed, not summed).
+    Every statistic's sums are chunked alike, so that the same values are always added up in the
+    same order, whatever the statistic.
     """
-    samples = values.shape[batch_dim]
-    step = max(1, samples)
-    if values.device.type == "cpu" and samples:
-        step = max(1, min(samples, CPU_MASK_ELEMENTS // max(1, values.numel() // samples)))
+    if not _position_dims(values, batch_dim, node_dim):  # a 2-D output: its own per-sample result
+        return values if elementwise is None else elementwise(values, scratch)
+    step = _chunk_samples(values, batch_dim)
+    if step >= values.shape[batch_dim]:
+        transformed = values if elementwise is None else elementwise(values, scratch)
+        return per_sample_sums(transformed, batch_dim, node_dim, out=out)
     sample_axis = 0 if batch_dim < node_dim else 1
     for index, chunk in enumerate(values.split(step, dim=batch_dim)):
-        transformed = elementwise(chunk, scratch)
         per_sample_sums(
-            transformed,
+            chunk if elementwise is None else elementwise(chunk, scratch),
             batch_dim,
             node_dim,
             out=out.narrow(sample_axis, index * step, chunk.shape[batch_dim]),
         )
     return out
+
+
+def _fired(threshold: float) -> Callable[[Tensor, Scratch], Tensor]:
+    def fired(
+        chunk: Tensor, scratch: Scratch
+    ) -> Tensor:  # 1.0 where the value exceeds threshold (NaN never does)
+        return torch.gt(chunk, threshold, out=scratch.laid_out_as("mask", chunk, _float_dtype(chunk)))
+
+    return fired
+
+
+def _absolute(chunk: Tensor, scratch: Scratch) -> Tensor:
+    # In the input's dtype (|a| is exact in any dtype): its sums are then those of the values
+    # wherever no value is negative, float32 for bfloat16/float16 input as for the plain sums.
+    return torch.abs(chunk, out=scratch.laid_out_as("mask", chunk))
 
 
 def firing_counts(
@@ -176,22 +245,12 @@ def firing_counts(
     """Per-sample counts of the positions whose value exceeds ``threshold`` (NaN never does), in
     float32 (exact below ``2**24`` positions), written into ``out`` (shaped as :func:`per_sample_sums`).
     """
-
-    def fired(chunk: Tensor, scratch: Scratch) -> Tensor:
-        return torch.gt(chunk, threshold, out=scratch.like(chunk))  # 1.0 where it fires
-
-    return _chunked_sums(values, fired, batch_dim, node_dim, scratch, out)
+    return _chunked_sums(values, _fired(threshold), batch_dim, node_dim, scratch, out)
 
 
-def negative_sums(values: Tensor, batch_dim: int, node_dim: int, scratch: Scratch, out: Tensor) -> Tensor:
-    """Per-sample sums of ``min(a, 0)`` (exactly 0 where no value is negative), into ``out``."""
-
-    def negative_part(chunk: Tensor, scratch: Scratch) -> Tensor:
-        # In the input's dtype (clamp's out must match it): min(a, 0) is exact in any dtype, and
-        # the sums that follow are float32 for bfloat16/float16 input, as for the probe.
-        return torch.clamp(chunk, max=0.0, out=scratch.take("mask", chunk.shape, chunk.dtype, chunk.device))
-
-    return _chunked_sums(values, negative_part, batch_dim, node_dim, scratch, out)
+def absolute_sums(values: Tensor, batch_dim: int, node_dim: int, scratch: Scratch, out: Tensor) -> Tensor:
+    """Per-sample sums of ``|a|``, into ``out``: bit for bit the sums of ``a`` where no value is negative."""
+    return _chunked_sums(values, _absolute, batch_dim, node_dim, scratch, out)
 
 
 def node_activity(statistic: str, total: Tensor, rows: float, finite: Tensor) -> Tensor:
@@ -213,6 +272,69 @@ def node_activity(statistic: str, total: Tensor, rows: float, finite: Tensor) ->
     return activity
 
 
+# How many layouts a statistic keeps steps for: a layer repeats one or two (the last batch), an
+# experts layer sees a new row count every batch.
+MAX_LAYOUTS = 8
+
+# A step: one output's reduction into a layer's running totals, built once per layout and window
+# (what it returns is not used).
+Step = Callable[[Tensor], object]
+
+
+def _transform(statistic: str, threshold: float) -> Callable[[Tensor, Scratch], Tensor] | None:
+    """What each value becomes before it is summed: ``|a|``, a firing mask, or itself (``None``)."""
+    if statistic in ("mean_abs", "normalized_mean_abs"):
+        return _absolute
+    if statistic == "fraction":
+        return _fired(threshold)
+    return None
+
+
+def _per_sample_step(
+    output: Tensor,
+    batch_dim: int,
+    node_dim: int,
+    scratch: Scratch,
+    transform: Callable[[Tensor, Scratch], Tensor] | None,
+) -> Callable[[Tensor], Tensor]:
+    """A function from an output of this layout to its ``(samples, nodes)`` sums of ``transform``'d
+    values, with every buffer and dimension list chosen once: the same operations, in the same
+    order, as :func:`_chunked_sums` runs, with none of its Python per call.
+    """
+    other = _position_dims(output, batch_dim, node_dim)
+    if not other or _chunk_samples(output, batch_dim) < output.shape[batch_dim]:
+        if transform is None and not other:
+            return lambda values: values
+        samples = None
+        if other:
+            shape = _per_sample_shape(output, batch_dim, node_dim)
+            samples = scratch.take("samples", shape, _float_dtype(output), output.device)
+
+        def general(values: Tensor) -> Tensor:  # a 2-D output transformed, or chunks of a large one
+            return _chunked_sums(values, transform, batch_dim, node_dim, scratch, samples)  # type: ignore[arg-type]
+
+        return general
+    shape = _per_sample_shape(output, batch_dim, node_dim)
+    samples = scratch.take("samples", shape, _float_dtype(output), output.device)
+    transformed = output if transform is None else transform(output, scratch)  # its buffer, for the checks
+    dtype = _float_dtype(output)
+    positions = math.prod(output.shape[d] for d in other)
+    short = (
+        positions <= CPU_SHORT_POSITIONS
+        and output.device.type == "cpu"
+        and transformed.dtype in (torch.float32, torch.float64)
+        and (batch_dim, node_dim) == (0, 1)
+        and transformed.is_contiguous()
+    )
+    if positions == 1 or short:  # as per_sample_sums: a squeeze, or a matrix-vector product with ones
+        return lambda values: per_sample_sums(
+            values if transform is None else transform(values, scratch), batch_dim, node_dim, out=samples
+        )
+    if transform is None:
+        return lambda values: torch.sum(values, other, dtype=dtype, out=samples)
+    return lambda values: torch.sum(transform(values, scratch), other, dtype=dtype, out=samples)
+
+
 class NodeStatistic:
     """One layer's running statistic: a sum (mean), a sum of ``|a|`` (mean_abs, normalized_mean_abs),
     a count above threshold (fraction) or a max.
@@ -222,14 +344,25 @@ class NodeStatistic:
         self.statistic = statistic
         self.threshold = threshold
         self.total: Tensor | None = None
-        # Per-node sum of the outputs: NaN/inf propagate into it, which is how non-finite nodes
-        # are found without another pass. For the mean it is `total` itself.
+        # Per-node sum that NaN/inf propagate into: how non-finite nodes are found without another
+        # pass. The total itself for the sums (TOTAL_IS_PROBE); the plain sum of a otherwise.
         self.probe: Tensor | None = None
         self.rows = 0  # samples x positions reduced into each node (a Python int: no sync)
+        # Per output layout: its reduction step and the rows it adds, for the scratch buffers of
+        # one window (a step holds views of them and of the totals).
+        self._steps: dict[tuple, tuple[Step, int, int]] = {}
 
     def reset(self) -> None:
         self.total = self.probe = None
         self.rows = 0
+        self._steps.clear()
+
+    def __getstate__(self) -> dict:
+        # Steps hold this statistic's totals and the window's buffers: a copy (deepcopy, pickle)
+        # builds its own, or it would add into the original's totals.
+        state = self.__dict__.copy()
+        state["_steps"] = {}
+        return state
 
     @property
     def nodes(self) -> int | None:
@@ -239,77 +372,79 @@ class NodeStatistic:
         """Adds one output; raises ValueError when its node count differs from earlier outputs'.
 
         Every intermediate result goes into ``scratch``; only the running totals are allocated,
-        once per window. Runs with ``__torch_function__`` handling off: the tracker's activation
-        interception (a ``TorchFunctionMode``) need not see this bookkeeping, and each of its
-        tensor operations would otherwise pay a Python call through the mode.
+        once per window. The operations for an output's layout are chosen on its first output
+        (:meth:`_step`); later outputs of that layout run them with a dictionary lookup of Python
+        (a layer's hook runs between the model's own kernels, with cold caches: every line of
+        Python costs several times what it costs in a loop). Runs with ``__torch_function__``
+        handling off: the tracker's activation interception (a ``TorchFunctionMode``) need not
+        see this bookkeeping.
         """
         with _compat.DisableTorchFunction():
-            self._add(output, batch_dim, node_dim, scratch)
+            key = (output.shape, output.stride(), output.dtype, output.device, batch_dim, node_dim)
+            found = self._steps.get(key)
+            if found is None or found[2] != scratch.generation:
+                found = self._step(key, output, batch_dim, node_dim, scratch)
+            step, rows, _ = found
+            step(output)
+            self.rows += rows
 
-    def _add(self, output: Tensor, batch_dim: int, node_dim: int, scratch: Scratch) -> None:
-        dtype = accumulation_dtype(output.device)
-        device = output.device
-        shape = _per_sample_shape(output, batch_dim, node_dim)
-        nodes = output.shape[node_dim]
+    def _step(
+        self, key: tuple, output: Tensor, batch_dim: int, node_dim: int, scratch: Scratch
+    ) -> tuple[Step, int, int]:
+        nodes, device = output.shape[node_dim], output.device
         if self.total is not None and self.total.numel() != nodes:
             raise ValueError(f"node count changed from {self.total.numel()} to {nodes}")
-        if self.statistic == "max" and output.shape[batch_dim] == 0:
-            return  # no sample, no maximum
-        sample_axis = 0 if batch_dim < node_dim else 1
-        # (samples, nodes) sums: the probe that NaN/inf propagate into, and the mean's numerator.
-        float_dtype = _float_dtype(output)
-        positions = bool(_position_dims(output, batch_dim, node_dim))
-        sums = per_sample_sums(  # a 2-D output is its own per-sample result: no copy
-            output,
-            batch_dim,
-            node_dim,
-            out=scratch.take("samples", shape, float_dtype, device) if positions else None,
-        )
-        probe = torch.sum(sums, sample_axis, dtype=dtype, out=scratch.take("nodes", (nodes,), dtype, device))
-        if self.statistic == "fraction":
-            counts = firing_counts(
-                output,
-                self.threshold,
-                batch_dim,
-                node_dim,
-                scratch,
-                scratch.take("samples", shape, float_dtype, device),
-            )
-            part = torch.sum(
-                counts, sample_axis, dtype=dtype, out=scratch.take("part", (nodes,), dtype, device)
-            )
-        elif self.statistic in ("mean_abs", "normalized_mean_abs"):
-            negatives = negative_sums(
-                output, batch_dim, node_dim, scratch, scratch.take("samples", shape, float_dtype, device)
-            )
-            part = torch.sum(
-                negatives, sample_axis, dtype=dtype, out=scratch.take("part", (nodes,), dtype, device)
-            )
-            # sum|a| = sum(a) - 2 sum(min(a, 0)); with no negative value this is `probe` exactly.
-            part.mul_(-2.0).add_(probe)
-        elif self.statistic == "max":
-            # Positions first, then the (small) sample dimension: one contiguous read, 3x faster
-            # on CPU than one amax over batch and positions together.
-            maxima = output
-            if positions:
-                other = _position_dims(output, batch_dim, node_dim)
-                maxima = torch.amax(output, other, out=scratch.take("maxima", shape, output.dtype, device))
-            part = torch.amax(maxima, sample_axis, out=scratch.take("part", (nodes,), output.dtype, device))
-        else:
-            part = probe
+        dtype = accumulation_dtype(device)
         if self.total is None or self.probe is None:
             self.total = torch.zeros(nodes, dtype=dtype, device=device)
-            self.probe = (
-                self.total
-                if self.statistic in TOTAL_IS_PROBE
-                else torch.zeros(nodes, dtype=dtype, device=device)
-            )
             if self.statistic == "max":
                 self.total.fill_(-math.inf)
-        if self.statistic == "max":
-            torch.maximum(self.total, part, out=self.total)
+            summed = self.statistic in TOTAL_IS_PROBE
+            self.probe = self.total if summed else torch.zeros(nodes, dtype=dtype, device=device)
+        total, probe, axis = self.total, self.probe, 0 if batch_dim < node_dim else 1
+        rows = output.numel() // max(1, nodes)
+        if self.statistic == "max" and output.shape[batch_dim] == 0:
+            step: Step = lambda values: None  # noqa: E731  # no sample, no maximum
+            rows = 0
+        elif self.statistic in TOTAL_IS_PROBE:  # one reduction: the sum of a or |a|, also the probe
+            sums = _per_sample_step(output, batch_dim, node_dim, scratch, _transform(self.statistic, 0.0))
+            part = scratch.take("part", (nodes,), dtype, device)
+            step = lambda values: total.add_(torch.sum(sums(values), axis, dtype=dtype, out=part))  # noqa: E731
         else:
-            self.total.add_(part)
-        if self.statistic not in TOTAL_IS_PROBE:
-            self.probe.add_(probe)
-        self.rows += output.numel() // max(1, nodes)
+            plain = _per_sample_step(output, batch_dim, node_dim, scratch, None)
+            probe_part = scratch.take("part", (nodes,), dtype, device)
+            statistic = self._maximum if self.statistic == "max" else self._fraction
+            other = statistic(output, batch_dim, node_dim, scratch, total)
+
+            def step(values: Tensor) -> None:
+                probe.add_(torch.sum(plain(values), axis, dtype=dtype, out=probe_part))
+                other(values)
+
+        generation = scratch.generation  # after the buffers above were taken (a larger one renews it)
+        if len(self._steps) >= MAX_LAYOUTS:
+            self._steps.clear()
+        found = self._steps[key] = (step, rows, generation)
+        return found
+
+    def _fraction(
+        self, output: Tensor, batch_dim: int, node_dim: int, scratch: Scratch, total: Tensor
+    ) -> Step:
+        counts = _per_sample_step(output, batch_dim, node_dim, scratch, _fired(self.threshold))
+        dtype, axis = total.dtype, 0 if batch_dim < node_dim else 1
+        part = scratch.take("counts", (total.numel(),), dtype, total.device)
+        return lambda values: total.add_(torch.sum(counts(values), axis, dtype=dtype, out=part))
+
+    @staticmethod
+    def _maximum(output: Tensor, batch_dim: int, node_dim: int, scratch: Scratch, total: Tensor) -> Step:
+        # Positions first, then the (small) sample dimension: one contiguous read, 3x faster on
+        # CPU than one amax over batch and positions together.
+        other, axis = _position_dims(output, batch_dim, node_dim), 0 if batch_dim < node_dim else 1
+        shape = _per_sample_shape(output, batch_dim, node_dim)
+        maxima = scratch.take("maxima", shape, output.dtype, output.device) if other else None
+        peak = scratch.take("peak", (total.numel(),), output.dtype, output.device)
+
+        def step(values: Tensor) -> None:
+            per_sample = torch.amax(values, other, out=maxima) if other else values
+            torch.maximum(total, torch.amax(per_sample, axis, out=peak), out=total)
+
+        return step

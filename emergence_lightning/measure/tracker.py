@@ -1,9 +1,11 @@
 """Per-node activity of a model's layers during a measurement window. Plain PyTorch, no Lightning.
 
-While a window is open (``attach`` .. ``detach``) the tracker sees every module call of its model
-through global module hooks and every activation function through a ``TorchFunctionMode``; both
-are removed when the window closes, so training steps outside it run exactly as without the
-tracker. What counts as a layer and a node is decided in :mod:`emergence_lightning.measure.layers`;
+While a window is open (``attach`` .. ``detach``) the tracker sees the module calls of its model
+that matter through module hooks and the activation functions called in module code through a
+``TorchFunctionMode``; both are removed when the window closes, so training steps outside it run
+exactly as without the tracker. A module's first call learns what its code does; after that,
+only the modules whose calls the measurement needs stay hooked
+(:func:`~emergence_lightning.measure.interception.hook_plan`). What counts as a layer and a node is decided in :mod:`emergence_lightning.measure.layers`;
 the frames and the mode are in :mod:`~emergence_lightning.measure.interception`, the per-node
 reductions in :mod:`~emergence_lightning.measure.statistics`, the result in
 :mod:`~emergence_lightning.measure.measurement`, and ``measure_activity`` (batches through a
@@ -29,7 +31,6 @@ from typing import cast
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules import module as module_hooks
 from torch.utils.hooks import RemovableHandle
 
 from emergence_lightning import _compat
@@ -47,7 +48,11 @@ from emergence_lightning.measure.compile_guard import EagerWhileMeasuring
 from emergence_lightning.measure.interception import (
     ActivationCalls,
     Frame,
+    Learned,
     ModuleFacts,
+    WindowHook,
+    hook_plan,
+    inside,
     leave_mode,
     metric_modules,
 )
@@ -136,8 +141,20 @@ class ActivityTracker:
         self._tree: dict[int, tuple[str, type]] = {}  # id(module) -> its name (wrappers left out), type
         self._modules: dict[int, ModuleFacts] = {}
         # (id(module), training) -> whether the module's own forward code calls an activation function,
-        # and whether it applies another module's weight, learned on its first call in each window (`_enter`).
-        self._learned: dict[tuple[int, bool], tuple[bool, bool]] = {}
+        # and whether it applies another module's weight, learned on its first call (`_enter`); kept
+        # while the module tree is unchanged. And who called each module (the frame below its own).
+        self._learned: Learned = {}
+        self._callers: dict[int, set[int | None]] = {}
+        self._named: list[tuple[str, nn.Module]] = []
+        # What the hooks were planned for: (train/eval flags, facts learned, producers hooked).
+        self._plan: tuple[tuple[bool, ...], int, bool] | None = None
+        # Producers are hooked while modules are still being learned, and for the rest of a window
+        # in which a layer was seen for the first time without them (`_producer_unknown`).
+        self._producers_needed = True
+        self._producers_hooked = True
+        self._learned_before = -1  # facts learned when the hooks were last planned
+        self._flags_before: tuple[bool, ...] = ()  # and the modules' train/eval modes then
+        self._attached = False
         self._intercepting = False  # whether the window's mode is on the torch function mode stack
         self._module_names: frozenset[str] = frozenset()
         self._site_names: dict[tuple[str, int], str] = {}  # (site, k) -> the name of its k-th call
@@ -168,11 +185,11 @@ class ActivityTracker:
 
     @property
     def attached(self) -> bool:
-        return bool(self._handles)
+        return self._attached
 
     def attach(self) -> ActivityTracker:
         """Opens the window: module hooks and activation interception (idempotent)."""
-        if self._handles:
+        if self._attached:
             return self
         if not self._holds_eager:
             self._holds_eager = EagerWhileMeasuring.hold(self)
@@ -188,6 +205,10 @@ class ActivityTracker:
                 for name, module in named
             }
             self._composite = rules.composite_candidates(self.model)
+            self._learned.clear()  # what a module's code does is learned again for a changed tree
+            self._callers.clear()
+            self._learned_before = -1
+        self._named = named
         if frozenset(name for name, _ in named) != self._module_names:  # new names: call sites named afresh
             self._module_names = frozenset(name for name, _ in named)
             self._site_names.clear()
@@ -196,20 +217,64 @@ class ActivityTracker:
         # Parameters can change under an unchanged tree (pruning's weight_orig): looked up every window.
         self._expert_groups = moe.find_expert_groups(named)
         self._owners = {id(p): (name, module) for name, module in named for p in module.parameters(False)}
-        self._learned.clear()
         self._stack.clear()
-        self._handles.append(module_hooks.register_module_forward_pre_hook(self._module_starts))
-        self._handles.append(module_hooks.register_module_forward_hook(self._module_ends, always_call=True))
         self._mode = ActivationCalls(self._activation_called, self._other_call)
         self._mode.__enter__()
         self._intercepting = True
         self._intercept(False)  # on only while a module's own code that calls activations runs
+        self._attached = True
+        self._plan = None
+        self._producers_needed = False
+        self._install_hooks()
         return self
+
+    def _install_hooks(self) -> None:
+        """Hooks the modules the measurement needs, for the current train/eval modes and facts learned.
+
+        Planned again between forward passes when a module changed mode or new facts were learned.
+        """
+        flags = tuple(module.training for _, module in self._named)
+        # Still learning (a module's first call ran since the last plan, or modules changed mode):
+        # producers stay hooked.
+        learning = len(self._learned) != self._learned_before or flags != self._flags_before
+        self._learned_before, self._flags_before = len(self._learned), flags
+        producers = self._producers_needed or learning
+        plan = (flags, len(self._learned), producers)
+        if plan == self._plan:
+            return
+        self._remove_hooks()
+        self._plan = plan
+        always = {id(self.model)} | set(self._expert_groups) | self._composite
+        always |= {id(m) for m in (self._input_module, self._output_module) if m is not None}
+        always |= {id(module) for name, module in self._named if name in self._wanted}
+        skipped = {key for key, info in self._modules.items() if info.skip}
+        subtrees = inside(self._named, set(self._expert_groups) | self._composite | skipped)
+        full, leaves = hook_plan(
+            self._named, self._modules, self._learned, self._callers, always, subtrees, producers
+        )
+        starts, ends, leaf_ends = (
+            WindowHook(f) for f in (self._module_starts, self._module_ends, self._leaf_ends)
+        )
+        for module in full:
+            self._handles.append(module.register_forward_pre_hook(starts))
+            self._handles.append(module.register_forward_hook(ends, always_call=True))
+        for module in leaves:
+            self._handles.append(module.register_forward_hook(leaf_ends))
+        hooked = {id(module) for module in (*full, *leaves)}
+        self._producers_hooked = all(  # (a wrapper never gets a frame: its module does)
+            id(module) in hooked
+            for _, module in self._named
+            if self._modules[id(module)].producer and not self._modules[id(module)].wrapper
+        )
+
+    def _remove_hooks(self) -> None:
+        while self._handles:
+            self._handles.pop().remove()
 
     def detach(self) -> None:
         """Closes the window: removes every hook and the interception (idempotent)."""
-        while self._handles:
-            self._handles.pop().remove()
+        self._remove_hooks()
+        self._attached = False
         if self._mode is not None:
             if self._intercepting:
                 leave_mode(self._mode)
@@ -234,6 +299,8 @@ class ActivityTracker:
         self._calls.clear()
         self._stack.clear()
         self._intercept(False)
+        if self._attached:
+            self._install_hooks()
 
     def reset(self) -> None:
         """Clears the statistics to start a new measurement window (layers and order are kept)."""
@@ -288,6 +355,9 @@ class ActivityTracker:
         if not skip:
             learned = self._learned.get((id(module), module.training))
             frame.learning = learned is None
+            if frame.learning:  # who calls it: a caller whose code needs the mode keeps it hooked
+                caller = self._stack[-2].module if len(self._stack) > 1 else None
+                self._callers.setdefault(id(module), set()).add(None if caller is None else id(caller))
             activation, foreign_weight = learned or (False, False)
             frame.saw_activation = activation and info.leaf
             frame.intercepting = (
@@ -297,7 +367,7 @@ class ActivityTracker:
             )
         self._intercept(frame.intercepting)
         if module is self._input_module and not skip and args and isinstance(args[0], Tensor):
-            self._record(self._input_name, args[0], producer=None, once=True)
+            self._record(self._input_name, args[0], producer=None, once=True, producer_known=True)
 
     def _intercept(self, on: bool) -> None:
         """Puts the window's mode on the torch function mode stack, or takes it off."""
@@ -339,15 +409,41 @@ class ActivityTracker:
             if frame.saw_activation and frame.leaf and parent is not None and parent.deferred is not None:
                 parent.deferred.append((frame, producer, output))  # maybe the inner ReLU of a StarReLU
             elif frame.saw_activation:
-                self._record_site(frame, frame.name, output, producer)
+                self._record_site(frame, frame.name, output, producer, producer_known=producer is module)
             else:
-                self._record(frame.name, output, producer=producer)
+                self._record(frame.name, output, producer=producer, producer_known=producer is module)
         if info.producer and not frame.saw_activation:
             self._last_producer = module
             if isinstance(output, Tensor):
                 self._producer_shapes[id(module)] = output.shape
         if module is self._output_module:
-            self._record(self._output_name, output, producer=module, once=True)
+            self._record(self._output_name, output, producer=module, once=True, producer_known=True)
+
+    def _leaf_ends(self, module: nn.Module, args: tuple, output: object) -> None:
+        """A learned leaf's one hook: an activation's output is a layer; a producer's sets the node
+        layout of what follows. As :meth:`_leave` does, with no frame (nothing inside a leaf needs one).
+        """
+        with _compat.DisableTorchFunction():
+            info = self._modules.get(id(module))
+            if info is None:  # not this tracker's model (its hooks were copied with it)
+                return
+            if not self._stack:
+                self._module_calls += 1
+            known = self._learned.get((id(module), module.training))
+            if known is None:  # its mode changed after the plan (between passes it is planned again)
+                self._plan = None
+                known = self._learned.get((id(module), not module.training), (False, False))
+            if known[0]:  # an activation module
+                first = args[0] if args else None
+                same_shape = (
+                    isinstance(output, Tensor) and isinstance(first, Tensor) and output.shape == first.shape
+                )
+                producer = self._last_producer if same_shape or not info.producer else module
+                self._record(info.name, output, producer=producer, producer_known=producer is module)
+            elif info.producer:
+                self._last_producer = module
+                if isinstance(output, Tensor):
+                    self._producer_shapes[id(module)] = output.shape
 
     def _close_composite(self, frame: Frame, output: object) -> bool:
         """Records a composite activation module (StarReLU) at its output and returns True, or
@@ -397,10 +493,17 @@ class ActivityTracker:
             self._last_producer = made  # type: ignore[assignment]
             frame.body_foreign_weight = True  # later calls of this module keep the mode on for it
 
-    def _record_site(self, frame: Frame, site: str, output: object, producer: nn.Module | None) -> None:
+    def _record_site(
+        self,
+        frame: Frame,
+        site: str,
+        output: object,
+        producer: nn.Module | None,
+        producer_known: bool = False,
+    ) -> None:
         """Records an activation call site's output, as an MoE experts layer when inside one."""
         if frame.routing is None:
-            self._record(site, output, producer=producer)
+            self._record(site, output, producer=producer, producer_known=producer_known)
             return
         routing = frame.routing
         layer = routing.layer(site)
@@ -421,6 +524,8 @@ class ActivityTracker:
             )
             return
         if name not in self._stats:
+            if self._producer_unknown(name, producer_known):
+                return
             self._layout[name] = (0, self._decide_node_dim(name, output, producer, 0))
             self._stats[name] = moe.ExpertStatistic(routing.group.num_experts, self.statistic, self.threshold)
             self._first_seen[name] = len(self._first_seen)
@@ -465,11 +570,33 @@ class ActivityTracker:
             sequence = sequence.data  # (tokens, features): every row a time step of some sample
         batch_first = getattr(module, "batch_first", False)
         batch_dim = 0 if batch_first or not isinstance(sequence, Tensor) or sequence.dim() < 3 else 1
-        self._record(name, sequence, producer=module, batch_dim=batch_dim)
+        self._record(name, sequence, producer=module, batch_dim=batch_dim, producer_known=True)
 
     # ---- accumulation --------------------------------------------------------------------
+    def _producer_unknown(self, name: str, producer_known: bool) -> bool:
+        """Whether layer ``name``, seen for the first time, must wait for the next pass: producers are
+        not hooked (every module was learned), so the one before it is unknown and its node dimension
+        cannot be decided. The next pass is planned with producers (for the rest of the window) and
+        records it from then on; ``node_dim`` set for it decides at once.
+        """
+        if producer_known or self._producers_hooked:
+            return False
+        override = self.node_dim
+        if isinstance(override, Mapping):
+            override = override.get(name, override.get(self._site_of.get(name, name)))
+        if override is not None:
+            return False
+        self._producers_needed = True
+        return True
+
     def _record(
-        self, site: str, output: object, producer: nn.Module | None, batch_dim: int = 0, once: bool = False
+        self,
+        site: str,
+        output: object,
+        producer: nn.Module | None,
+        batch_dim: int = 0,
+        once: bool = False,
+        producer_known: bool = False,
     ) -> None:
         self._calls[site] += 1
         if once and self._calls[site] > 1:
@@ -498,6 +625,8 @@ class ActivityTracker:
             )
             return
         if name not in self._stats:
+            if self._producer_unknown(name, producer_known or batch_dim != 0):
+                return
             self._layout[name] = (batch_dim, self._decide_node_dim(name, output, producer, batch_dim))
             self._stats[name] = NodeStatistic(self.statistic, self.threshold)
             self._first_seen[name] = len(self._first_seen)

@@ -145,3 +145,132 @@ def test_code_applying_another_modules_weight_stays_intercepted_after_the_learni
         measured = measure_activity(LateActivation(), [small, large])
     # 3 samples x 9 positions per channel; a layout from the Linear would count 9 nodes over 3 x 7 rows.
     assert measured is not None and measured.names == ["act"] and measured.n == [7] and measured.samples == 27
+
+
+def hooked(model: nn.Module) -> dict[str, tuple[bool, bool]]:
+    """Per hooked module: whether it has a forward pre-hook and a forward hook."""
+    return {
+        name: (bool(module._forward_pre_hooks), bool(module._forward_hooks))
+        for name, module in model.named_modules()
+        if module._forward_pre_hooks or module._forward_hooks
+    }
+
+
+class Block(nn.Module):
+    """A container with a producer, an activation module, dropout and a functional GELU in its own code."""
+
+    def __init__(self, functional: bool) -> None:
+        super().__init__()
+        self.functional = functional
+        self.fc = nn.Linear(6, 6)
+        self.act = nn.ReLU()
+        self.drop = nn.Dropout(0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.drop(self.act(self.fc(x)))
+        return F.gelu(x) if self.functional else x
+
+
+def test_after_the_learning_pass_only_the_modules_that_matter_stay_hooked():
+    # From the architecture: the root always; every activation module (its output is a layer);
+    # a block whose own code calls an activation (the mode must be on in it) and each module it
+    # calls (its frame turns the mode off again); no producer, dropout or plain container once
+    # every module was learned and a pass ran with nothing new to learn.
+    torch.manual_seed(0)
+    model = nn.Sequential(Block(functional=False), Block(functional=True), nn.Linear(6, 2)).eval()
+    x = torch.randn(4, 6)
+    tracker = ActivityTracker(model)
+    plans = []
+    with torch.no_grad():
+        for _ in range(2):  # two windows of two passes
+            tracker.reset()
+            with tracker:
+                for _ in range(2):
+                    tracker.start_pass()
+                    plans.append(hooked(model))
+                    model(x)
+            assert hooked(model) == {}  # nothing left outside a window
+    learning, learned, steady, next_window = plans
+    assert set(learning) == {name for name, _ in model.named_modules()}  # every module, fully
+    assert all(both == (True, True) for both in learning.values())
+    full, post_only = (True, True), (False, True)
+    # The pass after one that learned: producers still hooked (post-only), containers not.
+    assert learned == {
+        "": full, "0.fc": post_only, "0.act": post_only, "1": full, "1.fc": full, "1.act": full,
+        "1.drop": full, "2": post_only,
+    }  # fmt: skip
+    expected = {"": full, "0.act": post_only, "1": full, "1.fc": full, "1.act": full, "1.drop": full}
+    assert steady == expected and next_window == expected
+    measured = tracker.compute()
+    assert measured is not None and measured.names == ["0.act", "1.act", "1.gelu-fn"]
+    assert measured.samples == 8  # the second window: two passes of 4 samples
+
+
+class LateBranch(nn.Module):
+    """A conv whose output goes through a ReLU only when told to: a layer first seen late."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(9, 9)  # 9 features on the last dim, as the 9 positions below
+        self.conv = nn.Conv1d(8, 7, 3, padding=1)  # 7 channels on dim 1
+        self.late = nn.ReLU()
+        self.act = nn.ReLU()
+        self.use_late = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (batch, 8, 9)
+        y = self.act(self.lin(x))
+        z = self.conv(x)
+        return (self.late(z) if self.use_late else z).sum() + y.sum()
+
+
+def test_a_layer_first_seen_without_producers_hooked_is_measured_from_the_next_pass():
+    # Its producer (the conv: 7 channels on dim 1) is unknown while producers are unhooked; a
+    # layout from the Linear before it would count 9 nodes. It waits one pass, then is measured.
+    torch.manual_seed(0)
+    model = LateBranch().eval()
+    x = torch.randn(3, 8, 9, generator=torch.Generator().manual_seed(0))
+    tracker = ActivityTracker(model)
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for window in range(2):
+            tracker.reset()
+            with tracker:
+                for index in range(3):
+                    model.use_late = window == 1 and index >= 1  # first runs on window 2's second pass
+                    tracker.start_pass()
+                    model(x)
+            measured = tracker.compute()
+    # The only warning: a call site that runs in some passes only (no node dimension was guessed).
+    assert {str(w.message).split(" ran ")[0] for w in caught} == {"Call site 'late'"}
+    assert measured is not None and measured.names == ["act", "late"] and measured.n == [9, 7]
+    late = measured.layers[1]
+    # Measured on the third pass only (3 samples x 9 positions), from the same values as by hand.
+    expected = torch.relu(model.conv(x)).transpose(0, 1).reshape(7, -1).mean(1)
+    torch.testing.assert_close(late.activity.float(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_copied_while_a_window_is_open_never_reports_to_the_tracker():
+    # An EMA copy or a snapshot taken mid-window carries the window's hooks (they sit in the
+    # modules' own dictionaries): the copies are inert, and the tracker is not copied with them.
+    import copy
+    import pickle
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2)).eval()
+    x = torch.randn(6, 4)
+    tracker = ActivityTracker(model)
+    with torch.no_grad():
+        for _ in range(2):  # the second window runs the lean plan (the ReLU hooked alone)
+            tracker.reset()
+            with tracker:
+                for _ in range(2):
+                    tracker.start_pass()
+                    model(x)
+                twin = copy.deepcopy(model)
+                saved = pickle.loads(pickle.dumps(model))
+                twin(x * 100), saved(x * 100)  # would add 2 x 6 samples if they reported
+    measured = tracker.compute()
+    assert measured is not None and measured.samples == 12 and measured.names == ["1"]
+    expected = torch.relu(model[0](x)).mean(0)
+    torch.testing.assert_close(measured.layers[0].activity.float(), expected)
+    assert all(hook is interception.inert for hook in twin[1]._forward_hooks.values())

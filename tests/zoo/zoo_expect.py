@@ -9,17 +9,52 @@ import warnings
 
 import torch
 
-from emergence_lightning.measure import Measurement, measure_activity
+from emergence_lightning.measure import ActivityTracker, Measurement, measure_activity
+from emergence_lightning.measure.batches import model_call
+from emergence_lightning.measure.observer import eval_pass
 
 
 def measure_quietly(model: torch.nn.Module, batch: object) -> Measurement:
-    """``measure_activity(model, [batch])`` at defaults; any warning fails the test (the zoo must be clean)."""
+    """``measure_activity(model, [batch])`` at defaults; any warning fails the test (the zoo must be clean).
+
+    And later windows of one tracker measure exactly what the first does: the first learns what each
+    module's code does, later ones hook only the modules that matter (no producers, no containers).
+    """
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         result = measure_activity(model, [batch])
+        windows = later_windows(model, batch)
     assert result is not None
+    for later in windows:
+        assert_same_measurement(later, result)
     return result
+
+
+def later_windows(
+    model: torch.nn.Module, batch: object, windows: int = 3, passes: int = 2
+) -> list[Measurement]:
+    """``windows`` windows of one tracker, each of ``passes`` passes of ``batch`` (as measure_activity runs one)."""
+    tracker, found = ActivityTracker(model), []
+    for _ in range(windows):
+        tracker.reset()
+        with eval_pass(model, [[batch]]), tracker:
+            for _ in range(passes):
+                args, kwargs = model_call(batch, 0)
+                tracker.start_pass()
+                model(*args, **kwargs)
+        measured = tracker.compute()
+        assert measured is not None
+        found.append(measured)
+    return found
+
+
+def assert_same_measurement(got: Measurement, once: Measurement) -> None:
+    """The same layers, nodes and per-node activity (``got`` may count the batch several times)."""
+    assert list(zip(got.names, got.n, got.a)) == list(zip(once.names, once.n, once.a))
+    for alone, together in zip(once.layers, got.layers):
+        torch.testing.assert_close(together.activity, alone.activity, rtol=1e-5, atol=1e-6, equal_nan=True)
+        assert together.idle_experts == alone.idle_experts
 
 
 def assert_layers(result: Measurement, expected: list[tuple[str, int]]) -> None:
@@ -59,9 +94,6 @@ def assert_later_passes_agree(model: torch.nn.Module, batch: object, passes: int
         warnings.simplefilter("error")
         repeated = measure_activity(model, [batch] * passes)
     assert repeated is not None
-    assert list(zip(repeated.names, repeated.n)) == list(zip(once.names, once.n))
     assert repeated.samples == passes * once.samples
-    for alone, together in zip(once.layers, repeated.layers):
-        torch.testing.assert_close(together.activity, alone.activity, rtol=1e-5, atol=1e-6, equal_nan=True)
-        assert together.idle_experts == alone.idle_experts
+    assert_same_measurement(repeated, once)
     return repeated
