@@ -21,7 +21,11 @@ from emergence_lightning.callbacks import lightning_state as state
 from emergence_lightning.callbacks.emergence_metrics import measurement_row, scalar_metrics
 from emergence_lightning.callbacks.emergence_record import EmergenceRecord
 from emergence_lightning.callbacks.loggers import log_settings
-from emergence_lightning.callbacks.tensorboard_views import emergence_layout, write_custom_scalars
+from emergence_lightning.callbacks.tensorboard_views import (
+    emergence_layout,
+    tensorboard_loggers,
+    write_custom_scalars,
+)
 
 
 def log_measurement(
@@ -50,8 +54,9 @@ def log_record(trainer: pl.Trainer, record: EmergenceRecord, prefix: str, step: 
     count and ``epoch``, at ``step`` (default ``global_step``: before the first step, in
     ``on_train_end``, mid-epoch, or for a measurement the caller asked for).
     """
-    metrics = measurement_row(record, prefix, epoch=trainer.current_epoch)
-    _write(trainer, metrics, trainer.global_step if step is None else step)
+    if trainer.loggers:  # with none, the row of 2,000 keys at 1,000 layers would be built for nothing
+        metrics = measurement_row(record, prefix, epoch=trainer.current_epoch)
+        _write(trainer, metrics, trainer.global_step if step is None else step)
 
 
 def settings_hparams(settings: Mapping[str, Any], prefix: str, source_known: bool) -> dict[str, Any]:
@@ -74,8 +79,8 @@ def write_run_start(trainer: pl.Trainer, prefix: str, path_exact: bool, hparams:
 @rank_zero_only
 def write_layout(trainer: pl.Trainer, prefix: str, path_exact: bool, layers: dict[str, int] | None) -> None:
     """Custom-scalars charts; with ``layers`` (known after the first measurement) one chart per layer."""
-    layout = emergence_layout(prefix, path_exact=path_exact, layers=layers)
-    write_custom_scalars(trainer.loggers, layout)
+    if tensorboard_loggers(trainer.loggers):  # the charts of 1,000 layers cost ms to build: only for a viewer
+        write_custom_scalars(trainer.loggers, emergence_layout(prefix, path_exact=path_exact, layers=layers))
 
 
 @rank_zero_only
