@@ -133,7 +133,8 @@ def main() -> None:
     print(f"1. E at {args.layers:,} layers (widths {WIDTHS[0]}-{WIDTHS[-1]}, 0-100 % active); {load()}")
     n, a = counts(args.layers)
     E = emergence(n, a)
-    print(f"   log10(E + 1) = {log10_emergence(E):,.1f}; medians of {args.repeats} calls [wall / CPU]:")
+    print(f"   E = ...{E % 10**12:012d} (exact), log10(E + 1) = {log10_emergence(E):,.1f}")
+    print(f"   medians of {args.repeats} calls [wall / CPU]:")
     figures = formula_figures(args.layers, args.repeats, parameters=10**9)
     for name, seconds in figures.items():
         print(f"   {name:30s} {_ms(seconds)}")
