@@ -26,7 +26,7 @@ import warnings
 
 import lightning.pytorch as pl
 import torch
-from bench_models import FirstMarks, LastMarks, load, span
+from bench_models import FirstMarks, LastMarks, Marks, load, span
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -59,11 +59,16 @@ class Deep(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.0)  # the weights stay: every epoch measures the same
 
 
-def epoch_end_seconds(layers: int, epochs: int, logged: bool, root: str) -> tuple[float, float]:
-    """Median (wall, CPU) seconds of the callbacks' ``on_validation_epoch_end`` over one fit's epochs."""
+def epoch_end_seconds(
+    layers: int, epochs: int, logged: bool, root: str, marks: tuple[FirstMarks, LastMarks] | None = None
+) -> tuple[float, float]:
+    """Median (wall, CPU) seconds of the callbacks' ``on_validation_epoch_end`` over one fit's epochs.
+
+    ``marks``: the first and last timing callbacks (default: plain ``FirstMarks``, ``LastMarks``).
+    """
     data = TensorDataset(torch.randn(8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(8) % 2)
     loader = DataLoader(data, batch_size=8)
-    first, last = FirstMarks(), LastMarks()
+    first, last = marks or (FirstMarks(), LastMarks())
     loggers = [TensorBoardLogger(root, name="tb"), CSVLogger(root, name="csv")] if logged else False
     trainer = pl.Trainer(
         max_epochs=epochs,
@@ -103,7 +108,7 @@ def logging_seconds(layers: int, split: bool, loggers: list, step: int) -> tuple
 
 def _only(marks, index):  # type: ignore[no-untyped-def]
     """``marks`` with the ``index``-th epoch-end mark only."""
-    single = type(marks)()
+    single = Marks()
     single.times = {"validation_end": [marks.times["validation_end"][index]]}
     return single
 

@@ -8,6 +8,7 @@ plain forward hooks on the same seeded models and the E oracle instead.
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))  # bench_models builds the seeded models gpu_check.py measures
 from bench_models import TINY, build, inputs  # noqa: E402
+from bench_scale import counts  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -135,3 +137,17 @@ def test_window_benchmark_leaves_no_hook_or_mode_behind():
     assert "global module hooks left 0, modules with hooks left 0, torch function modes left 0" in output, (
         output
     )
+
+
+def test_scale_benchmark_prints_the_exact_E_and_each_target():
+    layers = 120
+    output = run_script(
+        "benchmarks/bench_scale.py", "--layers", str(layers), "--repeats", "1",
+        "--epoch-layers", "20", "--rounds", "1", "--epochs", "2",
+    )  # fmt: skip
+    E = emergence_oracle(*counts(layers))  # the script's seeded counts (its input), the oracle's E
+    assert f"E = ...{E % 10**12:012d} (exact), log10(E + 1) = {math.log10(E + 1):,.1f}\n" in output, output
+    assert re.search(r"target < 100 ms \(CPU, all three\): \d+\.\d ms, (met|MISSED)", output), output
+    assert re.search(r"no logger: +\d+\.\d+ ms / +\d+\.\d+ ms", output), output
+    assert re.search(r"TensorBoard \+ CSV: +\d+\.\d+ ms / +\d+\.\d+ ms", output), output
+    assert re.search(r"target <= 50 ms \(CPU, no logger\): \d+\.\d ms, (met|MISSED)", output), output

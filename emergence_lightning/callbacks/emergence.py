@@ -7,7 +7,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from typing_extensions import override
@@ -21,13 +20,16 @@ from emergence_lightning.callbacks.emergence_checks import (
     duplicate_prefix_error,
     layer_coverage_warnings,
 )
-from emergence_lightning.callbacks.emergence_metrics import (
-    measurement_row,
-    scalar_metrics,
+from emergence_lightning.callbacks.emergence_logging import (
+    log_measurement,
+    log_record,
+    settings_hparams,
+    write_layout,
+    write_run_start,
 )
 from emergence_lightning.callbacks.emergence_record import EmergenceRecord, in_training_E, record_of
 from emergence_lightning.callbacks.emergence_window import MeasurementWindow
-from emergence_lightning.callbacks.loggers import log_settings, settings_before_start
+from emergence_lightning.callbacks.loggers import settings_before_start
 from emergence_lightning.callbacks.path_exact import PathExactCounter
 from emergence_lightning.callbacks.probe import (
     ProbeStep,
@@ -37,11 +39,7 @@ from emergence_lightning.callbacks.probe import (
     fingerprint,
     probe_data,
 )
-from emergence_lightning.callbacks.tensorboard_views import (
-    emergence_layout,
-    write_activity_histograms,
-    write_custom_scalars,
-)
+from emergence_lightning.callbacks.tensorboard_views import write_activity_histograms
 from emergence_lightning.functional import Variant, stops_at_zero, zero_streak
 from emergence_lightning.measure import ActivityTracker, Measurement
 from emergence_lightning.measure.observer import left_as_found
@@ -434,7 +432,7 @@ class EmergenceCallback(Callback):
         record = self._new_record(trainer, pl_module, measurement, epoch, before_training)
         self._append(trainer, record)
         if log:
-            self._log_to_loggers(trainer, record)
+            log_record(trainer, record, self.prefix)
             if self.log_histograms:
                 write_activity_histograms(
                     trainer.loggers, self.prefix, measurement.layers, trainer.global_step
@@ -506,15 +504,6 @@ class EmergenceCallback(Callback):
             rank_zero_warn(says.nonfinite(record.nonfinite_layers, self.prefix))
         return record
 
-    def _log_to_loggers(self, trainer: pl.Trainer, record: EmergenceRecord, step: int | None = None) -> None:
-        """Writes a measurement to every logger as one record: one ``log_metrics`` call each (a CSV row, a
-        W&B history step, one MLflow batch) holding E, log10 E, Ẽ, the active fraction, every per-layer
-        count and ``epoch``, at ``step`` (default ``global_step``: before the first step, in
-        ``on_train_end``, mid-epoch, or for a measurement the caller asked for).
-        """
-        metrics = measurement_row(record, self.prefix, epoch=trainer.current_epoch)
-        _write(trainer, metrics, trainer.global_step if step is None else step)
-
     def _record(
         self,
         trainer: pl.Trainer,
@@ -527,22 +516,9 @@ class EmergenceCallback(Callback):
         record = self._new_record(trainer, pl_module, measurement, epoch, before_training)
         self._append(trainer, record)
         if through_loggers:
-            self._log_to_loggers(trainer, record)
-        else:
-            # `self.log` only for the monitorable scalars, which EarlyStopping and ModelCheckpoint read, and
-            # with `logger=False`: the loggers get the whole measurement as one record, at the step Lightning
-            # writes its epoch-end values at (per-layer `self.log` calls would cost ~0.6 ms a layer).
-            value: float | torch.Tensor
-            for key, value in scalar_metrics(record, self.prefix).items():
-                if not key.endswith(("/epoch", "active_fraction")) and pl_module.device.type != "mps":
-                    # float64: E and E~ pass float32's range (inf) on real CNNs, and float32 would round
-                    # log10 E (82.8 on mobilenet_v3_small) to 1e-5, hiding changes a monitor must see.
-                    value = torch.tensor(value, dtype=torch.float64, device=pl_module.device)
-                # Values are equal on every process; syncing keeps them so and silences the DDP warning.
-                pl_module.log(
-                    key, value, on_step=False, on_epoch=True, batch_size=1, sync_dist=True, logger=False
-                )
-            self._log_to_loggers(trainer, record, state.logging_step(trainer))
+            log_record(trainer, record, self.prefix)
+        else:  # a Lightning loop's epoch end: the monitorable scalars through `pl_module.log` too
+            log_measurement(trainer, pl_module, record, self.prefix)
         if self.log_histograms:
             write_activity_histograms(trainer.loggers, self.prefix, measurement.layers, trainer.global_step)
         if self.stop_at_zero and before_training and record.E == 0:
@@ -554,7 +530,7 @@ class EmergenceCallback(Callback):
         """Adds ``record`` to :attr:`history`; the first time its layers are seen, charts them one by one."""
         if self._charted_layers != list(record.names):
             # TensorBoard keeps a run's last layout: now that the layers are known, one chart per layer.
-            self._write_layout(trainer, layers=dict(zip(record.names, record.n)))
+            write_layout(trainer, self.prefix, self._path_exact, layers=dict(zip(record.names, record.n)))
             self._charted_layers = list(record.names)
         self.history.append(record)
 
@@ -569,24 +545,16 @@ class EmergenceCallback(Callback):
             )
 
     def _hparams(self) -> dict[str, Any]:
-        settings = self.settings
-        if self._source is None:
-            del settings["source"]  # known from `on_train_start` on
-        return {f"{self.prefix}/{key}": lifecycle.hparam_value(value) for key, value in settings.items()}
+        return settings_hparams(self.settings, self.prefix, source_known=self._source is not None)
 
     @rank_zero_only
     def _log_tensorboard_extras(self, trainer: pl.Trainer) -> None:
-        # Per-layer charts once the layers are known (the first measurement of this run).
-        self._charted_layers = []
-        self._write_layout(trainer, layers=None)
-        # Every logger's hyperparameters, now with the measurement's source.
-        log_settings(trainer.loggers, self._hparams())
+        self._charted_layers = []  # charted one by one once the layers are known (see `_append`)
+        write_run_start(trainer, self.prefix, self._path_exact, self._hparams())
 
-    @rank_zero_only
-    def _write_layout(self, trainer: pl.Trainer, layers: dict[str, int] | None) -> None:
-        """Custom-scalars charts; with ``layers`` (known after the first measurement) one chart per layer."""
-        layout = emergence_layout(self.prefix, path_exact=self.connectivity == "weights", layers=layers)
-        write_custom_scalars(trainer.loggers, layout)
+    @property
+    def _path_exact(self) -> bool:
+        return self.connectivity == "weights"
 
     # ---- checkpointing -------------------------------------------------------------------
     @override
@@ -630,43 +598,4 @@ class EmergenceCallback(Callback):
         name), so that two runs compare equal exactly when they measure alike:
         ``PruneAndBranchCallback`` records it in its experiment record.
         """
-        probe = self.probe_dataloader
-        return {
-            "threshold": self.threshold,
-            "statistic": self.statistic,
-            "variant": self.variant,
-            "layers": list(self.layers) if self.layers is not None else None,
-            "node_dim": dict(self.node_dim) if isinstance(self.node_dim, Mapping) else self.node_dim,
-            "include_input": self.include_input,
-            "include_output": self.include_output,
-            "min_firing_rate": self.min_firing_rate,
-            "probe_dataloader": None
-            if probe is None
-            else f"{type(probe).__name__}({_samples(probe)} samples)",
-            "probe_step": None
-            if self.probe_step is None
-            else getattr(self.probe_step, "__qualname__", repr(self.probe_step)),
-            "stop_at_zero": self.stop_at_zero,
-            "patience": self.patience,
-            "connectivity": self.connectivity,
-            "every_n_train_steps": self.every_n_train_steps,
-            "every_n_epochs": self.every_n_epochs,
-            "probe_batches": self.probe_batches,
-            "prefix": self.prefix,
-        }
-
-
-def _samples(data: Any) -> int | None:
-    """The number of samples of a dataloader (its dataset's length), or None when it has none."""
-    try:
-        return len(getattr(data, "dataset", data))
-    except TypeError:
-        return None
-
-
-@rank_zero_only
-def _write(trainer: pl.Trainer, metrics: dict[str, float], step: int) -> None:
-    """One ``log_metrics`` call per logger (rank zero writes, as Lightning's loggers do)."""
-    if metrics:
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
+        return lifecycle.measurement_settings(self)

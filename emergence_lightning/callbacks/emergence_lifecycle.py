@@ -104,3 +104,39 @@ def plain_node_dim(node_dim: int | Mapping[str, int] | None) -> int | dict[str, 
 def hparam_value(value: Any) -> Any:
     """A value a hyperparameter table shows: numbers, strings, bools and None as they are, others as text."""
     return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+
+
+def measurement_settings(callback: Any) -> dict[str, Any]:
+    """An ``EmergenceCallback``'s settings that change what it measures or when it stops a run, as plain
+    values (see ``EmergenceCallback.measurement_settings``).
+    """
+    probe = callback.probe_dataloader
+    return {
+        "threshold": callback.threshold,
+        "statistic": callback.statistic,
+        "variant": callback.variant,
+        "layers": list(callback.layers) if callback.layers is not None else None,
+        "node_dim": dict(callback.node_dim) if isinstance(callback.node_dim, Mapping) else callback.node_dim,
+        "include_input": callback.include_input,
+        "include_output": callback.include_output,
+        "min_firing_rate": callback.min_firing_rate,
+        "probe_dataloader": None if probe is None else f"{type(probe).__name__}({_samples(probe)} samples)",
+        "probe_step": None
+        if callback.probe_step is None
+        else getattr(callback.probe_step, "__qualname__", repr(callback.probe_step)),
+        "stop_at_zero": callback.stop_at_zero,
+        "patience": callback.patience,
+        "connectivity": callback.connectivity,
+        "every_n_train_steps": callback.every_n_train_steps,
+        "every_n_epochs": callback.every_n_epochs,
+        "probe_batches": callback.probe_batches,
+        "prefix": callback.prefix,
+    }
+
+
+def _samples(data: Any) -> int | None:
+    """The number of samples of a dataloader (its dataset's length), or None when it has none."""
+    try:
+        return len(getattr(data, "dataset", data))
+    except TypeError:
+        return None

@@ -132,21 +132,22 @@ def branch_overlay_layout(monitor: str | None) -> dict[str, dict[str, list[Any]]
 @rank_zero_only
 def write_activity_histograms(loggers: list[Any], prefix: str, layers: Sequence[Any], step: int) -> None:
     """Each layer's per-node activity as a histogram ``{prefix}/activity/<layer>`` (NaN nodes left out)."""
-    for logger in loggers:
-        if isinstance(logger, TensorBoardLogger):
-            for layer in layers:
-                values = layer.activity[~layer.activity.isnan()]
-                if values.numel():
-                    logger.experiment.add_histogram(
-                        f"{prefix}/activity/{layer.name}", values, global_step=step
-                    )
+    for logger in tensorboard_loggers(loggers):
+        for layer in layers:
+            values = layer.activity[~layer.activity.isnan()]
+            if values.numel():
+                logger.experiment.add_histogram(f"{prefix}/activity/{layer.name}", values, global_step=step)
+
+
+def tensorboard_loggers(loggers: list[Any]) -> list[TensorBoardLogger]:
+    """The loggers among ``loggers`` that show custom-scalars charts and histograms (TensorBoard's)."""
+    return [logger for logger in loggers if isinstance(logger, TensorBoardLogger)]
 
 
 def write_custom_scalars(loggers: list[Any], layout: dict[str, dict[str, list[Any]]]) -> None:
     """Write ``layout`` to every TensorBoard logger among ``loggers`` (others have no such view)."""
-    for logger in loggers:
-        if isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_custom_scalars(layout)
+    for logger in tensorboard_loggers(loggers):
+        logger.experiment.add_custom_scalars(layout)
 
 
 def run_hparams(name: str, amount: float, fork_epoch: int, pruning_fn: str, status: str) -> dict[str, Any]:
