@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Mapping
 from typing import TypeGuard
 
 import torch
@@ -278,6 +279,60 @@ def _layout_kept(produced: tuple[int, ...], shape: tuple[int, ...], side: int) -
     feature_dim = 1 if side == 1 else len(produced) - 1
     positions = {size for dim, size in enumerate(produced) if dim not in (0, feature_dim)}
     return shape[feature_dim] not in positions
+
+
+def node_dim_override(node_dim: object, name: str, site: str) -> int | None:
+    """The ``node_dim`` the user set for layer ``name`` (or its call ``site``), for every layer (an
+    int), or None when it is to be decided from the producer.
+    """
+    if isinstance(node_dim, Mapping):
+        return node_dim.get(name, node_dim.get(site))
+    return node_dim  # type: ignore[return-value]
+
+
+def decide_node_dim(
+    name: str,
+    shape: tuple[int, ...],
+    batch_dim: int,
+    override: int | None,
+    producer: nn.Module | FunctionalProducer | None,
+    producer_shape: tuple[int, ...] | None,
+    reader: nn.Module | None = None,
+) -> tuple[int, str | None]:
+    """Layer ``name``'s node dimension, and a warning when it had to be guessed.
+
+    ``override``: the user's ``node_dim`` for it (checked against ``shape``); ``batch_dim`` 1: a
+    recurrent module's ``(time, batch, features)``; ``reader``: the module that reads the data when
+    the layer is the model's input (``include_input``); else the ``producer`` decides (see
+    :func:`node_dim_from_producer`), and when it cannot, dim 1 is counted with a warning.
+    """
+    rank = len(shape)
+    if override is not None:
+        if not -rank <= override < rank or override % rank == batch_dim:
+            raise ValueError(
+                f"`node_dim`={override} does not fit layer {name!r}, whose output has shape {shape} (batch on "
+                f"dim {batch_dim}); pick one of its other dimensions."
+            )
+        return override % rank, None
+    if batch_dim != 0:
+        return rank - 1, None
+    if reader is not None:  # the data: the module reading it decides
+        decided = input_node_dim(shape, reader)
+        source = f"read by {type(reader).__name__}"
+    else:
+        decided = node_dim_from_producer(shape, producer, producer_shape)
+        kind = (
+            getattr(producer, "description", type(producer).__name__)
+            if producer is not None
+            else "no layer with parameters"
+        )
+        source = f"produced by {kind}"
+    if decided is not None:
+        return decided, None
+    return 1, (
+        f"Layer {name!r} has shape {shape} and was {source}, which does not tell which "
+        f"dimension indexes its nodes; counting dim 1. Pass `node_dim={{{name!r}: d}}` to choose."
+    )
 
 
 def input_node_dim(shape: tuple[int, ...], consumer: nn.Module) -> int | None:

@@ -581,10 +581,7 @@ class ActivityTracker:
         """
         if producer_known or self._producers_hooked:
             return False
-        override = self.node_dim
-        if isinstance(override, Mapping):
-            override = override.get(name, override.get(self._site_of.get(name, name)))
-        if override is not None:
+        if rules.node_dim_override(self.node_dim, name, self._site_of.get(name, name)) is not None:
             return False
         self._producers_needed = True
         return True
@@ -657,40 +654,19 @@ class ActivityTracker:
             ) from None
 
     def _decide_node_dim(self, name: str, output: Tensor, producer: nn.Module | None, batch_dim: int) -> int:
-        shape = tuple(output.shape)
-        override = self.node_dim
-        if isinstance(override, Mapping):
-            override = override.get(name, override.get(self._site_of.get(name, name)))
-        if override is not None:
-            if not -output.dim() <= override < output.dim() or override % output.dim() == batch_dim:
-                raise ValueError(
-                    f"`node_dim`={override} does not fit layer {name!r}, whose output has shape {shape} (batch on "
-                    f"dim {batch_dim}); pick one of its other dimensions."
-                )
-            return override % output.dim()
-        if batch_dim != 0:  # a recurrent module's (time, batch, features)
-            return output.dim() - 1
-        if (
-            name == self._input_name and self._input_module is not None
-        ):  # the data: the module reading it decides
-            decided = rules.input_node_dim(shape, self._input_module)
-            source = f"read by {type(self._input_module).__name__}"
-        else:
-            produced = self._producer_shapes.get(id(producer)) if producer is not None else None
-            decided = rules.node_dim_from_producer(shape, producer, tuple(produced) if produced else None)
-            kind = (
-                getattr(producer, "description", type(producer).__name__)
-                if producer is not None
-                else "no layer with parameters"
-            )
-            source = f"produced by {kind}"
-        if decided is None:
-            self._warn_once(
-                name,
-                f"Layer {name!r} has shape {shape} and was {source}, which does not tell which "
-                f"dimension indexes its nodes; counting dim 1. Pass `node_dim={{{name!r}: d}}` to choose.",
-            )
-            decided = 1
+        reads_data = name == self._input_name and self._input_module is not None
+        produced = self._producer_shapes.get(id(producer)) if producer is not None else None
+        decided, warning = rules.decide_node_dim(
+            name,
+            tuple(output.shape),
+            batch_dim,
+            rules.node_dim_override(self.node_dim, name, self._site_of.get(name, name)),
+            producer,
+            tuple(produced) if produced else None,
+            self._input_module if reads_data else None,
+        )
+        if warning is not None:
+            self._warn_once(name, warning)
         return decided
 
     def _warn_once(self, key: str, message: str) -> None:
