@@ -52,6 +52,8 @@ SUMMED = ("mean", "mean_abs", "normalized_mean_abs", "fraction")
 # elements (2 MB of float32), so it is still in cache when it is summed: 25 % less time than
 # one activation-sized mask, and no page faults for a fresh buffer in every window.
 CPU_MASK_ELEMENTS = 1 << 19
+# Scratch buffers that hold at most this much in all are kept from one window to the next.
+SCRATCH_KEPT_BYTES = 16 << 20
 # Up to this many positions per sample (4x4 maps), CPU sums go through a matrix-vector product.
 CPU_SHORT_POSITIONS = 16
 
@@ -179,6 +181,17 @@ class Scratch:
         self.views.clear()
         self.generation += 1
 
+    def trim(self) -> None:
+        """At a window's end: frees the buffers unless they hold at most ``SCRATCH_KEPT_BYTES`` in
+        all. Kept, the next window's reduction steps need not be built again (each costs tens of
+        microseconds per layer); freed, no activation-sized buffer outlives its window.
+        """
+        if self.bytes() > SCRATCH_KEPT_BYTES:
+            self.free()
+
+    def bytes(self) -> int:
+        return sum(buffer.numel() * buffer.element_size() for buffer in self.buffers.values())
+
 
 def _chunk_samples(values: Tensor, batch_dim: int) -> int:
     """Samples per chunk: on CPU, about CPU_MASK_ELEMENTS elements (a buffer that stays in cache),
@@ -195,7 +208,7 @@ def _chunk_samples(values: Tensor, batch_dim: int) -> int:
 
 def _chunked_sums(
     values: Tensor,
-    elementwise: Callable[[Tensor, Scratch], Tensor] | None,
+    elementwise: Elementwise | None,
     batch_dim: int,
     node_dim: int,
     scratch: Scratch,
@@ -224,19 +237,35 @@ def _chunked_sums(
     return out
 
 
-def _fired(threshold: float) -> Callable[[Tensor, Scratch], Tensor]:
-    def fired(
-        chunk: Tensor, scratch: Scratch
-    ) -> Tensor:  # 1.0 where the value exceeds threshold (NaN never does)
-        return torch.gt(chunk, threshold, out=scratch.laid_out_as("mask", chunk, _float_dtype(chunk)))
+class Elementwise:
+    """What each value becomes before it is summed (``|a|``, a firing mask), written into the
+    window's ``"mask"`` buffer laid out as the values.
+    """
 
-    return fired
+    def __init__(self, function: Callable[..., Tensor], float_mask: bool) -> None:
+        self.function = function
+        self.float_mask = float_mask  # a float32/float64 mask whatever the values' dtype
+
+    def _buffer(self, values: Tensor, scratch: Scratch) -> Tensor:
+        return scratch.laid_out_as("mask", values, _float_dtype(values) if self.float_mask else None)
+
+    def __call__(self, chunk: Tensor, scratch: Scratch) -> Tensor:
+        return self.function(chunk, out=self._buffer(chunk, scratch))
+
+    def bound(self, output: Tensor, scratch: Scratch) -> Callable[[Tensor], Tensor]:
+        """The same for every output laid out as ``output``, its buffer chosen once."""
+        function, out = self.function, self._buffer(output, scratch)
+        return lambda values: function(values, out=out)
 
 
-def _absolute(chunk: Tensor, scratch: Scratch) -> Tensor:
-    # In the input's dtype (|a| is exact in any dtype): its sums are then those of the values
-    # wherever no value is negative, float32 for bfloat16/float16 input as for the plain sums.
-    return torch.abs(chunk, out=scratch.laid_out_as("mask", chunk))
+def _fired(threshold: float) -> Elementwise:
+    # 1.0 where the value exceeds threshold (NaN never does)
+    return Elementwise(lambda values, out: torch.gt(values, threshold, out=out), float_mask=True)
+
+
+# In the input's dtype (|a| is exact in any dtype): its sums are then those of the values wherever
+# no value is negative, float32 for bfloat16/float16 input as for the plain sums.
+_absolute = Elementwise(torch.abs, float_mask=False)
 
 
 def firing_counts(
@@ -281,7 +310,7 @@ MAX_LAYOUTS = 8
 Step = Callable[[Tensor], object]
 
 
-def _transform(statistic: str, threshold: float) -> Callable[[Tensor, Scratch], Tensor] | None:
+def _transform(statistic: str, threshold: float) -> Elementwise | None:
     """What each value becomes before it is summed: ``|a|``, a firing mask, or itself (``None``)."""
     if statistic in ("mean_abs", "normalized_mean_abs"):
         return _absolute
@@ -291,33 +320,22 @@ def _transform(statistic: str, threshold: float) -> Callable[[Tensor, Scratch], 
 
 
 def _per_sample_step(
-    output: Tensor,
-    batch_dim: int,
-    node_dim: int,
-    scratch: Scratch,
-    transform: Callable[[Tensor, Scratch], Tensor] | None,
+    output: Tensor, batch_dim: int, node_dim: int, scratch: Scratch, transform: Elementwise | None
 ) -> Callable[[Tensor], Tensor]:
     """A function from an output of this layout to its ``(samples, nodes)`` sums of ``transform``'d
-    values, with every buffer and dimension list chosen once: the same operations, in the same
-    order, as :func:`_chunked_sums` runs, with none of its Python per call.
+    values (a 2-D output: the values themselves, transformed), with every buffer and dimension list
+    chosen once: the same operations, in the same order, as :func:`_chunked_sums` runs, with none
+    of its Python per call.
     """
     other = _position_dims(output, batch_dim, node_dim)
-    if not other or _chunk_samples(output, batch_dim) < output.shape[batch_dim]:
-        if transform is None and not other:
-            return lambda values: values
-        samples = None
-        if other:
-            shape = _per_sample_shape(output, batch_dim, node_dim)
-            samples = scratch.take("samples", shape, _float_dtype(output), output.device)
-
-        def general(values: Tensor) -> Tensor:  # a 2-D output transformed, or chunks of a large one
-            return _chunked_sums(values, transform, batch_dim, node_dim, scratch, samples)  # type: ignore[arg-type]
-
-        return general
-    shape = _per_sample_shape(output, batch_dim, node_dim)
-    samples = scratch.take("samples", shape, _float_dtype(output), output.device)
-    transformed = output if transform is None else transform(output, scratch)  # its buffer, for the checks
+    if not other:  # a 2-D output is its own per-sample result
+        return (lambda values: values) if transform is None else transform.bound(output, scratch)
     dtype = _float_dtype(output)
+    samples = scratch.take("samples", _per_sample_shape(output, batch_dim, node_dim), dtype, output.device)
+    if _chunk_samples(output, batch_dim) < output.shape[batch_dim]:  # a large output on CPU
+        return lambda values: _chunked_sums(values, transform, batch_dim, node_dim, scratch, samples)
+    apply = (lambda values: values) if transform is None else transform.bound(output, scratch)
+    transformed = apply(output)  # what the sums will read, for the choice of path below
     positions = math.prod(output.shape[d] for d in other)
     short = (
         positions <= CPU_SHORT_POSITIONS
@@ -327,12 +345,8 @@ def _per_sample_step(
         and transformed.is_contiguous()
     )
     if positions == 1 or short:  # as per_sample_sums: a squeeze, or a matrix-vector product with ones
-        return lambda values: per_sample_sums(
-            values if transform is None else transform(values, scratch), batch_dim, node_dim, out=samples
-        )
-    if transform is None:
-        return lambda values: torch.sum(values, other, dtype=dtype, out=samples)
-    return lambda values: torch.sum(transform(values, scratch), other, dtype=dtype, out=samples)
+        return lambda values: per_sample_sums(apply(values), batch_dim, node_dim, out=samples)
+    return lambda values: torch.sum(apply(values), other, dtype=dtype, out=samples)
 
 
 class NodeStatistic:
@@ -348,14 +362,19 @@ class NodeStatistic:
         # pass. The total itself for the sums (TOTAL_IS_PROBE); the plain sum of a otherwise.
         self.probe: Tensor | None = None
         self.rows = 0  # samples x positions reduced into each node (a Python int: no sync)
+        self._fresh = True  # no output added since the last reset: the node count may change
         # Per output layout: its reduction step and the rows it adds, for the scratch buffers of
         # one window (a step holds views of them and of the totals).
         self._steps: dict[tuple, tuple[Step, int, int]] = {}
 
     def reset(self) -> None:
-        self.total = self.probe = None
+        """Starts a new window: the totals are zeroed in place, so the steps built on them stay valid."""
         self.rows = 0
-        self._steps.clear()
+        self._fresh = True
+        if self.total is not None:
+            self.total.fill_(-math.inf if self.statistic == "max" else 0.0)
+        if self.probe is not None and self.probe is not self.total:
+            self.probe.zero_()
 
     def __getstate__(self) -> dict:
         # Steps hold this statistic's totals and the window's buffers: a copy (deepcopy, pickle)
@@ -387,13 +406,17 @@ class NodeStatistic:
             step, rows, _ = found
             step(output)
             self.rows += rows
+            self._fresh = False
 
     def _step(
         self, key: tuple, output: Tensor, batch_dim: int, node_dim: int, scratch: Scratch
     ) -> tuple[Step, int, int]:
         nodes, device = output.shape[node_dim], output.device
         if self.total is not None and self.total.numel() != nodes:
-            raise ValueError(f"node count changed from {self.total.numel()} to {nodes}")
+            if not self._fresh:
+                raise ValueError(f"node count changed from {self.total.numel()} to {nodes}")
+            self.total = self.probe = None  # a new window of a layer whose width changed
+            self._steps.clear()
         dtype = accumulation_dtype(device)
         if self.total is None or self.probe is None:
             self.total = torch.zeros(nodes, dtype=dtype, device=device)

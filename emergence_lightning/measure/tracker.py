@@ -172,7 +172,8 @@ class ActivityTracker:
         self._rows_left: dict[str, int | None] = {}
         self._sample_limit: int | None = None
         self._expert_groups: dict[int, tuple[moe.ExpertGroup, str, int | None]] = {}
-        self._owners: dict[int, tuple[str, nn.Module]] = {}  # id(parameter) -> its module
+        # id(parameter) -> its module, found when code first applies a weight functionally in a window.
+        self._owners: dict[int, tuple[str, nn.Module]] | None = None
         self._composite: set[int] = set()
         self._previous_calls: dict[str, int] | None = None
 
@@ -216,7 +217,7 @@ class ActivityTracker:
             self._output_name = rules.unambiguous(OUTPUT_LAYER, self._module_names)
         # Parameters can change under an unchanged tree (pruning's weight_orig): looked up every window.
         self._expert_groups = moe.find_expert_groups(named)
-        self._owners = {id(p): (name, module) for name, module in named for p in module.parameters(False)}
+        self._owners = None  # parameters can change under an unchanged tree (pruning's weight_orig)
         self._stack.clear()
         self._mode = ActivationCalls(self._activation_called, self._other_call)
         self._mode.__enter__()
@@ -282,7 +283,7 @@ class ActivityTracker:
             self._intercepting = False
         self._stack.clear()
         self._producer_shapes.clear()
-        self._scratch.free()
+        self._scratch.trim()
         if self._holds_eager:
             self._holds_eager = False
             EagerWhileMeasuring.release(self)
@@ -488,6 +489,10 @@ class ActivityTracker:
         if kind is None:
             return
         with _compat.DisableTorchFunction():
+            if self._owners is None:
+                self._owners = {
+                    id(p): (name, module) for name, module in self._named for p in module.parameters(False)
+                }
             made = producers.functional_producer(kind, args, kwargs or {}, output, self._owners)
         if made is not None and made.module is not frame.module:  # a module's own forward: its hooks decide
             self._last_producer = made  # type: ignore[assignment]
@@ -595,18 +600,16 @@ class ActivityTracker:
         once: bool = False,
         producer_known: bool = False,
     ) -> None:
-        self._calls[site] += 1
-        if once and self._calls[site] > 1:
+        call = self._calls[site] = self._calls[site] + 1
+        if once and call > 1:
             return
-        name = self._site_names.get((site, self._calls[site]))
+        name = self._site_names.get((site, call))
         if name is None:
-            name = self._site_names[site, self._calls[site]] = rules.call_site_name(
-                site, self._calls[site], self._module_names
-            )
+            name = self._site_names[site, call] = rules.call_site_name(site, call, self._module_names)
             self._site_of[name] = site
         if self._wanted and name not in self._wanted and site not in self._wanted:
             return
-        if not isinstance(output, Tensor):
+        if type(output) is not Tensor and not isinstance(output, Tensor):
             raise TypeError(
                 f"Layer {name!r} produced {type(output).__name__}, not a tensor; name a module whose output "
                 "is a tensor in `layers=[...]`."
@@ -621,11 +624,12 @@ class ActivityTracker:
                 "nodes) dimensions; it is not measured.",
             )
             return
-        if name not in self._stats:
+        stat = self._stats.get(name)
+        if stat is None:
             if self._producer_unknown(name, producer_known or batch_dim != 0):
                 return
             self._layout[name] = (batch_dim, self._decide_node_dim(name, output, producer, batch_dim))
-            self._stats[name] = NodeStatistic(self.statistic, self.threshold)
+            stat = self._stats[name] = NodeStatistic(self.statistic, self.threshold)
             self._first_seen[name] = len(self._first_seen)
             self._rows_left[name] = self._sample_limit
         if not self.enabled:
@@ -646,7 +650,7 @@ class ActivityTracker:
                 return
         try:
             # A name is an experts layer or not for the whole window (routing decides it at first sight).
-            cast(NodeStatistic, self._stats[name]).add(output, batch_dim, node_dim, self._scratch)
+            cast(NodeStatistic, stat).add(output, batch_dim, node_dim, self._scratch)
         except ValueError as error:
             raise ValueError(
                 f"Layer {name!r} changed its number of nodes between batches ({error}); set `node_dim` to "

@@ -1,5 +1,5 @@
 """What a measurement keeps between batches (issue 19, item 5): a running sum (and a probe) per node,
-on the model's device, and nothing activation-sized once the window closes.
+on the model's device, and nothing activation-sized past its window (a small scratch is kept for the next).
 
 The node counts expected are the architecture's widths. The `meta` device stands for an accelerator
 here: a tracker that moved its totals to the host (or made them there) would hold CPU tensors.
@@ -12,7 +12,7 @@ import torch
 from tiny_models import Classifier, loaders, mlp, quiet_trainer
 
 from emergence_lightning import EmergenceCallback
-from emergence_lightning.measure import ActivityTracker
+from emergence_lightning.measure import ActivityTracker, statistics
 from emergence_lightning.measure.statistics import STATISTICS
 
 HIDDEN = (16, 12, 10)  # the tracked ReLUs' widths: one total per node of each
@@ -35,7 +35,18 @@ def test_the_running_state_is_one_value_per_node_on_the_models_device(statistic)
     assert [tuple(total.shape) for total, _ in state] == [(width,) for width in HIDDEN]
     assert [tuple(probe.shape) for _, probe in state] == [(width,) for width in HIDDEN]
     assert {tensor.device.type for pair in state for tensor in pair} == {"meta"}
-    assert tracker._scratch.buffers == {}  # the batch-sized scratch is freed when the hooks go
+    # The batch-sized scratch outlives its window only while small (steps then need no rebuilding).
+    assert 0 < tracker._scratch.bytes() <= statistics.SCRATCH_KEPT_BYTES
+
+
+def test_a_large_scratch_is_freed_when_the_window_closes(monkeypatch):
+    monkeypatch.setattr(statistics, "SCRATCH_KEPT_BYTES", 0)
+    net = mlp(hidden=HIDDEN)
+    tracker = ActivityTracker(net)
+    with tracker, torch.no_grad():
+        net(torch.randn(4, 8))
+        assert tracker._scratch.bytes() > 0
+    assert tracker._scratch.buffers == {}
 
 
 def test_a_fit_keeps_per_node_state_on_the_modules_device_and_frees_the_rest(tmp_path):
@@ -47,5 +58,5 @@ def test_a_fit_keeps_per_node_state_on_the_modules_device_and_frees_the_rest(tmp
     state = running_state(callback.tracker)
     assert [tuple(total.shape) for total, _ in state] == [(width,) for width in HIDDEN]
     assert all(t.device == model.device for pair in state for t in pair)
-    assert callback.tracker._scratch.buffers == {}
+    assert callback.tracker._scratch.bytes() <= statistics.SCRATCH_KEPT_BYTES
     assert [record.n for record in callback.history] == [HIDDEN] * 3  # epoch 0 and two epochs
