@@ -8,6 +8,7 @@ runs per layer, so the results are the same bit for bit; only the per-layer view
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,19 +51,23 @@ def unit_activities(
             f"`totals` ({totals.numel()} nodes), `probes` ({probes.numel()}) and `rows` ({rows.numel()} "
             f"units) do not match `sizes` ({len(sizes)} units, {sum(sizes)} nodes)."
         )
-    counts = torch.tensor(sizes, dtype=torch.long)
-    unit_of_node = torch.repeat_interleave(torch.arange(len(sizes)), counts)
+    unit_of_node = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes, dtype=torch.long))
     node_rows = rows[unit_of_node]
     has_rows = node_rows > 0
     finite = torch.isfinite(probes)
+    per_unit = torch.zeros(2, len(sizes), dtype=torch.long)  # non-finite nodes, active nodes
+    per_unit[0].index_add_(0, unit_of_node, (~finite & has_rows).long())
     activity = totals if statistic == "max" else totals / node_rows
     activity = torch.where(finite & has_rows, activity, torch.full_like(activity, math.nan))
     if statistic == "normalized_mean_abs":
-        activity = _redo_scores(activity, finite, rows, sizes, node_rows.new_empty(len(sizes)), unit_of_node)
+        means = _unit_means(activity, finite, rows.tolist(), sizes, per_unit[0].tolist())
+        node_means = means[unit_of_node]
+        # ReDo: s_i = mean|a_i| / (1/H sum_k mean|a_k|) over the unit's finite nodes. A unit whose
+        # outputs are all 0 has every node dormant (score 0), not 0/0.
+        activity = torch.where(
+            node_means > 0, activity / node_means, torch.where(finite, 0.0 * activity, activity)
+        )
     active = (activity > cut) & has_rows
-    nonfinite = ~finite & has_rows
-    per_unit = torch.zeros(2, len(sizes), dtype=torch.long)
-    per_unit[0].index_add_(0, unit_of_node, nonfinite.long())
     per_unit[1].index_add_(0, unit_of_node, active.long())
     nonfinite_counts, active_counts = per_unit.tolist()
     return UnitActivities(
@@ -70,20 +75,31 @@ def unit_activities(
     )
 
 
-def _redo_scores(
-    activity: Tensor, finite: Tensor, rows: Tensor, sizes: Sequence[int], means: Tensor, unit_of_node: Tensor
-) -> Tensor:
-    """ReDo: ``s_i = mean|a_i| / (1/H sum_k mean|a_k|)`` over each unit's finite nodes; a unit whose
-    finite nodes are all 0 has every such node dormant (score 0), not 0/0.
+# A mean of fewer values than torch's parallel grain (32,768) is one serial pass, the same for a row of
+# a 2-D tensor as for the row alone (a longer one may be split across threads differently).
+ROW_MEAN_LIMIT = 16_384
 
-    Each unit's mean is one ``mean()`` of its finite nodes, as the per-layer computation takes it (a
-    segmented sum would add in another order and round differently).
+
+def _unit_means(
+    activity: Tensor, finite: Tensor, rows: list[float], sizes: Sequence[int], nonfinite: list[int]
+) -> Tensor:
+    """Each unit's mean activity over its finite nodes (0 for a unit with none or with no row).
+
+    Each mean is what ``activity[finite].mean()`` of the unit alone gives, bit for bit (a segmented sum
+    would add in another order and round differently): the units with every node finite are stacked
+    by size and averaged row by row; the others, and very wide units, one at a time.
     """
-    parts = zip(activity.split(list(sizes)), finite.split(list(sizes)), rows.tolist())
-    for unit, (values, ok, unit_rows) in enumerate(parts):
-        if unit_rows > 0 and bool(ok.any()):
-            means[unit] = (values if bool(ok.all()) else values[ok]).mean()
-        else:
-            means[unit] = 0.0
-    node_means = means[unit_of_node]
-    return torch.where(node_means > 0, activity / node_means, torch.where(finite, 0.0 * activity, activity))
+    means = torch.zeros(len(sizes), dtype=activity.dtype)
+    starts = [0, *itertools.accumulate(sizes)][:-1]
+    by_size: dict[int, list[int]] = {}
+    one_by_one: list[int] = []
+    for unit, (size, row, bad) in enumerate(zip(sizes, rows, nonfinite)):
+        if row > 0 and bad < size:
+            (by_size.setdefault(size, []) if bad == 0 and size <= ROW_MEAN_LIMIT else one_by_one).append(unit)
+    for size, units in by_size.items():
+        first = torch.tensor([starts[unit] for unit in units])
+        means[units] = activity[first[:, None] + torch.arange(size)].mean(1)
+    for unit in one_by_one:
+        part = slice(starts[unit], starts[unit] + sizes[unit])
+        means[unit] = activity[part][finite[part]].mean()
+    return means

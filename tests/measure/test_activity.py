@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from emergence_lightning.measure import ActivityTracker, measure_activity
-from emergence_lightning.measure.activity import unit_activities
+from emergence_lightning.measure.activity import ROW_MEAN_LIMIT, unit_activities
 from emergence_lightning.measure.measurement import LayerActivity, Measurement
 from emergence_lightning.measure.statistics import STATISTICS, TOTAL_IS_PROBE, node_activity
 
@@ -119,6 +119,21 @@ def test_unit_activities_equal_the_per_layer_rule_bit_for_bit_over_1000_units(st
         assert torch.equal(units.activity[unit].nan_to_num(), before.nan_to_num())  # bit for bit, NaN aside
         assert torch.equal(units.active[unit], before > cut_of(statistic))
     assert offset == totals.numel()
+
+
+def test_redo_scores_of_many_equal_and_very_wide_units_equal_each_unit_alone_bit_for_bit():
+    # Finite units of one size are averaged as rows of one tensor, units wider than ROW_MEAN_LIMIT
+    # and units with a non-finite node one at a time: every mean must be the unit's own mean().
+    generator = torch.Generator().manual_seed(4)
+    sizes = [8] * 500 + [257] * 40 + [ROW_MEAN_LIMIT + 1000] * 2 + [1] * 10 + [64] * 5
+    totals = torch.rand(sum(sizes), dtype=torch.float64, generator=generator) * 37.0
+    totals[-64 * 5 + 3] = math.inf  # one unit of 64 with a non-finite node
+    rows = torch.full((len(sizes),), 37.0, dtype=torch.float64)
+    units = unit_activities("normalized_mean_abs", THETA, totals, totals, rows, sizes)
+    for unit, (total, activity) in enumerate(zip(totals.split(sizes), units.activity)):
+        before = node_activity("normalized_mean_abs", total, 37.0, torch.isfinite(total))
+        assert torch.equal(activity.nan_to_num(), before.nan_to_num()), unit
+    assert units.nonfinite == [0] * (len(sizes) - 5) + [1, 0, 0, 0, 0]
 
 
 def test_unit_activities_refuse_sizes_that_do_not_match_the_totals():
