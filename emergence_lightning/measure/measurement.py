@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import InitVar, dataclass, field
 
 from torch import Tensor
 
@@ -35,18 +36,30 @@ class LayerActivity:
 
 @dataclass
 class Measurement:
-    """Every tracked layer in forward order, and how many samples (rows) each layer saw."""
+    """Every tracked layer in forward order, and how many samples (rows) each layer saw.
+
+    ``active_counts`` are the layers' active nodes when the caller counted them already (the tracker
+    counts all layers in one pass); otherwise each layer's ``active`` mask is counted here.
+    """
 
     layers: list[LayerActivity]
     samples: int
+    active_counts: InitVar[Sequence[int] | None] = None
     names: list[str] = field(init=False)
     n: list[int] = field(init=False)
     a: list[int] = field(init=False)
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, active_counts: Sequence[int] | None) -> None:
         self.names = [layer.name for layer in self.layers]
         self.n = [layer.n for layer in self.layers]
-        self.a = [layer.a for layer in self.layers]
+        if active_counts is None:
+            self.a = [layer.a for layer in self.layers]
+        elif len(active_counts) != len(self.layers):
+            raise ValueError(
+                f"`active_counts` has {len(active_counts)} entries for {len(self.layers)} layers: {list(active_counts)[:8]}."
+            )
+        else:
+            self.a = [int(count) for count in active_counts]
 
     @property
     def active_fraction(self) -> float:

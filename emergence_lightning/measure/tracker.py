@@ -37,6 +37,7 @@ from emergence_lightning import _compat
 from emergence_lightning.measure import experts as moe
 from emergence_lightning.measure import layers as rules
 from emergence_lightning.measure import producers
+from emergence_lightning.measure.activity import unit_activities
 from emergence_lightning.measure.arguments import (
     NodeDim,
     check_flags,
@@ -63,7 +64,6 @@ from emergence_lightning.measure.statistics import (
     DEFAULT_STATISTIC,
     NodeStatistic,
     Scratch,
-    node_activity,
 )
 
 # A reduction across processes: (tensor, "sum" | "max") -> reduced tensor. Identity on one process.
@@ -714,32 +714,38 @@ class ActivityTracker:
                 f"modules or call sites used in the forward pass. Layers seen: {names[:12]}."
             )
 
-        layers, kept_experts, idle = [], [], []
-        offset = 0
-        for name, size, row_count, expert in zip(unit_names, sizes_list, rows.tolist(), expert_index):
-            total = totals[offset : offset + size]
-            bad = ~torch.isfinite(probes[offset : offset + size])
-            offset += size
+        # Every unit's activity, active nodes and counts in one pass (measure/activity.py); a unit that
+        # saw no row is kept only as an idle expert of a layer that ran.
+        cut = self.min_firing_rate if self.statistic == "fraction" else self.threshold
+        units = unit_activities(self.statistic, cut, totals, probes, rows, sizes_list)
+        layers, kept_experts, idle, unit_counts = [], [], [], []
+        for unit, (name, size, row_count, expert) in enumerate(
+            zip(unit_names, sizes_list, rows.tolist(), expert_index)
+        ):
             if row_count == 0 and (expert is None or name in missing):
                 continue
             kept_experts.append(expert)
             idle.append(row_count == 0)
+            unit_counts.append(units.active_counts[unit])
             if row_count == 0:  # an expert that got no token: no activity, not "dead" by a measured value
                 layers.append(LayerActivity(name, *moe.idle_activity(size), 0))
                 continue
-            activity = node_activity(self.statistic, total, row_count, ~bad)
-            active = activity > (self.min_firing_rate if self.statistic == "fraction" else self.threshold)
-            bad_count = int(bad.sum())
+            bad_count = units.nonfinite[unit]
             if bad_count:
                 self._warn_once(
                     "nonfinite:" + name,
                     f"Layer {name!r}: {bad_count} of {size} nodes produced NaN or inf; they are counted as inactive.",
                 )
-            layers.append(LayerActivity(name, activity, active, bad_count))
+            layers.append(LayerActivity(name, units.activity[unit], units.active[unit], bad_count))
         layers = moe.merge(layers, kept_experts, idle)
         if missing:
             self._warn_once(
                 "missing:" + ",".join(missing),
                 f"Layers {missing} ran in earlier measurements but not in this one; this measurement leaves them out.",
             )
-        return Measurement(layers, samples=int(rows.max()))
+        # An experts layer's count is the sum of its experts' (merge joined them in order).
+        counts, start = [], 0
+        for layer in layers:
+            counts.append(sum(unit_counts[start : start + (layer.experts or 1)]))
+            start += layer.experts or 1
+        return Measurement(layers, samples=int(rows.max()), active_counts=counts)
