@@ -80,6 +80,14 @@ def _activation_functions() -> dict[object, str]:
 #: Function or method object -> the activation's short name (used in call-site names).
 ACTIVATION_FUNCTIONS: dict[object, str] = _activation_functions()
 
+#: Activations whose output is never negative (NaN aside): on such an output |a| is a, so the
+#: ``mean_abs`` statistic sums it as it is (the same operations as ``mean``: bit for bit equal, and
+#: no |a| written). Functions by short name; modules by exact type (a subclass may override forward).
+NON_NEGATIVE_ACTIVATIONS = frozenset({"relu", "relu6", "sigmoid", "softplus", "hardsigmoid"})
+NON_NEGATIVE_MODULES: frozenset[type[nn.Module]] = frozenset(
+    {nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Softplus, nn.Hardsigmoid}
+)
+
 
 def activation_name(function: object) -> str | None:
     """The short name of an activation function (``"relu"``), or None for any other function."""

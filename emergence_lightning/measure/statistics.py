@@ -349,6 +349,31 @@ def _per_sample_step(
     return lambda values: torch.sum(apply(values), other, dtype=dtype, out=samples)
 
 
+def _summed_into(
+    target: Tensor,
+    sums: Callable[[Tensor], Tensor],
+    output: Tensor,
+    batch_dim: int,
+    node_dim: int,
+    scratch: Scratch,
+    slot: str,
+) -> Step:
+    """A step adding the float64 sum over samples of ``sums(values)`` to ``target``."""
+    axis, dtype = 0 if batch_dim < node_dim else 1, target.dtype
+    if output.shape[batch_dim] == 1 and _position_dims(output, batch_dim, node_dim):
+        # One sample: its float32 sums are widened as they are added, which is what a float64 sum
+        # over that one row gives, with one operation less. They are always in the same buffer.
+        row = sums(output).view(-1)
+
+        def one_sample(values: Tensor) -> None:
+            sums(values)
+            target.add_(row)
+
+        return one_sample
+    part = scratch.take(slot, (target.numel(),), dtype, target.device)
+    return lambda values: target.add_(torch.sum(sums(values), axis, dtype=dtype, out=part))
+
+
 class NodeStatistic:
     """One layer's running statistic: a sum (mean), a sum of ``|a|`` (mean_abs, normalized_mean_abs),
     a count above threshold (fraction) or a max.
@@ -387,8 +412,14 @@ class NodeStatistic:
     def nodes(self) -> int | None:
         return None if self.total is None else self.total.numel()
 
-    def add(self, output: Tensor, batch_dim: int, node_dim: int, scratch: Scratch) -> None:
+    def add(
+        self, output: Tensor, batch_dim: int, node_dim: int, scratch: Scratch, non_negative: bool = False
+    ) -> None:
         """Adds one output; raises ValueError when its node count differs from earlier outputs'.
+
+        ``non_negative``: the output comes from an activation that never gives a negative value
+        (``layers.NON_NEGATIVE_ACTIVATIONS``), so ``|a|`` need not be taken: the same sums, with
+        one operation and one activation-sized write less.
 
         Every intermediate result goes into ``scratch``; only the running totals are allocated,
         once per window. The operations for an output's layout are chosen on its first output
@@ -399,17 +430,25 @@ class NodeStatistic:
         see this bookkeeping.
         """
         with _compat.DisableTorchFunction():
-            key = (output.shape, output.stride(), output.dtype, output.device, batch_dim, node_dim)
+            key = (
+                output.shape,
+                output.stride(),
+                output.dtype,
+                output.device,
+                batch_dim,
+                node_dim,
+                non_negative,
+            )
             found = self._steps.get(key)
             if found is None or found[2] != scratch.generation:
-                found = self._step(key, output, batch_dim, node_dim, scratch)
+                found = self._step(key, output, batch_dim, node_dim, scratch, non_negative)
             step, rows, _ = found
             step(output)
             self.rows += rows
             self._fresh = False
 
     def _step(
-        self, key: tuple, output: Tensor, batch_dim: int, node_dim: int, scratch: Scratch
+        self, key: tuple, output: Tensor, batch_dim: int, node_dim: int, scratch: Scratch, non_negative: bool
     ) -> tuple[Step, int, int]:
         nodes, device = output.shape[node_dim], output.device
         if self.total is not None and self.total.numel() != nodes:
@@ -424,23 +463,23 @@ class NodeStatistic:
                 self.total.fill_(-math.inf)
             summed = self.statistic in TOTAL_IS_PROBE
             self.probe = self.total if summed else torch.zeros(nodes, dtype=dtype, device=device)
-        total, probe, axis = self.total, self.probe, 0 if batch_dim < node_dim else 1
+        total, probe = self.total, self.probe
         rows = output.numel() // max(1, nodes)
         if self.statistic == "max" and output.shape[batch_dim] == 0:
             step: Step = lambda values: None  # noqa: E731  # no sample, no maximum
             rows = 0
         elif self.statistic in TOTAL_IS_PROBE:  # one reduction: the sum of a or |a|, also the probe
-            sums = _per_sample_step(output, batch_dim, node_dim, scratch, _transform(self.statistic, 0.0))
-            part = scratch.take("part", (nodes,), dtype, device)
-            step = lambda values: total.add_(torch.sum(sums(values), axis, dtype=dtype, out=part))  # noqa: E731
+            transform = None if non_negative else _transform(self.statistic, 0.0)
+            sums = _per_sample_step(output, batch_dim, node_dim, scratch, transform)
+            step = _summed_into(total, sums, output, batch_dim, node_dim, scratch, "part")
         else:
             plain = _per_sample_step(output, batch_dim, node_dim, scratch, None)
-            probe_part = scratch.take("part", (nodes,), dtype, device)
+            into_probe = _summed_into(probe, plain, output, batch_dim, node_dim, scratch, "part")
             statistic = self._maximum if self.statistic == "max" else self._fraction
             other = statistic(output, batch_dim, node_dim, scratch, total)
 
             def step(values: Tensor) -> None:
-                probe.add_(torch.sum(plain(values), axis, dtype=dtype, out=probe_part))
+                into_probe(values)
                 other(values)
 
         generation = scratch.generation  # after the buffers above were taken (a larger one renews it)
@@ -453,9 +492,7 @@ class NodeStatistic:
         self, output: Tensor, batch_dim: int, node_dim: int, scratch: Scratch, total: Tensor
     ) -> Step:
         counts = _per_sample_step(output, batch_dim, node_dim, scratch, _fired(self.threshold))
-        dtype, axis = total.dtype, 0 if batch_dim < node_dim else 1
-        part = scratch.take("counts", (total.numel(),), dtype, total.device)
-        return lambda values: total.add_(torch.sum(counts(values), axis, dtype=dtype, out=part))
+        return _summed_into(total, counts, output, batch_dim, node_dim, scratch, "counts")
 
     @staticmethod
     def _maximum(output: Tensor, batch_dim: int, node_dim: int, scratch: Scratch, total: Tensor) -> Step:
@@ -465,6 +502,13 @@ class NodeStatistic:
         shape = _per_sample_shape(output, batch_dim, node_dim)
         maxima = scratch.take("maxima", shape, output.dtype, output.device) if other else None
         peak = scratch.take("peak", (total.numel(),), output.dtype, output.device)
+
+        if other and output.shape[batch_dim] == 1:  # one sample: its maxima are the peak
+
+            def one_sample(values: Tensor) -> None:
+                torch.maximum(total, torch.amax(values, other, out=maxima).view(-1), out=total)
+
+            return one_sample
 
         def step(values: Tensor) -> None:
             per_sample = torch.amax(values, other, out=maxima) if other else values

@@ -33,10 +33,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from emergence_lightning import _compat
 from emergence_lightning.measure import experts as moe
 from emergence_lightning.measure import layers as rules
-from emergence_lightning.measure import producers
 from emergence_lightning.measure.activity import unit_activities
 from emergence_lightning.measure.arguments import (
     NodeDim,
@@ -51,14 +49,12 @@ from emergence_lightning.measure.interception import (
     Frame,
     Learned,
     ModuleFacts,
-    WindowHook,
-    hook_plan,
-    inside,
     leave_mode,
     metric_modules,
 )
 from emergence_lightning.measure.layers import INPUT_LAYER, OUTPUT_LAYER
 from emergence_lightning.measure.measurement import LayerActivity, Measurement
+from emergence_lightning.measure.module_calls import ModuleCalls
 from emergence_lightning.measure.reduction import reduce_statistics
 from emergence_lightning.measure.statistics import (
     DEFAULT_STATISTIC,
@@ -70,7 +66,7 @@ from emergence_lightning.measure.statistics import (
 Reduce = Callable[[Tensor, str], Tensor]
 
 
-class ActivityTracker:
+class ActivityTracker(ModuleCalls):
     """Collects per-node activity of every activation call site of a model.
 
     Args:
@@ -229,49 +225,6 @@ class ActivityTracker:
         self._install_hooks()
         return self
 
-    def _install_hooks(self) -> None:
-        """Hooks the modules the measurement needs, for the current train/eval modes and facts learned.
-
-        Planned again between forward passes when a module changed mode or new facts were learned.
-        """
-        flags = tuple(module.training for _, module in self._named)
-        # Still learning (a module's first call ran since the last plan, or modules changed mode):
-        # producers stay hooked.
-        learning = len(self._learned) != self._learned_before or flags != self._flags_before
-        self._learned_before, self._flags_before = len(self._learned), flags
-        producers = self._producers_needed or learning
-        plan = (flags, len(self._learned), producers)
-        if plan == self._plan:
-            return
-        self._remove_hooks()
-        self._plan = plan
-        always = {id(self.model)} | set(self._expert_groups) | self._composite
-        always |= {id(m) for m in (self._input_module, self._output_module) if m is not None}
-        always |= {id(module) for name, module in self._named if name in self._wanted}
-        skipped = {key for key, info in self._modules.items() if info.skip}
-        subtrees = inside(self._named, set(self._expert_groups) | self._composite | skipped)
-        full, leaves = hook_plan(
-            self._named, self._modules, self._learned, self._callers, always, subtrees, producers
-        )
-        starts, ends, leaf_ends = (
-            WindowHook(f) for f in (self._module_starts, self._module_ends, self._leaf_ends)
-        )
-        for module in full:
-            self._handles.append(module.register_forward_pre_hook(starts))
-            self._handles.append(module.register_forward_hook(ends, always_call=True))
-        for module in leaves:
-            self._handles.append(module.register_forward_hook(leaf_ends))
-        hooked = {id(module) for module in (*full, *leaves)}
-        self._producers_hooked = all(  # (a wrapper never gets a frame: its module does)
-            id(module) in hooked
-            for _, module in self._named
-            if self._modules[id(module)].producer and not self._modules[id(module)].wrapper
-        )
-
-    def _remove_hooks(self) -> None:
-        while self._handles:
-            self._handles.pop().remove()
-
     def detach(self) -> None:
         """Closes the window: removes every hook and the interception (idempotent)."""
         self._remove_hooks()
@@ -319,264 +272,6 @@ class ActivityTracker:
         self._sample_limit = limit
         self._rows_left = {name: limit for name in self._stats}
 
-    # ---- what the hooks see --------------------------------------------------------------
-    def _module_starts(self, module: nn.Module, args: tuple) -> None:
-        # Bookkeeping only: with __torch_function__ off, the window's mode does not see each `.shape`
-        # read here (ResNet-18: 325 -> 89 intercepted calls a forward pass).
-        with _compat.DisableTorchFunction():
-            self._enter(module, args)
-
-    def _enter(self, module: nn.Module, args: tuple) -> None:
-        info = self._modules.get(id(module))
-        if info is None:  # another model, or a copy of this one
-            return
-        if not self._stack:
-            self._module_calls += 1
-            if module is self.model:
-                self._compare_call_counts()
-                self._calls.clear()
-        if info.wrapper:
-            return
-        skip = info.skip or bool(self._stack and self._stack[-1].skip)
-        frame = Frame(module, info, self._last_producer, skip, args)
-        expert = self._expert_groups.get(id(module))
-        if expert is not None:
-            frame.routing = moe.Routing(*expert)
-        elif self._stack:
-            frame.routing = self._stack[-1].routing
-        if id(module) in self._composite:
-            frame.deferred = []
-        self._stack.append(frame)
-        # Most torch calls are no activations, and each one the mode sees costs a Python call. A
-        # module's first call in this window runs intercepted and shows whether its own code needs
-        # the mode: it calls an activation function, or applies another module's weight (a producer
-        # for what follows); later calls intercept only such code (an activation module is then
-        # known to be one without looking). Inside an MoE block every call is seen: the weight
-        # accesses tell which expert each row belongs to.
-        if not skip:
-            learned = self._learned.get((id(module), module.training))
-            frame.learning = learned is None
-            if frame.learning:  # who calls it: a caller whose code needs the mode keeps it hooked
-                caller = self._stack[-2].module if len(self._stack) > 1 else None
-                self._callers.setdefault(id(module), set()).add(None if caller is None else id(caller))
-            activation, foreign_weight = learned or (False, False)
-            frame.saw_activation = activation and info.leaf
-            frame.intercepting = (
-                frame.learning
-                or frame.routing is not None
-                or (not info.leaf and (activation or foreign_weight))
-            )
-        self._intercept(frame.intercepting)
-        if module is self._input_module and not skip and args and isinstance(args[0], Tensor):
-            self._record(self._input_name, args[0], producer=None, once=True, producer_known=True)
-
-    def _intercept(self, on: bool) -> None:
-        """Puts the window's mode on the torch function mode stack, or takes it off."""
-        if on == self._intercepting or self._mode is None:
-            return
-        if on:
-            _compat.push_torch_function_mode(self._mode)
-            self._intercepting = True
-        elif _compat.current_torch_function_mode() is self._mode:  # another mode above: leave it
-            _compat.pop_torch_function_mode()
-            self._intercepting = False
-
-    def _module_ends(self, module: nn.Module, args: tuple, output: object) -> None:
-        with _compat.DisableTorchFunction():
-            self._leave(module, output)
-
-    def _leave(self, module: nn.Module, output: object) -> None:
-        info = self._modules.get(id(module))
-        if info is None or info.wrapper:
-            return
-        while self._stack and self._stack[-1].module is not module:
-            self._stack.pop()  # frames left by an exception
-        if not self._stack:
-            return
-        frame = self._stack.pop()
-        self._intercept(self._stack[-1].intercepting if self._stack else False)
-        if frame.skip:
-            return
-        if frame.learning:
-            self._learned[id(module), module.training] = (frame.body_activation, frame.body_foreign_weight)
-        if frame.deferred and self._close_composite(frame, output):
-            pass  # recorded at the module's output; its inner activation was held back
-        elif info.recurrent:
-            self._record_recurrent(frame.name, module, output)
-        elif frame.saw_activation or frame.name in self._wanted:
-            same_shape = isinstance(output, Tensor) and tuple(output.shape) == frame.input_shape
-            producer = frame.producer if same_shape or not info.producer else module
-            parent = self._stack[-1] if self._stack else None
-            if frame.saw_activation and frame.leaf and parent is not None and parent.deferred is not None:
-                parent.deferred.append((frame, producer, output))  # maybe the inner ReLU of a StarReLU
-            elif frame.saw_activation:
-                self._record_site(frame, frame.name, output, producer, producer_known=producer is module)
-            else:
-                self._record(frame.name, output, producer=producer, producer_known=producer is module)
-        if info.producer and not frame.saw_activation:
-            self._last_producer = module
-            if isinstance(output, Tensor):
-                self._producer_shapes[id(module)] = output.shape
-        if module is self._output_module:
-            self._record(self._output_name, output, producer=module, once=True, producer_known=True)
-
-    def _leaf_ends(self, module: nn.Module, args: tuple, output: object) -> None:
-        """A learned leaf's one hook: an activation's output is a layer; a producer's sets the node
-        layout of what follows. As :meth:`_leave` does, with no frame (nothing inside a leaf needs one).
-        """
-        with _compat.DisableTorchFunction():
-            info = self._modules.get(id(module))
-            if info is None:  # not this tracker's model (its hooks were copied with it)
-                return
-            if not self._stack:
-                self._module_calls += 1
-            known = self._learned.get((id(module), module.training))
-            if known is None:  # its mode changed after the plan (between passes it is planned again)
-                self._plan = None
-                known = self._learned.get((id(module), not module.training), (False, False))
-            if known[0]:  # an activation module
-                first = args[0] if args else None
-                same_shape = (
-                    isinstance(output, Tensor) and isinstance(first, Tensor) and output.shape == first.shape
-                )
-                producer = self._last_producer if same_shape or not info.producer else module
-                self._record(info.name, output, producer=producer, producer_known=producer is module)
-            elif info.producer:
-                self._last_producer = module
-                if isinstance(output, Tensor):
-                    self._producer_shapes[id(module)] = output.shape
-
-    def _close_composite(self, frame: Frame, output: object) -> bool:
-        """Records a composite activation module (StarReLU) at its output and returns True, or
-        records the activations held back inside it as usual and returns False.
-        """
-        held, frame.deferred = frame.deferred or [], None
-        if len(held) == 1 and rules.is_composite_output(output, held[0][2]):
-            frame.saw_activation = True  # an activation now, not a producer
-            self._record_site(frame, frame.name, output, held[0][1])
-            return True
-        for inner, producer, inner_output in held:
-            self._record_site(inner, inner.name, inner_output, producer)
-        return False
-
-    def _activation_called(self, function: str, args: tuple, output: object) -> None:
-        if not self._stack:  # outside the model's modules
-            return
-        frame = self._stack[-1]
-        if frame.skip:
-            return
-        frame.body_activation = True
-        if frame.leaf:  # an activation module: its output is the layer (recorded when it ends)
-            frame.saw_activation = True
-            return
-        if args and isinstance(args[0], nn.Parameter):
-            return  # a gate computed from weights (sigmoid(self.alpha)) has no samples
-        site = rules.functional_site(frame.name, function, self._module_names)
-        self._record_site(frame, site, output, self._last_producer)
-
-    def _other_call(self, func: object, args: tuple, kwargs: dict | None, output: object) -> None:
-        """Any other function in the window: an MoE block's weight access, or a weight applied
-        functionally (``F.conv1d(x, self.conv.weight)``), which becomes the producer of what follows.
-        """
-        if not self._stack:
-            return
-        frame = self._stack[-1]
-        if frame.routing is not None:
-            frame.routing.observe(func, args, kwargs)
-        if frame.skip or frame.leaf:  # a leaf applies its own weight: its hooks decide
-            return
-        kind = producers.producing_kind(func)
-        if kind is None:
-            return
-        with _compat.DisableTorchFunction():
-            if self._owners is None:
-                self._owners = {
-                    id(p): (name, module) for name, module in self._named for p in module.parameters(False)
-                }
-            made = producers.functional_producer(kind, args, kwargs or {}, output, self._owners)
-        if made is not None and made.module is not frame.module:  # a module's own forward: its hooks decide
-            self._last_producer = made  # type: ignore[assignment]
-            frame.body_foreign_weight = True  # later calls of this module keep the mode on for it
-
-    def _record_site(
-        self,
-        frame: Frame,
-        site: str,
-        output: object,
-        producer: nn.Module | None,
-        producer_known: bool = False,
-    ) -> None:
-        """Records an activation call site's output, as an MoE experts layer when inside one."""
-        if frame.routing is None:
-            self._record(site, output, producer=producer, producer_known=producer_known)
-            return
-        routing = frame.routing
-        layer = routing.layer(site)
-        routing.calls[(layer, routing.call_key())] += 1
-        name = rules.call_site_name(layer, routing.calls[(layer, routing.call_key())], self._module_names)
-        self._site_of[name] = layer
-        if self._wanted and name not in self._wanted and layer not in self._wanted:
-            return
-        if not isinstance(output, Tensor) or output.dim() < 2:
-            return self._record(name, output, producer=producer)  # the usual errors and warnings
-        experts = routing.experts_of(output.shape[0])
-        if experts is None:
-            self._warn_once(
-                "routing:" + name,
-                f"Layer {name!r} (shape {tuple(output.shape)}) runs inside the experts of "
-                f"{routing.group.name!r}, but which expert each row belongs to could not be told from the "
-                "weights it used; it is not measured.",
-            )
-            return
-        if name not in self._stats:
-            if self._producer_unknown(name, producer_known):
-                return
-            self._layout[name] = (0, self._decide_node_dim(name, output, producer, 0))
-            self._stats[name] = moe.ExpertStatistic(routing.group.num_experts, self.statistic, self.threshold)
-            self._first_seen[name] = len(self._first_seen)
-        if not self.enabled:
-            return
-        if self._sample_limit is not None:
-            self._warn_once(
-                "limit:" + name,
-                f"Layer {name!r} sees routed tokens, not samples: the limit on counted samples (a distributed "
-                "sampler's padding) is not applied to it.",
-            )
-        batch_dim, node_dim = self._layout[name]
-        with torch.no_grad():
-            stat = self._stats[name]
-            if not isinstance(stat, moe.ExpertStatistic):
-                raise RuntimeError(
-                    f"Layer {name!r} was first measured outside the experts of {routing.group.name!r}."
-                )
-            stat.add(output.detach(), batch_dim, node_dim, self._scratch, experts)
-
-    def _compare_call_counts(self) -> None:
-        """Warns about a call site whose number of calls changed between forward passes: its
-        ``-call<k>`` names would not mean the same call in every pass.
-        """
-        if not self._calls:
-            return
-        current = dict(self._calls)
-        if self._previous_calls is not None:
-            for site in rules.changed_call_counts(self._previous_calls, current):
-                second = rules.call_site_name(site, 2, self._module_names)
-                self._warn_once(
-                    "calls:" + site,
-                    f"Call site {site!r} ran {self._previous_calls.get(site, 0)} times in one forward pass and "
-                    f"{current.get(site, 0)} in another, so its layers {site!r}, {second!r}, ... do not name "
-                    "the same call in every pass; name the layers to keep with `layers=[...]`.",
-                )
-        self._previous_calls = current
-
-    def _record_recurrent(self, name: str, module: nn.Module, output: object) -> None:
-        sequence = output[0] if isinstance(output, tuple) else output
-        if isinstance(sequence, nn.utils.rnn.PackedSequence):
-            sequence = sequence.data  # (tokens, features): every row a time step of some sample
-        batch_first = getattr(module, "batch_first", False)
-        batch_dim = 0 if batch_first or not isinstance(sequence, Tensor) or sequence.dim() < 3 else 1
-        self._record(name, sequence, producer=module, batch_dim=batch_dim, producer_known=True)
-
     # ---- accumulation --------------------------------------------------------------------
     def _producer_unknown(self, name: str, producer_known: bool) -> bool:
         """Whether layer ``name``, seen for the first time, must wait for the next pass: producers are
@@ -599,6 +294,7 @@ class ActivityTracker:
         batch_dim: int = 0,
         once: bool = False,
         producer_known: bool = False,
+        non_negative: bool = False,
     ) -> None:
         call = self._calls[site] = self._calls[site] + 1
         if once and call > 1:
@@ -650,7 +346,7 @@ class ActivityTracker:
                 return
         try:
             # A name is an experts layer or not for the whole window (routing decides it at first sight).
-            cast(NodeStatistic, stat).add(output, batch_dim, node_dim, self._scratch)
+            cast(NodeStatistic, stat).add(output, batch_dim, node_dim, self._scratch, non_negative)
         except ValueError as error:
             raise ValueError(
                 f"Layer {name!r} changed its number of nodes between batches ({error}); set `node_dim` to "

@@ -342,3 +342,71 @@ def test_heads_split_off_a_linear_output_still_warn():
     message = r"Layer 'elu-fn' has shape \(3, 2, 5, 6\) and was produced by Linear"
     with pytest.warns(RuntimeWarning, match=message):
         measure_activity(LinearAttentionFeatures(), [torch.randn(3, 5, 8)])
+
+
+class ShiftedReLU(nn.ReLU):
+    """A ReLU subclass whose output goes negative: it must not be summed as a never-negative one."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) - 0.5
+
+
+class FunctionalSigmoid(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.fc(x))  # a functional call site, never negative
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        lambda: nn.Sequential(nn.Linear(4, 6), nn.ReLU()),
+        lambda: nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU6(), nn.Conv2d(3, 3, 1), nn.Sigmoid()),
+        lambda: nn.Sequential(nn.Linear(4, 6), nn.Softplus(), nn.Linear(6, 5), nn.Hardsigmoid()),
+        FunctionalSigmoid,
+    ],
+    ids=["relu", "conv relu6 sigmoid", "softplus hardsigmoid", "functional sigmoid"],
+)
+def test_mean_abs_of_never_negative_activations_is_the_mean_bit_for_bit(model):
+    # These outputs are summed as they are (no |a| written): the activities must be identical to the
+    # paper's mean over several windows and passes (the second window runs the lean hook plan).
+    torch.manual_seed(0)
+    net = model().eval()
+    shape = (
+        (5, 2, 6, 6) if isinstance(net[0] if isinstance(net, nn.Sequential) else net, nn.Conv2d) else (5, 4)
+    )
+    batches = [torch.randn(shape, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    trackers = {statistic: ActivityTracker(net, statistic=statistic) for statistic in ("mean", "mean_abs")}
+    results = {}
+    for statistic, tracker in trackers.items():
+        for _ in range(2):
+            tracker.reset()
+            with torch.no_grad(), tracker:
+                for batch in batches:
+                    tracker.start_pass()
+                    net(batch)
+            results[statistic] = tracker.compute()
+    paper, absolute = results["mean"], results["mean_abs"]
+    assert paper is not None and absolute is not None and paper.names == absolute.names
+    for a, b in zip(paper.layers, absolute.layers):
+        assert torch.equal(a.activity, b.activity)
+
+
+def test_a_relu_subclass_that_goes_negative_is_measured_by_its_absolute_values():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), ShiftedReLU()).eval()
+    x = torch.randn(7, 4)
+    tracker = ActivityTracker(net)
+    for _ in range(2):  # the learning window, then the lean one
+        tracker.reset()
+        with torch.no_grad(), tracker:
+            for _ in range(2):
+                tracker.start_pass()
+                net(x)
+    measured = tracker.compute()
+    expected = (torch.relu(net[0](x)) - 0.5).abs().mean(0).double()  # by hand, in float64
+    assert measured is not None and measured.names == ["1"]
+    torch.testing.assert_close(measured.layers[0].activity, expected.detach(), rtol=1e-6, atol=1e-7)
