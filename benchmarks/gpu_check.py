@@ -104,14 +104,15 @@ class GuardOn(Callback):
         self.cuda, self.emergence = cuda, emergence
         self.steps = self.open_windows = 0
 
-    def _window_open(self) -> bool:
+    def _window_open(self, model: torch.nn.Module) -> bool:
         tracker = self.emergence.tracker if self.emergence is not None else None
         modes = torch.overrides._get_current_function_mode_stack()
-        return bool((tracker is not None and tracker.attached) or modes)
+        hooked = any(module._forward_hooks or module._forward_pre_hooks for module in model.modules())
+        return bool((tracker is not None and tracker.attached) or modes or hooked)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):  # type: ignore[no-untyped-def]
         self.steps += 1
-        self.open_windows += self._window_open()
+        self.open_windows += self._window_open(pl_module)
         if self.cuda:
             torch.cuda.set_sync_debug_mode("error")
 

@@ -57,6 +57,8 @@ class ModuleCalls:
     _callers: dict[int, set[int | None]]
     _named: list[tuple[str, nn.Module]]
     _plan: tuple[tuple[bool, ...], int, bool] | None
+    _planned: tuple[object, list[nn.Module], list[nn.Module], bool] | None
+    _tree: dict[int, tuple[str, type]]
     _producers_needed: bool
     _producers_hooked: bool
     _learned_before: int
@@ -114,14 +116,11 @@ class ModuleCalls:
             return
         self._remove_hooks()
         self._plan = plan
-        always = {id(self.model)} | set(self._expert_groups) | self._composite
-        always |= {id(m) for m in (self._input_module, self._output_module) if m is not None}
-        always |= {id(module) for name, module in self._named if name in self._wanted}
-        skipped = {key for key, info in self._modules.items() if info.skip}
-        subtrees = inside(self._named, set(self._expert_groups) | self._composite | skipped)
-        full, leaves = hook_plan(
-            self._named, self._modules, self._learned, self._callers, always, subtrees, producers
-        )
+        # The same plan as a window before (the tree, its expert blocks and what was learned unchanged).
+        key = (plan, id(self._tree), tuple(self._expert_groups), frozenset(self._composite))
+        if self._planned is None or self._planned[0] != key:
+            self._planned = (key, *self._planned_hooks(producers))
+        _, full, leaves, self._producers_hooked = self._planned
         starts, ends, leaf_ends = (
             WindowHook(f) for f in (self._module_starts, self._module_ends, self._leaf_ends)
         )
@@ -130,12 +129,24 @@ class ModuleCalls:
             self._handles.append(module.register_forward_hook(ends, always_call=True))
         for module in leaves:
             self._handles.append(module.register_forward_hook(leaf_ends))
+
+    def _planned_hooks(self, producers: bool) -> tuple[list[nn.Module], list[nn.Module], bool]:
+        """The modules to hook fully and post-only, and whether every producer is hooked."""
+        always = {id(self.model)} | set(self._expert_groups) | self._composite
+        always |= {id(m) for m in (self._input_module, self._output_module) if m is not None}
+        always |= {id(module) for name, module in self._named if name in self._wanted}
+        skipped = {key for key, info in self._modules.items() if info.skip}
+        subtrees = inside(self._named, set(self._expert_groups) | self._composite | skipped)
+        full, leaves = hook_plan(
+            self._named, self._modules, self._learned, self._callers, always, subtrees, producers
+        )
         hooked = {id(module) for module in (*full, *leaves)}
-        self._producers_hooked = all(  # (a wrapper never gets a frame: its module does)
+        producers_hooked = all(  # (a wrapper never gets a frame: its module does)
             id(module) in hooked
             for _, module in self._named
             if self._modules[id(module)].producer and not self._modules[id(module)].wrapper
         )
+        return full, leaves, producers_hooked
 
     def _remove_hooks(self) -> None:
         while self._handles:
@@ -398,7 +409,7 @@ class ModuleCalls:
         if not self._calls:
             return
         current = dict(self._calls)
-        if self._previous_calls is not None:
+        if self._previous_calls is not None and current != self._previous_calls:
             for site in rules.changed_call_counts(self._previous_calls, current):
                 second = rules.call_site_name(site, 2, self._module_names)
                 self._warn_once(

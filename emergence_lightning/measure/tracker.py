@@ -144,6 +144,9 @@ class ActivityTracker(ModuleCalls):
         self._named: list[tuple[str, nn.Module]] = []
         # What the hooks were planned for: (train/eval flags, facts learned, producers hooked).
         self._plan: tuple[tuple[bool, ...], int, bool] | None = None
+        self._planned: tuple[object, list[nn.Module], list[nn.Module], bool] | None = (
+            None  # the last plan made
+        )
         # Producers are hooked while modules are still being learned, and for the rest of a window
         # in which a layer was seen for the first time without them (`_producer_unknown`).
         self._producers_needed = True
