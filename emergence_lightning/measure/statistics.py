@@ -301,6 +301,11 @@ def node_activity(statistic: str, total: Tensor, rows: float, finite: Tensor) ->
     return activity
 
 
+# A layer's per-batch float64 sums go into this many rows of a pending buffer and are added to its
+# total together: one tensor operation per batch instead of two (a sum, then an add), for layers of
+# at most PENDING_NODES nodes (the buffer is PENDING_ROWS x nodes float64 per summed total).
+PENDING_ROWS = 8
+PENDING_NODES = 8192
 # How many layouts a statistic keeps steps for: a layer repeats one or two (the last batch), an
 # experts layer sees a new row count every batch.
 MAX_LAYOUTS = 8
@@ -349,6 +354,25 @@ def _per_sample_step(
     return lambda values: torch.sum(apply(values), other, dtype=dtype, out=samples)
 
 
+class PendingSums:
+    """Float64 sums over samples of one batch each, waiting in the rows of a small buffer until
+    :data:`PENDING_ROWS` are there, then added to ``target`` at once (and whenever it is read).
+    The additions then come in another order than one batch at a time (float64 rounding apart, the
+    same value), always the same for the same batches, whatever the statistic.
+    """
+
+    def __init__(self, target: Tensor) -> None:
+        self.target = target
+        self.buffer = torch.zeros(PENDING_ROWS, target.numel(), dtype=target.dtype, device=target.device)
+        self.rows = list(self.buffer.unbind(0))  # views, so a step picks its row with no tensor operation
+        self.filled = 0
+
+    def flush(self) -> None:
+        if self.filled:
+            self.target.add_(self.buffer[: self.filled].sum(0))
+            self.filled = 0
+
+
 def _summed_into(
     target: Tensor,
     sums: Callable[[Tensor], Tensor],
@@ -357,8 +381,11 @@ def _summed_into(
     node_dim: int,
     scratch: Scratch,
     slot: str,
+    pending: PendingSums | None = None,
 ) -> Step:
-    """A step adding the float64 sum over samples of ``sums(values)`` to ``target``."""
+    """A step adding the float64 sum over samples of ``sums(values)`` to ``target`` (through
+    ``pending`` when given).
+    """
     axis, dtype = 0 if batch_dim < node_dim else 1, target.dtype
     if output.shape[batch_dim] == 1 and _position_dims(output, batch_dim, node_dim):
         # One sample: its float32 sums are widened as they are added, which is what a float64 sum
@@ -370,6 +397,19 @@ def _summed_into(
             target.add_(row)
 
         return one_sample
+    if pending is not None:
+        rows, full = pending.rows, PENDING_ROWS - 1
+
+        def into_pending(values: Tensor) -> None:
+            filled = pending.filled
+            torch.sum(sums(values), axis, dtype=dtype, out=rows[filled])
+            if filled == full:
+                pending.filled = PENDING_ROWS
+                pending.flush()
+            else:
+                pending.filled = filled + 1
+
+        return into_pending
     part = scratch.take(slot, (target.numel(),), dtype, target.device)
     return lambda values: target.add_(torch.sum(sums(values), axis, dtype=dtype, out=part))
 
@@ -382,35 +422,55 @@ class NodeStatistic:
     def __init__(self, statistic: str, threshold: float) -> None:
         self.statistic = statistic
         self.threshold = threshold
-        self.total: Tensor | None = None
+        self._total: Tensor | None = None
         # Per-node sum that NaN/inf propagate into: how non-finite nodes are found without another
         # pass. The total itself for the sums (TOTAL_IS_PROBE); the plain sum of a otherwise.
-        self.probe: Tensor | None = None
+        self._probe: Tensor | None = None
+        self._pending: list[PendingSums] = []  # batches' sums not yet in the total or the probe
         self.rows = 0  # samples x positions reduced into each node (a Python int: no sync)
         self._fresh = True  # no output added since the last reset: the node count may change
         # Per output layout: its reduction step and the rows it adds, for the scratch buffers of
         # one window (a step holds views of them and of the totals).
         self._steps: dict[tuple, tuple[Step, int, int]] = {}
 
+    @property
+    def total(self) -> Tensor | None:
+        """The per-node running total (a sum, a count or a max), every batch added so far in."""
+        self._flush()
+        return self._total
+
+    @property
+    def probe(self) -> Tensor | None:
+        """The per-node sum that NaN and inf propagate into (the total itself for the sums)."""
+        self._flush()
+        return self._probe
+
+    def _flush(self) -> None:
+        for pending in self._pending:
+            pending.flush()
+
     def reset(self) -> None:
         """Starts a new window: the totals are zeroed in place, so the steps built on them stay valid."""
         self.rows = 0
         self._fresh = True
-        if self.total is not None:
-            self.total.fill_(-math.inf if self.statistic == "max" else 0.0)
-        if self.probe is not None and self.probe is not self.total:
-            self.probe.zero_()
+        for pending in self._pending:
+            pending.filled = 0
+        if self._total is not None:
+            self._total.fill_(-math.inf if self.statistic == "max" else 0.0)
+        if self._probe is not None and self._probe is not self._total:
+            self._probe.zero_()
 
     def __getstate__(self) -> dict:
         # Steps hold this statistic's totals and the window's buffers: a copy (deepcopy, pickle)
         # builds its own, or it would add into the original's totals.
+        self._flush()
         state = self.__dict__.copy()
-        state["_steps"] = {}
+        state["_steps"], state["_pending"] = {}, []
         return state
 
     @property
     def nodes(self) -> int | None:
-        return None if self.total is None else self.total.numel()
+        return None if self._total is None else self._total.numel()
 
     def add(
         self, output: Tensor, batch_dim: int, node_dim: int, scratch: Scratch, non_negative: bool = False
@@ -451,19 +511,26 @@ class NodeStatistic:
         self, key: tuple, output: Tensor, batch_dim: int, node_dim: int, scratch: Scratch, non_negative: bool
     ) -> tuple[Step, int, int]:
         nodes, device = output.shape[node_dim], output.device
-        if self.total is not None and self.total.numel() != nodes:
+        if self._total is not None and self._total.numel() != nodes:
             if not self._fresh:
-                raise ValueError(f"node count changed from {self.total.numel()} to {nodes}")
-            self.total = self.probe = None  # a new window of a layer whose width changed
+                raise ValueError(f"node count changed from {self._total.numel()} to {nodes}")
+            self._total = self._probe = None  # a new window of a layer whose width changed
             self._steps.clear()
+            self._pending = []
         dtype = accumulation_dtype(device)
-        if self.total is None or self.probe is None:
-            self.total = torch.zeros(nodes, dtype=dtype, device=device)
+        if self._total is None or self._probe is None:
+            self._total = torch.zeros(nodes, dtype=dtype, device=device)
             if self.statistic == "max":
-                self.total.fill_(-math.inf)
+                self._total.fill_(-math.inf)
             summed = self.statistic in TOTAL_IS_PROBE
-            self.probe = self.total if summed else torch.zeros(nodes, dtype=dtype, device=device)
-        total, probe = self.total, self.probe
+            self._probe = self._total if summed else torch.zeros(nodes, dtype=dtype, device=device)
+            if nodes <= PENDING_NODES:  # the sums (a max is no sum: its probe only)
+                summed_targets = (
+                    [self._probe] if self.statistic == "max" or summed else [self._total, self._probe]
+                )
+                self._pending = [PendingSums(target) for target in summed_targets]
+        total, probe = self._total, self._probe
+        pending = {id(p.target): p for p in self._pending}
         rows = output.numel() // max(1, nodes)
         if self.statistic == "max" and output.shape[batch_dim] == 0:
             step: Step = lambda values: None  # noqa: E731  # no sample, no maximum
@@ -471,12 +538,18 @@ class NodeStatistic:
         elif self.statistic in TOTAL_IS_PROBE:  # one reduction: the sum of a or |a|, also the probe
             transform = None if non_negative else _transform(self.statistic, 0.0)
             sums = _per_sample_step(output, batch_dim, node_dim, scratch, transform)
-            step = _summed_into(total, sums, output, batch_dim, node_dim, scratch, "part")
+            step = _summed_into(
+                total, sums, output, batch_dim, node_dim, scratch, "part", pending.get(id(total))
+            )
         else:
             plain = _per_sample_step(output, batch_dim, node_dim, scratch, None)
-            into_probe = _summed_into(probe, plain, output, batch_dim, node_dim, scratch, "part")
-            statistic = self._maximum if self.statistic == "max" else self._fraction
-            other = statistic(output, batch_dim, node_dim, scratch, total)
+            into_probe = _summed_into(
+                probe, plain, output, batch_dim, node_dim, scratch, "part", pending.get(id(probe))
+            )
+            if self.statistic == "max":
+                other = self._maximum(output, batch_dim, node_dim, scratch, total)
+            else:
+                other = self._fraction(output, batch_dim, node_dim, scratch, total, pending.get(id(total)))
 
             def step(values: Tensor) -> None:
                 into_probe(values)
@@ -489,10 +562,16 @@ class NodeStatistic:
         return found
 
     def _fraction(
-        self, output: Tensor, batch_dim: int, node_dim: int, scratch: Scratch, total: Tensor
+        self,
+        output: Tensor,
+        batch_dim: int,
+        node_dim: int,
+        scratch: Scratch,
+        total: Tensor,
+        pending: PendingSums | None,
     ) -> Step:
         counts = _per_sample_step(output, batch_dim, node_dim, scratch, _fired(self.threshold))
-        return _summed_into(total, counts, output, batch_dim, node_dim, scratch, "counts")
+        return _summed_into(total, counts, output, batch_dim, node_dim, scratch, "counts", pending)
 
     @staticmethod
     def _maximum(output: Tensor, batch_dim: int, node_dim: int, scratch: Scratch, total: Tensor) -> Step:
