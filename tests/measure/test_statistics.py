@@ -209,3 +209,23 @@ def test_a_copy_adds_into_its_own_totals_and_pickles():
     restored = pickle.loads(pickle.dumps(twin))
     restored.add(-torch.ones(1, 3), 0, 1, scratch)
     assert restored.total.tolist() == [5.0, 5.0, 5.0] and twin.total.tolist() == [4.0, 4.0, 4.0]
+
+
+@pytest.mark.parametrize("statistic", STATISTICS)
+def test_many_batches_through_the_pending_rows_equal_the_float64_reference(statistic):
+    # 21 batches: two full folds of PENDING_ROWS batch sums into the total, and five left pending
+    # until the total is read; batches of one sample and of several, with and without positions.
+    assert statistics_module.PENDING_ROWS == 8
+    for shape in (lambda n: (n, 5), lambda n: (n, 4, 3, 3)):
+        sizes = [1 + (i % 3) for i in range(21)]
+        batches = _batches(shape, sizes=sizes, dtype=torch.float32, seed=4)
+        stat, scratch = NodeStatistic(statistic, THETA), Scratch()
+        for batch in batches:
+            stat.add(batch, 0, 1, scratch)
+        ref = _reference(batches, 0, 1)
+        expected = {"mean": "sum", "fraction": "count", "max": "max"}.get(statistic, "abs_sum")
+        torch.testing.assert_close(stat.total, ref[expected], rtol=1e-6, atol=1e-5)
+        assert stat.rows == ref["rows"]
+        stat.reset()  # a new window: nothing pending carries over
+        stat.add(batches[0], 0, 1, scratch)
+        torch.testing.assert_close(stat.total, _reference(batches[:1], 0, 1)[expected], rtol=1e-6, atol=1e-5)
