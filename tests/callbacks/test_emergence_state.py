@@ -12,7 +12,7 @@ import torch
 from tiny_models import Classifier, loaders, mlp, quiet_trainer
 
 from emergence_lightning import EmergenceCallback
-from emergence_lightning.measure import ActivityTracker, statistics
+from emergence_lightning.measure import ActivityTracker, sums
 from emergence_lightning.measure.statistics import STATISTICS
 
 HIDDEN = (16, 12, 10)  # the tracked ReLUs' widths: one total per node of each
@@ -36,11 +36,11 @@ def test_the_running_state_is_one_value_per_node_on_the_models_device(statistic)
     assert [tuple(probe.shape) for _, probe in state] == [(width,) for width in HIDDEN]
     assert {tensor.device.type for pair in state for tensor in pair} == {"meta"}
     # The batch-sized scratch outlives its window only while small (steps then need no rebuilding).
-    assert tracker._scratch.bytes() <= statistics.SCRATCH_KEPT_BYTES
+    assert tracker._scratch.bytes() <= sums.SCRATCH_KEPT_BYTES
 
 
 def test_a_large_scratch_is_freed_when_the_window_closes(monkeypatch):
-    monkeypatch.setattr(statistics, "SCRATCH_KEPT_BYTES", 0)
+    monkeypatch.setattr(sums, "SCRATCH_KEPT_BYTES", 0)
     net = mlp(hidden=HIDDEN)
     tracker = ActivityTracker(net, statistic="fraction")  # its firing masks need a scratch buffer
     with tracker, torch.no_grad():
@@ -58,5 +58,5 @@ def test_a_fit_keeps_per_node_state_on_the_modules_device_and_frees_the_rest(tmp
     state = running_state(callback.tracker)
     assert [tuple(total.shape) for total, _ in state] == [(width,) for width in HIDDEN]
     assert all(t.device == model.device for pair in state for t in pair)
-    assert callback.tracker._scratch.bytes() <= statistics.SCRATCH_KEPT_BYTES
+    assert callback.tracker._scratch.bytes() <= sums.SCRATCH_KEPT_BYTES
     assert [record.n for record in callback.history] == [HIDDEN] * 3  # epoch 0 and two epochs

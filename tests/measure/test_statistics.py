@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from emergence_lightning.measure import statistics as statistics_module
+from emergence_lightning.measure import sums as sums_module
 from emergence_lightning.measure.statistics import STATISTICS, NodeStatistic, Scratch, node_activity
 
 THETA = 0.05
@@ -143,7 +143,7 @@ def test_mean_abs_equals_the_papers_mean_bit_for_bit_on_non_negative_outputs(
 ):
     # Values near THETA, where a last-bit difference would flip a node: the totals must be identical,
     # whatever the memory layout of the output and however the CPU path splits it into chunks.
-    monkeypatch.setattr(statistics_module, "CPU_MASK_ELEMENTS", chunk_elements)
+    monkeypatch.setattr(sums_module, "CPU_MASK_ELEMENTS", chunk_elements)
     batches = [
         activation(b * 0.1 + THETA).to(dtype)
         for b in _batches(shape, sizes=(8, 3, 8, 1), dtype=torch.float32, seed=3)
@@ -215,7 +215,7 @@ def test_a_copy_adds_into_its_own_totals_and_pickles():
 def test_many_batches_through_the_pending_rows_equal_the_float64_reference(statistic):
     # 21 batches: two full folds of PENDING_ROWS batch sums into the total, and five left pending
     # until the total is read; batches of one sample and of several, with and without positions.
-    assert statistics_module.PENDING_ROWS == 8
+    assert sums_module.PENDING_ROWS == 8
     for shape in (lambda n: (n, 5), lambda n: (n, 4, 3, 3)):
         sizes = [1 + (i % 3) for i in range(21)]
         batches = _batches(shape, sizes=sizes, dtype=torch.float32, seed=4)
