@@ -142,7 +142,8 @@ def hook_plan(
       blocks, composite candidates, the input/output modules, modules named in ``layers``) and
       everything inside ``subtrees`` (expert blocks, composite candidates, metrics); recurrent
       modules; non-leaf producers; modules whose own code needs the mode; and every module called
-      from such code (its frame turns the mode off while it runs).
+      from such code (its frame turns the mode off while it runs): each one seen called from it,
+      and every child of it, called or not yet.
     - *a post-hook only*: a learned leaf that is an activation (its output is a layer) or, with
       ``producers``, a producer (the node layout of what follows); nothing happens inside a leaf
       that needs a frame. Producers matter only to a layer seen for the first time, so once every
@@ -160,9 +161,14 @@ def hook_plan(
         known = learned.get((caller, module.training))
         return known is None or needs_mode(facts[caller], known)
 
+    ids = {name: id(module) for name, module in named}
+
+    def parent_needs_mode(name: str) -> bool:
+        return bool(name) and mode_on_in(ids.get(name.rpartition(".")[0], -1))
+
     full: list[nn.Module] = []
     leaves: list[nn.Module] = []
-    for _, module in named:
+    for name, module in named:
         key = id(module)
         info = facts[key]
         if info.wrapper and key not in always:
@@ -177,6 +183,7 @@ def hook_plan(
             or (not info.leaf and info.producer)
             or needs_mode(info, known)
             or any(mode_on_in(caller) for caller in callers.get(key, {-1}))  # -1: never seen called
+            or parent_needs_mode(name)
         ):
             full.append(module)
         elif info.leaf and (known[0] or (producers and info.producer)):

@@ -56,7 +56,8 @@ class ModuleCalls:
     _learned: Learned
     _callers: dict[int, set[int | None]]
     _named: list[tuple[str, nn.Module]]
-    _plan: tuple[tuple[bool, ...], int, bool] | None
+    _plan: tuple[tuple[bool, ...], int, bool, int] | None
+    _callers_seen: int
     _planned: tuple[object, list[nn.Module], list[nn.Module], bool] | None
     _tree: dict[int, tuple[str, type]]
     _producers_needed: bool
@@ -111,7 +112,7 @@ class ModuleCalls:
         learning = len(self._learned) != self._learned_before or flags != self._flags_before
         self._learned_before, self._flags_before = len(self._learned), flags
         producers = self._producers_needed or learning
-        plan = (flags, len(self._learned), producers)
+        plan = (flags, len(self._learned), producers, self._callers_seen)
         if plan == self._plan:
             return
         self._remove_hooks()
@@ -189,9 +190,12 @@ class ModuleCalls:
         if not skip:
             learned = self._learned.get((id(module), module.training))
             frame.learning = learned is None
-            if frame.learning:  # who calls it: a caller whose code needs the mode keeps it hooked
-                caller = self._stack[-2].module if len(self._stack) > 1 else None
-                self._callers.setdefault(id(module), set()).add(None if caller is None else id(caller))
+            # Who calls it (on every call it is hooked for): a caller whose code needs the mode keeps it hooked.
+            caller = id(self._stack[-2].module) if len(self._stack) > 1 else None
+            seen = self._callers.setdefault(id(module), set())
+            if caller not in seen:
+                seen.add(caller)
+                self._callers_seen += 1  # planned again at the next pass
             activation, foreign_weight = learned or (False, False)
             frame.saw_activation = activation and info.leaf
             frame.intercepting = (

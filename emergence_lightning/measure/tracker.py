@@ -142,8 +142,9 @@ class ActivityTracker(ModuleCalls):
         self._learned: Learned = {}
         self._callers: dict[int, set[int | None]] = {}
         self._named: list[tuple[str, nn.Module]] = []
-        # What the hooks were planned for: (train/eval flags, facts learned, producers hooked).
-        self._plan: tuple[tuple[bool, ...], int, bool] | None = None
+        # What the hooks were planned for: (train/eval flags, facts learned, producers hooked, callers seen).
+        self._plan: tuple[tuple[bool, ...], int, bool, int] | None = None
+        self._callers_seen = 0  # (module, caller) pairs seen: a new one plans the hooks again
         self._planned: tuple[object, list[nn.Module], list[nn.Module], bool] | None = (
             None  # the last plan made
         )

@@ -274,3 +274,59 @@ def test_a_model_copied_while_a_window_is_open_never_reports_to_the_tracker():
     expected = torch.relu(model[0](x)).mean(0)
     torch.testing.assert_close(measured.layers[0].activity.float(), expected)
     assert all(hook is interception.inert for hook in twin[1]._forward_hooks.values())
+
+
+class PlainBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.fc(x))
+
+
+class BorrowingBlock(nn.Module):
+    """Its own code calls F.gelu (the mode is on in it) and a ReLU it does not own (no child of it)."""
+
+    def __init__(self, borrowed: nn.Module) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.__dict__["borrowed"] = borrowed  # held, not registered: another block's child
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.borrowed(self.fc(x)))
+
+
+class SharedAcrossBlocks(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = PlainBlock()
+        self.b = BorrowingBlock(self.a.act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.a(x))
+
+
+def test_a_module_also_called_from_code_that_needs_the_mode_keeps_its_frame_in_later_windows():
+    # `a.act` is first called by `a` (plain code), then by `b`, whose own code calls F.gelu. Hooked
+    # post-only it would run under `b`'s mode, and its ReLU would count again as `b.relu-fn`.
+    torch.manual_seed(0)
+    model = SharedAcrossBlocks().eval()
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(0))
+    tracker, windows = ActivityTracker(model), []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(3):
+            tracker.reset()
+            with torch.no_grad(), tracker:
+                for _ in range(2):
+                    tracker.start_pass()
+                    model(x)
+            windows.append(tracker.compute())
+    first = windows[0]
+    assert first is not None and first.names == ["a.act", "a.act-call2", "b.gelu-fn"]
+    for later in windows[1:]:
+        assert later is not None and later.names == first.names and later.samples == first.samples
+        for one, other in zip(first.layers, later.layers):
+            assert torch.equal(one.activity, other.activity)
