@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from bench_measure_window import leftovers
+from bench_measure_window import leftovers, paired
 from bench_models import WINDOW_SIZES, build, inputs, load
 from torch import nn
 from torch.nn.modules import module as module_hooks
@@ -112,19 +112,6 @@ def window(
             tracker.compute()
     wait()
     return time.perf_counter() - start, time.process_time() - cpu
-
-
-def paired(first: Callable[[], tuple[float, float]], second: Callable[[], tuple[float, float]], pairs: int):  # type: ignore[no-untyped-def]
-    a, b = [], []
-    first(), second()  # warm-up
-    for index in range(pairs):
-        if index % 2:
-            b.append(second())
-            a.append(first())
-        else:
-            a.append(first())
-            b.append(second())
-    return a, b
 
 
 def summary(closed: list[tuple[float, float]], opened: list[tuple[float, float]]) -> str:

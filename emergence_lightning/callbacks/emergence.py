@@ -32,11 +32,10 @@ from emergence_lightning.callbacks.emergence_window import MeasurementWindow
 from emergence_lightning.callbacks.loggers import settings_before_start
 from emergence_lightning.callbacks.path_exact import PathExactCounter
 from emergence_lightning.callbacks.probe import (
+    ProbeSet,
     ProbeStep,
     batch_input,
     default_probe_step,
-    draw_probe_set,
-    fingerprint,
     probe_data,
 )
 from emergence_lightning.callbacks.tensorboard_views import write_activity_histograms
@@ -164,8 +163,7 @@ class EmergenceCallback(Callback):
         self._source: str | None = None  # "validation", "train", "probe" or PROBE_SET
         self._run = 0  # which fit of this callback is running (records carry it)
         # With a cadence: the batches every measurement reads, as `probe_data` returns them.
-        self._probe_set: tuple[Iterable[Any], float, int | None] | None = None
-        self._resumed_probe_set: str | None = None  # the probe set's fingerprint in the resumed checkpoint
+        self._probe_set = ProbeSet()
         self._measured_at_setup, self._failed = 0, False
         self._said_not_measured: set[str] = set()
         self._charted_layers: list[str] = []  # layers of the per-layer charts written to this run
@@ -233,7 +231,7 @@ class EmergenceCallback(Callback):
         stage = getattr(stage, "value", stage)  # Lightning passes a TrainerFn (a str enum)
         run, message = lifecycle.run_of_new_stage(self.history, stage, self._run)
         if run != self._run:
-            self._run, self._probe_set = run, None
+            self._run, self._probe_set.data = run, None
         if message:
             rank_zero_info(message)
 
@@ -457,21 +455,16 @@ class EmergenceCallback(Callback):
 
     def _probe_data(self, trainer: pl.Trainer) -> tuple[Iterable[Any], float, int | None]:
         if self._source == PROBE_SET:
-            assert self._probe_set is not None
-            return self._probe_set
+            assert self._probe_set.data is not None
+            return self._probe_set.data
         return probe_data(trainer, self._source, self.probe_dataloader, self.probe_batches)
 
     def _draw_probe_set(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Draws the cadence's probe set once; at a resume, says if it differs from the checkpoint's."""
-        if self._probe_set is None:
-            assert self.probe_batches is not None  # checked in __init__
-            self._probe_set = draw_probe_set(
-                trainer, pl_module, self._source, self.probe_dataloader, self.probe_batches
-            )
-        self._source = PROBE_SET
-        if self._resumed_probe_set is not None and fingerprint(self._probe_set[0]) != self._resumed_probe_set:
+        assert self.probe_batches is not None  # checked in __init__
+        if self._probe_set.draw(trainer, pl_module, self._source, self.probe_dataloader, self.probe_batches):
             rank_zero_warn(says.PROBE_SET_CHANGED)
-        self._resumed_probe_set = None
+        self._source = PROBE_SET
 
     def _say_once_other_loaders_unmeasured(self, trainer: pl.Trainer) -> None:
         loaders = trainer.val_dataloaders
@@ -562,7 +555,7 @@ class EmergenceCallback(Callback):
         return {
             "history": [record.to_dict() for record in self.history],
             "settings": self.measurement_settings(),
-            "probe_set": fingerprint(self._probe_set[0]) if self._probe_set is not None else None,
+            "probe_set": self._probe_set.fingerprint(),
         }
 
     @override
@@ -584,8 +577,7 @@ class EmergenceCallback(Callback):
         )
         if warning:
             rank_zero_warn(warning)
-        self._resumed_probe_set = None if warning else state_dict.get("probe_set")
-        self._probe_set = None
+        self._probe_set.restore(None if warning else state_dict.get("probe_set"))
 
     # ---- what an experiment record holds -------------------------------------------------
     def measurement_settings(self) -> dict[str, Any]:

@@ -181,3 +181,35 @@ def draw_probe_set(
     with left_as_found(pl_module, [loader]):
         batches = list(state.take(fresh_iteration(loader), limit))
     return batches, math.inf, sample_limit
+
+
+class ProbeSet:
+    """A cadence's fixed probe set: drawn once per run and kept in memory; at a resume, compared
+    with the fingerprint the checkpoint saved (a shuffled loader draws other samples).
+    """
+
+    def __init__(self) -> None:
+        self.data: tuple[Iterable[Any], float, int | None] | None = None  # as probe_data returns it
+        self.resumed: str | None = None  # the fingerprint saved in the resumed checkpoint
+
+    def draw(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        source: str | None,
+        probe_dataloader: Any,
+        probe_batches: int,
+    ) -> bool:
+        """Draws the set unless drawn; returns whether it differs from the resumed checkpoint's."""
+        if self.data is None:
+            self.data = draw_probe_set(trainer, pl_module, source, probe_dataloader, probe_batches)
+        changed = self.resumed is not None and fingerprint(self.data[0]) != self.resumed
+        self.resumed = None
+        return changed
+
+    def fingerprint(self) -> str | None:
+        return None if self.data is None else fingerprint(self.data[0])
+
+    def restore(self, saved: str | None) -> None:
+        """At a checkpoint's load: the set is drawn again, and compared with ``saved``."""
+        self.data, self.resumed = None, saved
