@@ -41,10 +41,8 @@ from emergence_lightning.measure.sums import (
     PendingSums,
     Scratch,
     Step,
-    absolute_sums,
     accumulation_dtype,
     fired,
-    firing_counts,
     per_sample_shape,
     per_sample_step,
     per_sample_sums,
@@ -55,14 +53,11 @@ from emergence_lightning.measure.sums import (
 __all__ = [
     "DEFAULT_STATISTIC",
     "STATISTICS",
-    "SUMMED",
     "TOTAL_IS_PROBE",
     "NodeStatistic",
     "Scratch",
     "Statistic",
-    "absolute_sums",
     "accumulation_dtype",
-    "firing_counts",
     "node_activity",
     "per_sample_sums",
 ]
@@ -76,8 +71,6 @@ DEFAULT_STATISTIC: Statistic = "mean_abs"
 # Statistics whose running total NaN/inf propagate into (a sum of a or of |a|), so that it is also
 # the probe that finds non-finite nodes: one reduction serves both.
 TOTAL_IS_PROBE = ("mean", "mean_abs", "normalized_mean_abs")
-# Statistics accumulated as sums over samples and positions (the rest: a running max).
-SUMMED = ("mean", "mean_abs", "normalized_mean_abs", "fraction")
 
 
 def node_activity(statistic: str, total: Tensor, rows: float, finite: Tensor) -> Tensor:

@@ -248,20 +248,6 @@ def fired(threshold: float) -> Elementwise:
 ABSOLUTE = Elementwise(torch.abs, float_mask=False)
 
 
-def firing_counts(
-    values: Tensor, threshold: float, batch_dim: int, node_dim: int, scratch: Scratch, out: Tensor
-) -> Tensor:
-    """Per-sample counts of the positions whose value exceeds ``threshold`` (NaN never does), in
-    float32 (exact below ``2**24`` positions), written into ``out`` (shaped as :func:`per_sample_sums`).
-    """
-    return _chunked_sums(values, fired(threshold), batch_dim, node_dim, scratch, out)
-
-
-def absolute_sums(values: Tensor, batch_dim: int, node_dim: int, scratch: Scratch, out: Tensor) -> Tensor:
-    """Per-sample sums of ``|a|``, into ``out``: bit for bit the sums of ``a`` where no value is negative."""
-    return _chunked_sums(values, ABSOLUTE, batch_dim, node_dim, scratch, out)
-
-
 def per_sample_step(
     output: Tensor, batch_dim: int, node_dim: int, scratch: Scratch, transform: Elementwise | None
 ) -> Callable[[Tensor], Tensor]:
