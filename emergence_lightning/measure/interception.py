@@ -20,6 +20,7 @@ from torch.overrides import TorchFunctionMode
 from emergence_lightning import _compat
 from emergence_lightning.measure import experts as moe
 from emergence_lightning.measure import layers as rules
+from emergence_lightning.measure.statistics import LayoutStep
 
 
 class ModuleFacts:
@@ -58,6 +59,43 @@ class Frame:
         self.input_shape = tuple(first.shape) if isinstance(first, Tensor) else None
         self.routing: moe.Routing | None = None  # inside an MoE block: which expert rows belong to
         self.deferred: list | None = None  # a composite candidate: its inner activations, held back
+
+
+class LeafShortcut:
+    """What an activation leaf's last recorded output passed through (the tracker's ``_record``):
+    its call site and layout, and the step that added it. The leaf's next output of the same layout
+    and train/eval mode, its site's first call in a pass, is added by that step at once: the
+    checks it would meet again were passed, and a layer's hook runs between the model's own kernels
+    with cold caches, where every line of Python costs several times what it costs in a loop.
+    """
+
+    __slots__ = ("site", "shape", "stride", "dtype", "device", "training", "step", "numel")
+
+    def __init__(self, site: str, output: Tensor, training: bool, step: LayoutStep) -> None:
+        self.site, self.training, self.step, self.numel = site, training, step, output.numel()
+        self.shape, self.stride, self.dtype, self.device = (
+            output.shape, output.stride(), output.dtype, output.device
+        )  # fmt: skip
+
+    def fits(self, output: object, training: bool, generation: int) -> bool:
+        """Whether ``output`` can go straight to the step (a plain tensor of the same layout)."""
+        return (
+            type(output) is Tensor
+            and not output.is_nested
+            and output.shape == self.shape
+            and output.stride() == self.stride
+            and output.dtype == self.dtype
+            and output.device == self.device
+            and training == self.training
+            and self.step.usable(generation)
+        )
+
+    def __reduce__(self) -> tuple:  # a copy of the tracker keeps none: its step adds into our totals
+        return (_no_shortcut, ())
+
+
+def _no_shortcut() -> None:
+    return None
 
 
 class ActivationCalls(TorchFunctionMode):

@@ -12,7 +12,7 @@ and the accumulation and result.
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor, nn
@@ -25,13 +25,14 @@ from emergence_lightning.measure import producers
 from emergence_lightning.measure.interception import (
     ActivationCalls,
     Frame,
+    LeafShortcut,
     Learned,
     ModuleFacts,
     WindowHook,
     hook_plan,
     inside,
 )
-from emergence_lightning.measure.statistics import NodeStatistic, Scratch
+from emergence_lightning.measure.statistics import LayoutStep, NodeStatistic, Scratch
 
 
 class ModuleCalls:
@@ -77,6 +78,7 @@ class ModuleCalls:
     _owners: dict[int, tuple[str, nn.Module]] | None
     _composite: set[int]
     _previous_calls: dict[str, int] | None
+    _shortcuts: dict[int, LeafShortcut]
     _scratch: Scratch
 
     if TYPE_CHECKING:  # the tracker's accumulation, which these methods hand outputs to
@@ -90,7 +92,7 @@ class ModuleCalls:
             once: bool = False,
             producer_known: bool = False,
             non_negative: bool = False,
-        ) -> None: ...
+        ) -> LayoutStep | None: ...
 
         def _producer_unknown(self, name: str, producer_known: bool) -> bool: ...
 
@@ -269,6 +271,20 @@ class ModuleCalls:
         layout of what follows. As :meth:`_leave` does, with no frame (nothing inside a leaf needs one).
         """
         with _compat.DisableTorchFunction():
+            shortcut = self._shortcuts.get(id(module))
+            if (
+                shortcut is not None
+                and self.enabled
+                and self._sample_limit is None
+                and not self._calls.get(shortcut.site)
+                and shortcut.fits(output, module.training, self._scratch.generation)
+            ):
+                if not self._stack:
+                    self._module_calls += 1
+                self._calls[shortcut.site] = 1
+                values = cast(Tensor, output)  # (fits: a plain tensor)
+                shortcut.step(values.detach() if values.requires_grad else values)
+                return
             info = self._modules.get(id(module))
             if info is None:  # not this tracker's model (its hooks were copied with it)
                 return
@@ -284,17 +300,27 @@ class ModuleCalls:
                     isinstance(output, Tensor) and isinstance(first, Tensor) and output.shape == first.shape
                 )
                 producer = self._last_producer if same_shape or not info.producer else module
-                self._record(
+                step = self._record(
                     info.name,
                     output,
                     producer=producer,
                     producer_known=producer is module,
                     non_negative=type(module) in rules.NON_NEGATIVE_MODULES,
                 )
+                if step is not None and type(output) is Tensor:
+                    self._keep_shortcut(module, info.name, output, step)
             elif info.producer:
                 self._last_producer = module
                 if isinstance(output, Tensor):
                     self._producer_shapes[id(module)] = output.shape
+
+    def _keep_shortcut(self, module: nn.Module, site: str, output: Tensor, step: LayoutStep) -> None:
+        """Keeps the shortcut of the larger batch: a run's last, smaller batch does not replace the
+        full batches' (one full path per window for it, not two).
+        """
+        kept = self._shortcuts.get(id(module))
+        if kept is None or not kept.step.usable(self._scratch.generation) or output.numel() >= kept.numel:
+            self._shortcuts[id(module)] = LeafShortcut(site, output, module.training, step)
 
     def _close_composite(self, frame: Frame, output: object) -> bool:
         """Records a composite activation module (StarReLU) at its output and returns True, or
@@ -373,7 +399,8 @@ class ModuleCalls:
         if self._wanted and name not in self._wanted and layer not in self._wanted:
             return
         if not isinstance(output, Tensor) or output.dim() < 2:
-            return self._record(name, output, producer=producer)  # the usual errors and warnings
+            self._record(name, output, producer=producer)  # the usual errors and warnings
+            return
         experts = routing.experts_of(output.shape[0])
         if experts is None:
             self._warn_once(

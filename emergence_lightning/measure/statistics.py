@@ -53,6 +53,7 @@ from emergence_lightning.measure.sums import (
 __all__ = [
     "DEFAULT_STATISTIC",
     "STATISTICS",
+    "LayoutStep",
     "TOTAL_IS_PROBE",
     "NodeStatistic",
     "Scratch",
@@ -97,6 +98,45 @@ def node_activity(statistic: str, total: Tensor, rows: float, finite: Tensor) ->
 MAX_LAYOUTS = 8
 
 
+class LayoutStep:
+    """One output layout's reduction into a :class:`NodeStatistic`, built on the first output of that
+    layout; every later output of the layout runs it with no other Python than a call.
+
+    It holds views of the window's scratch buffers (``generation``) and of the statistic's totals:
+    usable while those buffers are the same and the statistic still adds into the same totals
+    (``current`` turns False when the statistic replaces them or drops its steps). A copy (deepcopy,
+    pickle) is never usable: it would add into the original's totals.
+    """
+
+    __slots__ = ("statistic", "step", "rows", "generation", "current")
+
+    def __init__(self, statistic: NodeStatistic, step: Step, rows: int, generation: int) -> None:
+        self.statistic = statistic
+        self.step = step
+        self.rows = rows  # samples x positions it adds to each node
+        self.generation = generation
+        self.current = True
+
+    def usable(self, generation: int) -> bool:
+        return self.current and self.generation == generation
+
+    def __call__(self, output: Tensor) -> None:
+        """Adds ``output`` (of this step's layout) to the statistic."""
+        self.step(output)
+        statistic = self.statistic
+        statistic.rows += self.rows
+        statistic._fresh = False
+
+    def __reduce__(self) -> tuple:
+        return (_unusable_step, ())
+
+
+def _unusable_step() -> LayoutStep:
+    step = LayoutStep.__new__(LayoutStep)
+    step.current, step.generation = False, -1
+    return step
+
+
 def _transform(statistic: str, threshold: float) -> Elementwise | None:
     """What each value becomes before it is summed: ``|a|``, a firing mask, or itself (``None``)."""
     if statistic in ("mean_abs", "normalized_mean_abs"):
@@ -121,9 +161,8 @@ class NodeStatistic:
         self._pending: list[PendingSums] = []  # batches' sums not yet in the total or the probe
         self.rows = 0  # samples x positions reduced into each node (a Python int: no sync)
         self._fresh = True  # no output added since the last reset: the node count may change
-        # Per output layout: its reduction step and the rows it adds, for the scratch buffers of
-        # one window (a step holds views of them and of the totals).
-        self._steps: dict[tuple, tuple[Step, int, int]] = {}
+        # Per output layout: its reduction step, for the scratch buffers of one window.
+        self._steps: dict[tuple, LayoutStep] = {}
 
     @property
     def total(self) -> Tensor | None:
@@ -166,8 +205,10 @@ class NodeStatistic:
 
     def add(
         self, output: Tensor, batch_dim: int, node_dim: int, scratch: Scratch, non_negative: bool = False
-    ) -> None:
-        """Adds one output; raises ValueError when its node count differs from earlier outputs'.
+    ) -> LayoutStep:
+        """Adds one output and returns the step that added it (which adds any later output of the
+        same layout, while :meth:`LayoutStep.usable`); raises ValueError when its node count differs
+        from earlier outputs'.
 
         ``non_negative``: the output comes from an activation that never gives a negative value
         (``layers.NON_NEGATIVE_ACTIVATIONS``), so ``|a|`` need not be taken: the same sums, with
@@ -192,22 +233,25 @@ class NodeStatistic:
                 non_negative,
             )
             found = self._steps.get(key)
-            if found is None or found[2] != scratch.generation:
+            if found is None or not found.usable(scratch.generation):
                 found = self._step(key, output, batch_dim, node_dim, scratch, non_negative)
-            step, rows, _ = found
-            step(output)
-            self.rows += rows
-            self._fresh = False
+            found(output)
+            return found
+
+    def _drop_steps(self) -> None:
+        for step in self._steps.values():
+            step.current = False  # a tracker may hold it for a layer's next output
+        self._steps.clear()
 
     def _step(
         self, key: tuple, output: Tensor, batch_dim: int, node_dim: int, scratch: Scratch, non_negative: bool
-    ) -> tuple[Step, int, int]:
+    ) -> LayoutStep:
         nodes, device = output.shape[node_dim], output.device
         if self._total is not None and self._total.numel() != nodes:
             if not self._fresh:
                 raise ValueError(f"node count changed from {self._total.numel()} to {nodes}")
             self._total = self._probe = None  # a new window of a layer whose width changed
-            self._steps.clear()
+            self._drop_steps()
             self._pending = []
         dtype = accumulation_dtype(device)
         if self._total is None or self._probe is None:
@@ -249,8 +293,8 @@ class NodeStatistic:
 
         generation = scratch.generation  # after the buffers above were taken (a larger one renews it)
         if len(self._steps) >= MAX_LAYOUTS:
-            self._steps.clear()
-        found = self._steps[key] = (step, rows, generation)
+            self._drop_steps()
+        found = self._steps[key] = LayoutStep(self, step, rows, generation)
         return found
 
     def _fraction(

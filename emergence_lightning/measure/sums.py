@@ -321,12 +321,13 @@ def summed_into(
             target.add_(row)
 
         return one_sample
+    sums = _widened(sums, output, dtype, scratch)
     if pending is not None:
         rows, full = pending.rows, PENDING_ROWS - 1
 
         def into_pending(values: Tensor) -> None:
             filled = pending.filled
-            torch.sum(sums(values), axis, dtype=dtype, out=rows[filled])
+            torch.sum(sums(values), axis, out=rows[filled])
             if filled == full:
                 pending.filled = PENDING_ROWS
                 pending.flush()
@@ -335,4 +336,20 @@ def summed_into(
 
         return into_pending
     part = scratch.take(slot, (target.numel(),), dtype, target.device)
-    return lambda values: target.add_(torch.sum(sums(values), axis, dtype=dtype, out=part))
+    return lambda values: target.add_(torch.sum(sums(values), axis, out=part))
+
+
+def _widened(
+    sums: Callable[[Tensor], Tensor], output: Tensor, dtype: torch.dtype, scratch: Scratch
+) -> Callable[[Tensor], Tensor]:
+    """``sums`` cast to ``dtype`` (float64) in the window's ``"wide"`` buffer, laid out as they are.
+
+    A float64 sum of float32 values (``torch.sum(..., dtype=torch.float64)``) casts them first
+    into a fresh tensor: an allocation every call, with page faults when it is large. Cast into a
+    kept buffer, the same values are summed by the same float64 reduction.
+    """
+    per_sample = sums(output)
+    if per_sample.dtype == dtype:
+        return sums
+    wide = scratch.laid_out_as("wide", per_sample, dtype)
+    return lambda values: wide.copy_(sums(values))

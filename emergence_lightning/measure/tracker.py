@@ -47,6 +47,7 @@ from emergence_lightning.measure.compile_guard import EagerWhileMeasuring
 from emergence_lightning.measure.interception import (
     ActivationCalls,
     Frame,
+    LeafShortcut,
     Learned,
     ModuleFacts,
     leave_mode,
@@ -58,6 +59,7 @@ from emergence_lightning.measure.module_calls import ModuleCalls
 from emergence_lightning.measure.reduction import reduce_statistics
 from emergence_lightning.measure.statistics import (
     DEFAULT_STATISTIC,
+    LayoutStep,
     NodeStatistic,
     Scratch,
 )
@@ -176,6 +178,9 @@ class ActivityTracker(ModuleCalls):
         self._owners: dict[int, tuple[str, nn.Module]] | None = None
         self._composite: set[int] = set()
         self._previous_calls: dict[str, int] | None = None
+        # id(activation leaf) -> what its last output passed through, kept while the module tree is
+        # unchanged (`_leaf_ends`).
+        self._shortcuts: dict[int, LeafShortcut] = {}
 
     # ---- window --------------------------------------------------------------------------
     @property
@@ -207,6 +212,7 @@ class ActivityTracker(ModuleCalls):
             }
             self._composite = rules.composite_candidates(self.model)
             self._learned.clear()  # what a module's code does is learned again for a changed tree
+            self._shortcuts.clear()
             self._callers.clear()
             self._learned_before = -1
         self._named = named
@@ -299,16 +305,20 @@ class ActivityTracker(ModuleCalls):
         once: bool = False,
         producer_known: bool = False,
         non_negative: bool = False,
-    ) -> None:
+    ) -> LayoutStep | None:
+        """Adds an output of call site ``site`` to its layer's statistic. Returns the step that added it
+        when the site's next output of that layout in a later pass may skip these checks (its first
+        call in the pass, no sample limit: :meth:`_leaf_ends`'s shortcut).
+        """
         call = self._calls[site] = self._calls[site] + 1
         if once and call > 1:
-            return
+            return None
         name = self._site_names.get((site, call))
         if name is None:
             name = self._site_names[site, call] = rules.call_site_name(site, call, self._module_names)
             self._site_of[name] = site
         if self._wanted and name not in self._wanted and site not in self._wanted:
-            return
+            return None
         if type(output) is not Tensor and not isinstance(output, Tensor):
             raise TypeError(
                 f"Layer {name!r} produced {type(output).__name__}, not a tensor; name a module whose output "
@@ -316,24 +326,24 @@ class ActivityTracker(ModuleCalls):
             )
         if output.is_nested:
             self._warn_once(name, f"Layer {name!r} produced a nested tensor; it is not measured.")
-            return
+            return None
         if output.dim() < 2:
             self._warn_once(
                 name,
                 f"Layer {name!r} produced a tensor of shape {tuple(output.shape)}, which has no (batch, "
                 "nodes) dimensions; it is not measured.",
             )
-            return
+            return None
         stat = self._stats.get(name)
         if stat is None:
             if self._producer_unknown(name, producer_known or batch_dim != 0):
-                return
+                return None
             self._layout[name] = (batch_dim, self._decide_node_dim(name, output, producer, batch_dim))
             stat = self._stats[name] = NodeStatistic(self.statistic, self.threshold)
             self._first_seen[name] = len(self._first_seen)
             self._rows_left[name] = self._sample_limit
         if not self.enabled:
-            return
+            return None
         batch_dim, node_dim = self._layout[name]
         if node_dim >= output.dim():
             raise ValueError(
@@ -347,15 +357,16 @@ class ActivityTracker(ModuleCalls):
             output = output.narrow(batch_dim, 0, min(rows_left, output.shape[batch_dim]))
             self._rows_left[name] = rows_left - output.shape[batch_dim]
             if output.shape[batch_dim] == 0:
-                return
+                return None
         try:
             # A name is an experts layer or not for the whole window (routing decides it at first sight).
-            cast(NodeStatistic, stat).add(output, batch_dim, node_dim, self._scratch, non_negative)
+            step = cast(NodeStatistic, stat).add(output, batch_dim, node_dim, self._scratch, non_negative)
         except ValueError as error:
             raise ValueError(
                 f"Layer {name!r} changed its number of nodes between batches ({error}); set `node_dim` to "
                 "the dimension that indexes nodes."
             ) from None
+        return step if call == 1 and rows_left is None else None
 
     def _decide_node_dim(self, name: str, output: Tensor, producer: nn.Module | None, batch_dim: int) -> int:
         reads_data = name == self._input_name and self._input_module is not None
