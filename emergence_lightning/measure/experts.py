@@ -63,7 +63,7 @@ def find_expert_groups(
     """
     found: dict[int, tuple[ExpertGroup, str, int | None]] = {}
     for name, module in named:
-        count = getattr(module, "num_experts", None)
+        count = _expert_count(module)
         if isinstance(count, int) and count >= 2:
             weights = frozenset(
                 id(p) for p in module.parameters(recurse=False) if p.dim() >= 3 and p.shape[0] == count
@@ -78,6 +78,16 @@ def find_expert_groups(
                 for index, (key, member) in enumerate(members):
                     found[id(member)] = (group, f"{name}.{key}" if name else key, index)
     return found
+
+
+def _expert_count(module: nn.Module) -> object:
+    """``module.num_experts`` if it has one: an attribute of the instance or of its class (a property
+    too), looked up without ``nn.Module.__getattr__``'s exception for every module that has none.
+    """
+    count = vars(module).get("num_experts")
+    if count is None and getattr(type(module), "num_experts", None) is not None:
+        count = getattr(module, "num_experts", None)
+    return count
 
 
 def _alike(modules: Sequence[nn.Module]) -> bool:

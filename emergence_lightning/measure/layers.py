@@ -164,6 +164,19 @@ def migrated_name(name: str) -> str:
     return new
 
 
+_HOLDS_MODULE: dict[type, bool] = {}
+
+
+def _holds_module(module_type: type) -> bool:
+    """Whether a module of this type is a wrapper that holds its model as ``.module`` (DDP)."""
+    found = _HOLDS_MODULE.get(module_type)
+    if found is None:
+        found = _HOLDS_MODULE[module_type] = any(
+            cls.__name__ in MODULE_ATTRIBUTE_WRAPPERS for cls in module_type.__mro__
+        )
+    return found
+
+
 def qualified_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``model.named_modules()`` with the wrappers' attributes left out of every name.
 
@@ -180,7 +193,7 @@ def qualified_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
             continue
         seen.add(id(module))
         found.append((name, module))
-        holds_module = any(cls.__name__ in MODULE_ATTRIBUTE_WRAPPERS for cls in type(module).__mro__)
+        holds_module = _holds_module(type(module))
         children = []
         for attribute, child in module.named_children():
             hidden = attribute in WRAPPER_ATTRIBUTES or (attribute == "module" and holds_module)

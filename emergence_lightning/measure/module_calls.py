@@ -11,6 +11,7 @@ and the accumulation and result.
 
 from __future__ import annotations
 
+import operator
 from collections import Counter
 from typing import TYPE_CHECKING, cast
 
@@ -33,6 +34,8 @@ from emergence_lightning.measure.interception import (
     inside,
 )
 from emergence_lightning.measure.statistics import LayoutStep, NodeStatistic, Scratch
+
+_TRAINING = operator.attrgetter("training")
 
 
 class ModuleCalls:
@@ -57,6 +60,7 @@ class ModuleCalls:
     _learned: Learned
     _callers: dict[int, set[int | None]]
     _named: list[tuple[str, nn.Module]]
+    _module_list: list[nn.Module]  # the modules of _named
     _plan: tuple[tuple[bool, ...], int, bool, int] | None
     _callers_seen: int
     _planned: tuple[object, list[nn.Module], list[nn.Module], bool] | None
@@ -108,7 +112,7 @@ class ModuleCalls:
 
         Planned again between forward passes when a module changed mode or new facts were learned.
         """
-        flags = tuple(module.training for _, module in self._named)
+        flags = tuple(map(_TRAINING, self._module_list))  # (per pass: a C loop, not a generator)
         # Still learning (a module's first call ran since the last plan, or modules changed mode):
         # producers stay hooked.
         learning = len(self._learned) != self._learned_before or flags != self._flags_before

@@ -144,6 +144,7 @@ class ActivityTracker(ModuleCalls):
         self._learned: Learned = {}
         self._callers: dict[int, set[int | None]] = {}
         self._named: list[tuple[str, nn.Module]] = []
+        self._module_list: list[nn.Module] = []
         # What the hooks were planned for: (train/eval flags, facts learned, producers hooked, callers seen).
         self._plan: tuple[tuple[bool, ...], int, bool, int] | None = None
         self._callers_seen = 0  # (module, caller) pairs seen: a new one plans the hooks again
@@ -215,7 +216,7 @@ class ActivityTracker(ModuleCalls):
             self._shortcuts.clear()
             self._callers.clear()
             self._learned_before = -1
-        self._named = named
+        self._named, self._module_list = named, [module for _, module in named]
         if frozenset(name for name, _ in named) != self._module_names:  # new names: call sites named afresh
             self._module_names = frozenset(name for name, _ in named)
             self._site_names.clear()
