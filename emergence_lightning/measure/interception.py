@@ -64,9 +64,10 @@ class Frame:
 class LeafShortcut:
     """What an activation leaf's last recorded output passed through (the tracker's ``_record``):
     its call site and layout, and the step that added it. The leaf's next output of the same layout
-    and train/eval mode, its site's first call in a pass, is added by that step at once: the
-    checks it would meet again were passed, and a layer's hook runs between the model's own kernels
-    with cold caches, where every line of Python costs several times what it costs in a loop.
+    and train/eval mode (a plain tensor, its site's first call in a pass, while the step is
+    usable) is added by that step at once (``ModuleCalls._leaf_ends``): the checks it would meet
+    again were passed, and a layer's hook runs between the model's own kernels with cold caches,
+    where every line of Python costs several times what it costs in a loop.
     """
 
     __slots__ = ("site", "shape", "stride", "dtype", "device", "training", "step", "numel")
@@ -76,19 +77,6 @@ class LeafShortcut:
         self.shape, self.stride, self.dtype, self.device = (
             output.shape, output.stride(), output.dtype, output.device
         )  # fmt: skip
-
-    def fits(self, output: object, training: bool, generation: int) -> bool:
-        """Whether ``output`` can go straight to the step (a plain tensor of the same layout)."""
-        return (
-            type(output) is Tensor
-            and not output.is_nested
-            and output.shape == self.shape
-            and output.stride() == self.stride
-            and output.dtype == self.dtype
-            and output.device == self.device
-            and training == self.training
-            and self.step.usable(generation)
-        )
 
     def __reduce__(self) -> tuple:  # a copy of the tracker keeps none: its step adds into our totals
         return (_no_shortcut, ())

@@ -248,6 +248,11 @@ def fired(threshold: float) -> Elementwise:
 ABSOLUTE = Elementwise(torch.abs, float_mask=False)
 
 
+def unchanged(values: Tensor) -> Tensor:
+    """The per-sample sums of a 2-D output that needs no transform: the output itself."""
+    return values
+
+
 def per_sample_step(
     output: Tensor, batch_dim: int, node_dim: int, scratch: Scratch, transform: Elementwise | None
 ) -> Callable[[Tensor], Tensor]:
@@ -258,12 +263,12 @@ def per_sample_step(
     """
     other = position_dims(output, batch_dim, node_dim)
     if not other:  # a 2-D output is its own per-sample result
-        return (lambda values: values) if transform is None else transform.bound(output, scratch)
+        return unchanged if transform is None else transform.bound(output, scratch)
     dtype = float_dtype(output)
     samples = scratch.take("samples", per_sample_shape(output, batch_dim, node_dim), dtype, output.device)
     if _chunk_samples(output, batch_dim) < output.shape[batch_dim]:  # a large output on CPU
         return lambda values: _chunked_sums(values, transform, batch_dim, node_dim, scratch, samples)
-    apply = (lambda values: values) if transform is None else transform.bound(output, scratch)
+    apply = unchanged if transform is None else transform.bound(output, scratch)
     transformed = apply(output)  # what the sums will read, for the choice of path below
     positions = math.prod(output.shape[d] for d in other)
     short = (
@@ -352,4 +357,6 @@ def _widened(
     if per_sample.dtype == dtype:
         return sums
     wide = scratch.laid_out_as("wide", per_sample, dtype)
+    if sums is unchanged:  # the values themselves, cast with no Python frame between
+        return wide.copy_
     return lambda values: wide.copy_(sums(values))

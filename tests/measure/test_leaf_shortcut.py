@@ -156,3 +156,26 @@ def test_training_passes_are_measured_outside_the_autograd_graph():
         expected = hidden_outputs(model, x)[0].mean(0).double()
         assert torch.allclose(result.layers[0].activity, expected, atol=1e-6)
         assert not result.layers[0].activity.requires_grad
+
+
+def test_a_shortcut_left_from_before_a_width_change_in_another_mode_is_not_used():
+    # The width changes in a training window of one pass, where the leaf runs fully hooked (its
+    # first call in that mode) and its eval-mode shortcut is not replaced; back in eval mode at the
+    # old width, that shortcut matches the output but its step adds into totals no longer used.
+    torch.manual_seed(0)
+    model = Narrowed().eval()
+    x = torch.randn(12, 8)
+    tracker = ActivityTracker(model)
+    for _ in range(2):
+        window(tracker, model, [x[:6], x[6:]])
+    model.width = 5
+    model.train()
+    assert window(tracker, model, [x[:6]]).n == [5]  # (no larger scratch buffer: the same steps' views)
+    model.width = 8
+    model.eval()
+    result = window(tracker, model, [x[:6], x[6:]])
+    with torch.no_grad():
+        expected = torch.relu(model.fc(x)).mean(0).double()
+    assert result.n == [8]
+    assert result.samples == 12
+    assert torch.allclose(result.layers[0].activity, expected, atol=1e-6)
