@@ -13,8 +13,8 @@ their range and the machine's load, by CPU time and wall clock:
 
 With ``--split``, the chain's added time per activation call is split into its parts, each timed
 against the closed pass in the same rotation: two empty global module hooks (what torch's hook
-path costs by itself), the tracker with accumulation off (``tracker.enabled = False``: hooks and
-bookkeeping), and the whole tracker (the difference is the reduction).
+path costs by itself), the tracker with its layers' reduction steps doing nothing (hooks and
+bookkeeping), and the whole tracker (the difference is the reductions' tensor operations).
 
 A window holds ``--passes`` forward passes (default 8: a validation run holds many). A module's
 first call runs fully hooked and intercepted, to learn what its own code does; that is kept
@@ -147,14 +147,21 @@ def empty_hooks(model: nn.Module, x: torch.Tensor, passes: int) -> tuple[float, 
             handle.remove()
 
 
-def without_accumulation(
+def without_reduction(
     model: nn.Module, x: torch.Tensor, passes: int, tracker: ActivityTracker
 ) -> tuple[float, float]:
-    tracker.enabled = False
+    """A window whose layers' reduction steps (built in earlier windows) do nothing: the hooks and
+    the bookkeeping without the tensor operations.
+    """
+    steps = [step for stat in tracker._stats.values() for step in getattr(stat, "_steps", {}).values()]
+    kept = [step.step for step in steps]
+    for step in steps:
+        step.step = lambda values: None
     try:
         return window(model, x, passes, tracker)
     finally:
-        tracker.enabled = True
+        for step, function in zip(steps, kept):
+            step.step = function
 
 
 def split_chain(pairs: int, passes: int) -> None:
@@ -164,7 +171,7 @@ def split_chain(pairs: int, passes: int) -> None:
     cases = {
         "closed": lambda: window(model, x, passes, None),
         "two empty global hooks": lambda: empty_hooks(model, x, passes),
-        "tracker, accumulation off": lambda: without_accumulation(model, x, passes, tracker),
+        "tracker, reductions doing nothing": lambda: without_reduction(model, x, passes, tracker),
         "tracker": lambda: window(model, x, passes, tracker),
     }
     times: dict[str, list[float]] = {name: [] for name in cases}
