@@ -56,10 +56,16 @@ def unit_activities(
     node_rows = rows.index_select(0, unit_of_node)  # (6x faster than rows[unit_of_node] on CPU)
     has_rows = node_rows > 0
     finite = torch.isfinite(probes)
+    measured = finite & has_rows
+    # The usual window (every node finite, every unit with rows) needs no NaN put in and no count of
+    # bad nodes: two of the slowest operations here, skipped (CPU tensors: no device sync).
+    everything = bool(measured.all())
     per_unit = torch.zeros(2, len(sizes), dtype=torch.long)  # non-finite nodes, active nodes
-    per_unit[0].index_add_(0, unit_of_node, (~finite & has_rows).long())
+    if not everything:
+        per_unit[0].index_add_(0, unit_of_node, (~finite & has_rows).long())
     activity = totals if statistic == "max" else totals / node_rows
-    activity = torch.where(finite & has_rows, activity, torch.full_like(activity, math.nan))
+    if not everything:
+        activity = torch.where(measured, activity, torch.full_like(activity, math.nan))
     if statistic == "normalized_mean_abs":
         means = _unit_means(activity, finite, rows.tolist(), sizes, per_unit[0].tolist())
         node_means = means.index_select(0, unit_of_node)
@@ -68,7 +74,7 @@ def unit_activities(
         activity = torch.where(
             node_means > 0, activity / node_means, torch.where(finite, 0.0 * activity, activity)
         )
-    active = (activity > cut) & has_rows
+    active = activity > cut if everything else (activity > cut) & has_rows
     per_unit[1].index_add_(0, unit_of_node, active.long())
     nonfinite_counts, active_counts = per_unit.tolist()
     return UnitActivities(
