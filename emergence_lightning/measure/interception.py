@@ -26,11 +26,14 @@ from emergence_lightning.measure.statistics import LayoutStep
 class ModuleFacts:
     """What the hooks need to know of one module, worked out once per window."""
 
-    __slots__ = ("name", "leaf", "producer", "recurrent", "skip", "wrapper")
+    __slots__ = ("name", "leaf", "producer", "recurrent", "skip", "wrapper", "uncallable")
 
     def __init__(self, name: str, module: nn.Module, skip: bool, wrapper: bool) -> None:
         self.name, self.skip, self.wrapper = name, skip, wrapper
         self.leaf = next(iter(module.children()), None) is None
+        # A container with no forward (ModuleList, ModuleDict): calling it raises, so no code of its
+        # own ever calls its children; whoever owns it does.
+        self.uncallable = type(module).forward is nn.Module.forward and "forward" not in vars(module)
         self.producer = rules.is_producer(module)
         self.recurrent = rules.is_recurrent(module)
 
@@ -169,7 +172,8 @@ def hook_plan(
       everything inside ``subtrees`` (expert blocks, composite candidates, metrics); recurrent
       modules; non-leaf producers; modules whose own code needs the mode; and every module called
       from such code (its frame turns the mode off while it runs): each one seen called from it,
-      and every child of it, called or not yet.
+      and every child of it, called or not yet (the children of a ModuleList or ModuleDict it
+      owns included: such a container has no code, so its children are those of its owner).
     - *a post-hook only*: a learned leaf that is an activation (its output is a layer) or, with
       ``producers``, a producer (the node layout of what follows); nothing happens inside a leaf
       that needs a frame. Producers matter only to a layer seen for the first time, so once every
@@ -190,7 +194,12 @@ def hook_plan(
     ids = {name: id(module) for name, module in named}
 
     def parent_needs_mode(name: str) -> bool:
-        return bool(name) and mode_on_in(ids.get(name.rpartition(".")[0], -1))
+        while name:
+            name = name.rpartition(".")[0]
+            parent = ids.get(name, -1)
+            if parent not in facts or not facts[parent].uncallable:
+                return mode_on_in(parent)
+        return False
 
     full: list[nn.Module] = []
     leaves: list[nn.Module] = []

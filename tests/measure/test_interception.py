@@ -330,3 +330,66 @@ def test_a_module_also_called_from_code_that_needs_the_mode_keeps_its_frame_in_l
         assert later is not None and later.names == first.names and later.samples == first.samples
         for one, other in zip(first.layers, later.layers):
             assert torch.equal(one.activity, other.activity)
+
+
+class Stack(nn.Module):
+    """Blocks held in a ModuleList (which has no forward of its own), called by the owner's code;
+    ``functional``: the owner's own code also calls an activation between blocks.
+    """
+
+    def __init__(self, functional: bool) -> None:
+        super().__init__()
+        self.functional = functional
+        self.blocks = nn.ModuleList(PlainBlock() for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+            x = torch.tanh(x) if self.functional else x
+        return x
+
+
+def steady_plan(model: nn.Module) -> tuple[dict[str, tuple[bool, bool]], list]:
+    """The hooks of the third window's second pass, and each window's measurement."""
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(0))
+    tracker, windows, plan = ActivityTracker(model), [], {}
+    for _ in range(3):
+        tracker.reset()
+        with torch.no_grad(), tracker:
+            for index in range(2):
+                tracker.start_pass()
+                if index == 1:
+                    plan = hooked(model)
+                model(x)
+        windows.append(tracker.compute())
+    return plan, windows
+
+
+def test_blocks_in_a_module_list_are_hooked_as_children_of_its_owner():
+    # A ModuleList is never called, so its children are called by its owner's code: unhooked
+    # when that code needs no mode (they hid the blocks behind a full hook each, GPT-2's 12
+    # blocks among them), fully hooked when it calls an activation (the mode must go off in them).
+    torch.manual_seed(0)
+    plain, plain_windows = steady_plan(Stack(functional=False).eval())
+    full, post_only = (True, True), (False, True)
+    blocks = [f"blocks.{index}" for index in range(3)]
+    assert {name: plain[name] for name in plain if name.startswith("blocks.")} == {
+        f"{block}.act": post_only for block in blocks
+    }
+    assert plain[""] == full
+    torch.manual_seed(0)
+    mixed, mixed_windows = steady_plan(Stack(functional=True).eval())
+    for block in blocks:  # (inside a block, plain code again: its ReLU keeps a post-hook only)
+        assert mixed[block] == full and mixed[f"{block}.act"] == post_only and f"{block}.fc" not in mixed
+    # The same layers in every window: no block's ReLU counted as the owner's own tanh.
+    assert plain_windows[0] is not None and plain_windows[0].names == [f"{b}.act" for b in blocks]
+    assert mixed_windows[0] is not None
+    tanh = ["tanh-fn", "tanh-fn-call2", "tanh-fn-call3"]  # in the order they are first seen
+    assert mixed_windows[0].names == [
+        name for pair in zip([f"{b}.act" for b in blocks], tanh) for name in pair
+    ]
+    for windows in (plain_windows, mixed_windows):
+        for later in windows[1:]:
+            assert later is not None and later.names == windows[0].names
+            for one, other in zip(windows[0].layers, later.layers):
+                assert torch.equal(one.activity, other.activity)
