@@ -27,6 +27,7 @@ What a node's activity is (``statistic``; a node is active when it exceeds the t
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal, get_args
 
@@ -185,7 +186,7 @@ class NodeStatistic:
         self.rows = 0
         self._fresh = True
         for pending in self._pending:
-            pending.filled = 0
+            pending.clear()
         if self._total is not None and self.statistic == "max":
             self._total.fill_(-math.inf)
         elif self._total is not None:
@@ -275,12 +276,12 @@ class NodeStatistic:
             rows = 0
         elif self.statistic in TOTAL_IS_PROBE:  # one reduction: the sum of a or |a|, also the probe
             transform = None if non_negative else _transform(self.statistic, 0.0)
-            sums = per_sample_step(output, batch_dim, node_dim, scratch, transform)
+            sums = functools.partial(per_sample_step, output, batch_dim, node_dim, scratch, transform)
             step = summed_into(
                 total, sums, output, batch_dim, node_dim, scratch, "part", pending.get(id(total))
             )
         else:
-            plain = per_sample_step(output, batch_dim, node_dim, scratch, None)
+            plain = functools.partial(per_sample_step, output, batch_dim, node_dim, scratch, None)
             into_probe = summed_into(
                 probe, plain, output, batch_dim, node_dim, scratch, "part", pending.get(id(probe))
             )
@@ -308,7 +309,9 @@ class NodeStatistic:
         total: Tensor,
         pending: PendingSums | None,
     ) -> Step:
-        counts = per_sample_step(output, batch_dim, node_dim, scratch, fired(self.threshold))
+        counts = functools.partial(
+            per_sample_step, output, batch_dim, node_dim, scratch, fired(self.threshold)
+        )
         return summed_into(total, counts, output, batch_dim, node_dim, scratch, "counts", pending)
 
     @staticmethod

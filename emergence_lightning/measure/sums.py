@@ -254,18 +254,25 @@ def unchanged(values: Tensor) -> Tensor:
 
 
 def per_sample_step(
-    output: Tensor, batch_dim: int, node_dim: int, scratch: Scratch, transform: Elementwise | None
+    output: Tensor,
+    batch_dim: int,
+    node_dim: int,
+    scratch: Scratch,
+    transform: Elementwise | None,
+    out: Tensor | None = None,
 ) -> Callable[[Tensor], Tensor]:
     """A function from an output of this layout to its ``(samples, nodes)`` sums of ``transform``'d
     values (a 2-D output: the values themselves, transformed), with every buffer and dimension list
     chosen once: the same operations, in the same order, as :func:`_chunked_sums` runs, with none
-    of its Python per call.
+    of its Python per call. The sums go into ``out`` when given (shaped as
+    :func:`per_sample_shape`, in :func:`float_dtype`), else into the window's ``"samples"`` buffer.
     """
     other = position_dims(output, batch_dim, node_dim)
     if not other:  # a 2-D output is its own per-sample result
         return unchanged if transform is None else transform.bound(output, scratch)
     dtype = float_dtype(output)
-    samples = scratch.take("samples", per_sample_shape(output, batch_dim, node_dim), dtype, output.device)
+    shape = per_sample_shape(output, batch_dim, node_dim)
+    samples = scratch.take("samples", shape, dtype, output.device) if out is None else out
     if _chunk_samples(output, batch_dim) < output.shape[batch_dim]:  # a large output on CPU
         return lambda values: _chunked_sums(values, transform, batch_dim, node_dim, scratch, samples)
     apply = unchanged if transform is None else transform.bound(output, scratch)
@@ -295,16 +302,38 @@ class PendingSums:
         self.buffer = torch.zeros(PENDING_ROWS, target.numel(), dtype=target.dtype, device=target.device)
         self.rows = list(self.buffer.unbind(0))  # views, so a step picks its row with no tensor operation
         self.filled = 0
+        # Batches of one sample: their float32 sums over positions, written straight into these rows
+        # by the sum itself, summed in float64 when added (see summed_into).
+        self.single: Tensor | None = None
+        self.single_rows: list[Tensor] = []
+        self.singles = 0
+
+    def single_sample_rows(self, dtype: torch.dtype) -> list[Tensor] | None:
+        """The rows one-sample batches' sums go into, in ``dtype`` (None: another dtype has them)."""
+        if self.single is None:
+            self.single = torch.zeros(
+                PENDING_ROWS, self.target.numel(), dtype=dtype, device=self.target.device
+            )
+            self.single_rows = list(self.single.unbind(0))
+        return self.single_rows if self.single.dtype == dtype else None
 
     def flush(self) -> None:
         if self.filled:
             self.target.add_(self.buffer[: self.filled].sum(0))
             self.filled = 0
+        if self.singles:
+            assert self.single is not None
+            self.target.add_(self.single[: self.singles].sum(0, dtype=self.target.dtype))
+            self.singles = 0
+
+    def clear(self) -> None:
+        """Drops what is pending (a new window)."""
+        self.filled = self.singles = 0
 
 
 def summed_into(
     target: Tensor,
-    sums: Callable[[Tensor], Tensor],
+    sums_into: Callable[[Tensor | None], Callable[[Tensor], Tensor]],
     output: Tensor,
     batch_dim: int,
     node_dim: int,
@@ -313,19 +342,46 @@ def summed_into(
     pending: PendingSums | None = None,
 ) -> Step:
     """A step adding the float64 sum over samples of ``sums(values)`` to ``target`` (through
-    ``pending`` when given).
+    ``pending`` when given), where ``sums = sums_into(None)``; ``sums_into(out)`` is the same
+    function writing its result into ``out`` (see :func:`per_sample_step`).
     """
     axis, dtype = 0 if batch_dim < node_dim else 1, target.dtype
-    if output.shape[batch_dim] == 1 and position_dims(output, batch_dim, node_dim):
+    one_sample = output.shape[batch_dim] == 1 and bool(position_dims(output, batch_dim, node_dim))
+    one_sample_rows = (
+        pending.single_sample_rows(float_dtype(output))
+        if pending is not None and one_sample and float_dtype(output) != dtype
+        else None
+    )
+    if pending is not None and one_sample_rows is not None:
+        # One sample: its float32 sums over positions are written by the sum itself into a pending
+        # row, and the rows are summed in float64 when added to the total, eight at a time: one
+        # tensor operation fewer per batch than adding each row to the total (the same float64
+        # additions of the same float32 values, in another order).
+        shape = per_sample_shape(output, batch_dim, node_dim)
+        into_rows = [sums_into(row.view(shape)) for row in one_sample_rows]
+        last = PENDING_ROWS - 1
+
+        def one_sample_pending(values: Tensor) -> None:
+            singles = pending.singles
+            into_rows[singles](values)
+            if singles == last:
+                pending.singles = PENDING_ROWS
+                pending.flush()
+            else:
+                pending.singles = singles + 1
+
+        return one_sample_pending
+    sums = sums_into(None)
+    if one_sample:
         # One sample: its float32 sums are widened as they are added, which is what a float64 sum
         # over that one row gives, with one operation less. They are always in the same buffer.
         row = sums(output).view(-1)
 
-        def one_sample(values: Tensor) -> None:
+        def widened_as_added(values: Tensor) -> None:
             sums(values)
             target.add_(row)
 
-        return one_sample
+        return widened_as_added
     sums = _widened(sums, output, dtype, scratch)
     if pending is not None:
         rows, full = pending.rows, PENDING_ROWS - 1

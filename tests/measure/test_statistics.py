@@ -214,10 +214,14 @@ def test_a_copy_adds_into_its_own_totals_and_pickles():
 @pytest.mark.parametrize("statistic", STATISTICS)
 def test_many_batches_through_the_pending_rows_equal_the_float64_reference(statistic):
     # 21 batches: two full folds of PENDING_ROWS batch sums into the total, and five left pending
-    # until the total is read; batches of one sample and of several, with and without positions.
+    # until the total is read; batches of one sample and of several, with and without positions,
+    # and runs of one-sample batches only (their sums over positions go straight into pending rows).
     assert sums_module.PENDING_ROWS == 8
-    for shape in (lambda n: (n, 5), lambda n: (n, 4, 3, 3)):
-        sizes = [1 + (i % 3) for i in range(21)]
+    cases = [
+        (shape, sizes) for shape in (lambda n: (n, 5), lambda n: (n, 4, 3, 3)) for sizes in ("mixed", "ones")
+    ]
+    for shape, kind in cases:
+        sizes = [1 + (i % 3) for i in range(21)] if kind == "mixed" else [1] * 21
         batches = _batches(shape, sizes=sizes, dtype=torch.float32, seed=4)
         stat, scratch = NodeStatistic(statistic, THETA), Scratch()
         for batch in batches:
@@ -229,3 +233,8 @@ def test_many_batches_through_the_pending_rows_equal_the_float64_reference(stati
         stat.reset()  # a new window: nothing pending carries over
         stat.add(batches[0], 0, 1, scratch)
         torch.testing.assert_close(stat.total, _reference(batches[:1], 0, 1)[expected], rtol=1e-6, atol=1e-5)
+        for batch in batches[:5]:  # left pending, then a new window before the total was read
+            stat.add(batch, 0, 1, scratch)
+        stat.reset()
+        stat.add(batches[1], 0, 1, scratch)
+        torch.testing.assert_close(stat.total, _reference(batches[1:2], 0, 1)[expected], rtol=1e-6, atol=1e-5)
