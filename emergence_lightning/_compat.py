@@ -73,6 +73,11 @@ TORCH_ATTRIBUTES = (
     PrivateName("torch.nn.Module", "_forward_pre_hooks", "pruning/, connectivity/: pruning's mask hooks"),
     PrivateName("torch.nn.Module", "_compiled_call_impl", "measure/compile_guard.py: module.compile()"),
     PrivateName(
+        "torch.nn.Module",
+        "_modules",
+        "measure/layers.py: every window walks the module tree (2x named_children)",
+    ),
+    PrivateName(
         "torch.nn.utils.prune.BasePruningMethod", "_tensor_name", "pruning/masks.py: the tensor a hook masks"
     ),
     PrivateName(
@@ -226,6 +231,13 @@ def compiled_in_place(module: nn.Module) -> bool:
 def is_compiled_function(value: Any) -> bool:
     """Whether ``value`` is a function or method wrapped by ``torch.compile``."""
     return callable(value) and hasattr(value, "_torchdynamo_orig_callable")
+
+
+def child_modules(module: nn.Module) -> Mapping[str, nn.Module | None]:
+    """``module``'s registered children by attribute name (None where one was set to None), in order:
+    what ``named_children()`` walks, read directly (every window walks the whole tree).
+    """
+    return module._modules
 
 
 def forward_pre_hooks(module: nn.Module) -> list[Callable[..., Any]]:

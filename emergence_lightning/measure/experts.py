@@ -80,6 +80,19 @@ def find_expert_groups(
     return found
 
 
+def expert_candidates(named: Iterable[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
+    """The modules among ``named`` that :func:`find_expert_groups` can find a group in (two or more
+    ``num_experts``, or an expert list), the same for an unchanged module tree: only their parameters
+    need looking at again in a later window (pruning replaces them).
+    """
+    return [
+        (name, module)
+        for name, module in named
+        if (isinstance(count := _expert_count(module), int) and count >= 2)
+        or (isinstance(module, nn.ModuleList | nn.ModuleDict) and "expert" in name.rpartition(".")[2].lower())
+    ]
+
+
 def _expert_count(module: nn.Module) -> object:
     """``module.num_experts`` if it has one: an attribute of the instance or of its class (a property
     too), looked up without ``nn.Module.__getattr__``'s exception for every module that has none.

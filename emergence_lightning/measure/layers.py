@@ -195,7 +195,9 @@ def qualified_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
         found.append((name, module))
         holds_module = _holds_module(type(module))
         children = []
-        for attribute, child in module.named_children():
+        for attribute, child in _compat.child_modules(module).items():
+            if child is None:
+                continue
             hidden = attribute in WRAPPER_ATTRIBUTES or (attribute == "module" and holds_module)
             children.append((name if hidden else f"{name}.{attribute}" if name else attribute, child))
         stack.extend(reversed(children))  # depth first, in definition order

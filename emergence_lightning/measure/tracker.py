@@ -178,6 +178,7 @@ class ActivityTracker(ModuleCalls):
         # id(parameter) -> its module, found when code first applies a weight functionally in a window.
         self._owners: dict[int, tuple[str, nn.Module]] | None = None
         self._composite: set[int] = set()
+        self._expert_candidates: list[tuple[str, nn.Module]] = []  # per module tree (experts.py)
         self._previous_calls: dict[str, int] | None = None
         # id(activation leaf) -> what its last output passed through, kept while the module tree is
         # unchanged (`_leaf_ends`).
@@ -212,18 +213,20 @@ class ActivityTracker(ModuleCalls):
                 for name, module in named
             }
             self._composite = rules.composite_candidates(self.model)
+            self._expert_candidates = moe.expert_candidates(named)
             self._learned.clear()  # what a module's code does is learned again for a changed tree
             self._shortcuts.clear()
             self._callers.clear()
             self._learned_before = -1
+            names = frozenset(name for name, _ in named)  # (the tree holds the names)
+            if names != self._module_names:  # new names: call sites named afresh
+                self._module_names = names
+                self._site_names.clear()
+                self._input_name = rules.unambiguous(INPUT_LAYER, self._module_names)
+                self._output_name = rules.unambiguous(OUTPUT_LAYER, self._module_names)
         self._named, self._module_list = named, [module for _, module in named]
-        if frozenset(name for name, _ in named) != self._module_names:  # new names: call sites named afresh
-            self._module_names = frozenset(name for name, _ in named)
-            self._site_names.clear()
-            self._input_name = rules.unambiguous(INPUT_LAYER, self._module_names)
-            self._output_name = rules.unambiguous(OUTPUT_LAYER, self._module_names)
         # Parameters can change under an unchanged tree (pruning's weight_orig): looked up every window.
-        self._expert_groups = moe.find_expert_groups(named)
+        self._expert_groups = moe.find_expert_groups(self._expert_candidates)
         self._owners = None  # parameters can change under an unchanged tree (pruning's weight_orig)
         self._stack.clear()
         self._mode = ActivationCalls(self._activation_called, self._other_call)
