@@ -11,10 +11,11 @@ their range and the machine's load, by CPU time and wall clock:
   ``--statistics``, every statistic for the conv net and GPT-2 (target <= 1.10x). The default is
   the default statistic (``mean_abs``).
 
-With ``--split``, the chain's added time per activation call is split into its parts, each timed
-against the closed pass in the same rotation: two empty global module hooks (what torch's hook
-path costs by itself), the tracker with its layers' reduction steps doing nothing (hooks and
-bookkeeping), and the whole tracker (the difference is the reductions' tensor operations).
+With ``--split``, the chain's added time per activation call and GPT-2's per pass are split into
+their parts, each timed against the closed pass in the same rotation: hooks that do nothing on
+the modules the window hooks (what torch's hook path costs by itself), the tracker with its
+layers' reduction steps doing nothing (hooks, bookkeeping and the window's fixed work), and the
+whole tracker (the difference is the reductions' tensor operations).
 
 A window holds ``--passes`` forward passes (default 8: a validation run holds many). A module's
 first call runs fully hooked and intercepted, to learn what its own code does; that is kept
@@ -36,7 +37,6 @@ import torch
 from bench_measure_window import leftovers, paired
 from bench_models import WINDOW_SIZES, build, inputs, load
 from torch import nn
-from torch.nn.modules import module as module_hooks
 
 from emergence_lightning.measure import ActivityTracker
 from emergence_lightning.measure.statistics import DEFAULT_STATISTIC, STATISTICS
@@ -134,11 +134,29 @@ def per_call_us(closed: list[tuple[float, float]], opened: list[tuple[float, flo
     return "added per activation call: " + "; ".join(parts)
 
 
-def empty_hooks(model: nn.Module, x: torch.Tensor, passes: int) -> tuple[float, float]:
-    """``passes`` closed passes with two global module hooks that do nothing installed."""
-    handles = [
-        module_hooks.register_module_forward_pre_hook(lambda module, args: None),
-        module_hooks.register_module_forward_hook(lambda module, args, output: None),
+def hooked_modules(tracker: ActivityTracker) -> tuple[list[nn.Module], list[nn.Module]]:
+    """The modules a window of ``tracker`` hooks in its later passes: fully (a pre- and a post-hook)
+    and post-only (read from a window opened for the purpose).
+    """
+    tracker.reset()
+    with torch.no_grad(), tracker:
+        tracker.start_pass()
+        modules = list(tracker.model.modules())
+        full = [m for m in modules if m._forward_pre_hooks]
+        post_only = [m for m in modules if m._forward_hooks and not m._forward_pre_hooks]
+    tracker.reset()
+    return full, post_only
+
+
+def empty_hooks(
+    model: nn.Module, x: torch.Tensor, passes: int, full: list[nn.Module], post_only: list[nn.Module]
+) -> tuple[float, float]:
+    """``passes`` closed passes with hooks that do nothing on the modules the window hooks: what
+    torch's hook path costs by itself.
+    """
+    handles = [module.register_forward_pre_hook(lambda module, args: None) for module in full]
+    handles += [
+        module.register_forward_hook(lambda module, args, output: None) for module in (*full, *post_only)
     ]
     try:
         return window(model, x, passes, None)
@@ -164,32 +182,38 @@ def without_reduction(
             step.step = function
 
 
-def split_chain(pairs: int, passes: int) -> None:
-    """The chain's added time per activation call, part by part (CPU time, medians over rounds)."""
-    model, x = case("chain")
+def split_case(name: str, pairs: int, passes: int) -> None:
+    """A case's added time split into parts (CPU time, medians over rounds): per activation call for
+    the chain, per forward pass otherwise.
+    """
+    model, x = case(name)
     tracker = ActivityTracker(model)
+    window(model, x, passes, tracker)  # learns what the modules' code does
+    full, post_only = hooked_modules(tracker)
     cases = {
         "closed": lambda: window(model, x, passes, None),
-        "two empty global hooks": lambda: empty_hooks(model, x, passes),
+        "empty hooks on the modules the window hooks": lambda: empty_hooks(model, x, passes, full, post_only),
         "tracker, reductions doing nothing": lambda: without_reduction(model, x, passes, tracker),
         "tracker": lambda: window(model, x, passes, tracker),
     }
-    times: dict[str, list[float]] = {name: [] for name in cases}
+    times: dict[str, list[float]] = {part: [] for part in cases}
     for run in cases.values():  # warm-up
         run()
-    names = list(cases)
+    parts_in_order = list(cases)
     for index in range(pairs):
-        for name in names[index % len(names) :] + names[: index % len(names)]:
-            times[name].append(cases[name]()[1])
+        shift = index % len(parts_in_order)
+        for part in parts_in_order[shift:] + parts_in_order[:shift]:
+            times[part].append(cases[part]()[1])
     closed = statistics.median(times["closed"])
-    calls = passes * CHAIN_LAYERS
+    calls, unit = (passes * CHAIN_LAYERS, "activation call") if name == "chain" else (passes, "pass")
     parts = [
-        f"{name}: +{1e6 * (statistics.median(values) - closed) / calls:.1f} us"
-        for name, values in times.items()
-        if name != "closed"
+        f"{part}: +{1e6 * (statistics.median(values) - closed) / calls:.1f} us"
+        for part, values in times.items()
+        if part != "closed"
     ]
     print(
-        f"chain split, added per activation call (cpu): {'; '.join(parts)}; {pairs} rounds; {load()}",
+        f"{name} split, added per {unit} (cpu; {len(full)} modules hooked fully, {len(post_only)} "
+        f"post-only): {'; '.join(parts)}; {pairs} rounds; {load()}",
         flush=True,
     )
 
@@ -240,7 +264,8 @@ def main() -> None:
                 line += f"; {per_call_us(closed, opened, args.passes * CHAIN_LAYERS)}"
             print(f"{line}; {args.pairs} pairs; {load()}", flush=True)
     if args.split:
-        split_chain(args.pairs, args.passes)
+        for name in ("chain", "gpt2"):
+            split_case(name, args.pairs, args.passes)
     print(leftovers(models), flush=True)
 
 
