@@ -71,7 +71,7 @@ def find_expert_groups(
             if weights:
                 found[id(module)] = (ExpertGroup(name, count, weights), name, None)
                 continue
-        if isinstance(module, nn.ModuleList | nn.ModuleDict) and "expert" in name.rpartition(".")[2].lower():
+        if _expert_list(name, module):
             members = list(module.named_children())
             if len(members) >= 2 and _alike([member for _, member in members]):
                 group = ExpertGroup(name, len(members), frozenset())
@@ -88,9 +88,13 @@ def expert_candidates(named: Iterable[tuple[str, nn.Module]]) -> list[tuple[str,
     return [
         (name, module)
         for name, module in named
-        if (isinstance(count := _expert_count(module), int) and count >= 2)
-        or (isinstance(module, nn.ModuleList | nn.ModuleDict) and "expert" in name.rpartition(".")[2].lower())
+        if (isinstance(count := _expert_count(module), int) and count >= 2) or _expert_list(name, module)
     ]
+
+
+def _expert_list(name: str, module: nn.Module) -> bool:
+    """A ModuleList or ModuleDict named like ``experts``: its members may be one MoE block's experts."""
+    return isinstance(module, nn.ModuleList | nn.ModuleDict) and "expert" in name.rpartition(".")[2].lower()
 
 
 def _expert_count(module: nn.Module) -> object:

@@ -290,6 +290,23 @@ def per_sample_step(
     return lambda values: torch.sum(apply(values), other, dtype=dtype, out=samples)
 
 
+class PendingRows:
+    """:data:`PENDING_ROWS` rows that steps write one batch's sums into, a row per batch; added to a
+    total together (:meth:`PendingSums.flush`).
+    """
+
+    def __init__(self, nodes: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.buffer = torch.zeros(PENDING_ROWS, nodes, dtype=dtype, device=device)
+        self.rows = list(self.buffer.unbind(0))  # views, so a step picks its row with no tensor operation
+        self.filled = 0
+
+    def add_into(self, target: Tensor) -> None:
+        """Adds the filled rows' sum (in ``target``'s dtype) to ``target`` and empties them."""
+        if self.filled:
+            target.add_(self.buffer[: self.filled].sum(0, dtype=target.dtype))
+            self.filled = 0
+
+
 class PendingSums:
     """Float64 sums over samples of one batch each, waiting in the rows of a small buffer until
     :data:`PENDING_ROWS` are there, then added to ``target`` at once (and whenever it is read).
@@ -299,36 +316,27 @@ class PendingSums:
 
     def __init__(self, target: Tensor) -> None:
         self.target = target
-        self.buffer = torch.zeros(PENDING_ROWS, target.numel(), dtype=target.dtype, device=target.device)
-        self.rows = list(self.buffer.unbind(0))  # views, so a step picks its row with no tensor operation
-        self.filled = 0
+        self.batch_sums = PendingRows(target.numel(), target.dtype, target.device)
         # Batches of one sample: their float32 sums over positions, written straight into these rows
         # by the sum itself, summed in float64 when added (see summed_into).
-        self.single: Tensor | None = None
-        self.single_rows: list[Tensor] = []
-        self.singles = 0
+        self.one_sample: PendingRows | None = None
 
-    def single_sample_rows(self, dtype: torch.dtype) -> list[Tensor] | None:
+    def one_sample_rows(self, dtype: torch.dtype) -> PendingRows | None:
         """The rows one-sample batches' sums go into, in ``dtype`` (None: another dtype has them)."""
-        if self.single is None:
-            self.single = torch.zeros(
-                PENDING_ROWS, self.target.numel(), dtype=dtype, device=self.target.device
-            )
-            self.single_rows = list(self.single.unbind(0))
-        return self.single_rows if self.single.dtype == dtype else None
+        if self.one_sample is None:
+            self.one_sample = PendingRows(self.target.numel(), dtype, self.target.device)
+        return self.one_sample if self.one_sample.buffer.dtype == dtype else None
 
     def flush(self) -> None:
-        if self.filled:
-            self.target.add_(self.buffer[: self.filled].sum(0))
-            self.filled = 0
-        if self.singles:
-            assert self.single is not None
-            self.target.add_(self.single[: self.singles].sum(0, dtype=self.target.dtype))
-            self.singles = 0
+        self.batch_sums.add_into(self.target)
+        if self.one_sample is not None:
+            self.one_sample.add_into(self.target)
 
     def clear(self) -> None:
         """Drops what is pending (a new window)."""
-        self.filled = self.singles = 0
+        self.batch_sums.filled = 0
+        if self.one_sample is not None:
+            self.one_sample.filled = 0
 
 
 def summed_into(
@@ -347,28 +355,26 @@ def summed_into(
     """
     axis, dtype = 0 if batch_dim < node_dim else 1, target.dtype
     one_sample = output.shape[batch_dim] == 1 and bool(position_dims(output, batch_dim, node_dim))
-    one_sample_rows = (
-        pending.single_sample_rows(float_dtype(output))
+    singles = (
+        pending.one_sample_rows(float_dtype(output))
         if pending is not None and one_sample and float_dtype(output) != dtype
         else None
     )
-    if pending is not None and one_sample_rows is not None:
+    if pending is not None and singles is not None:
         # One sample: its float32 sums over positions are written by the sum itself into a pending
         # row, and the rows are summed in float64 when added to the total, eight at a time: one
         # tensor operation fewer per batch than adding each row to the total (the same float64
         # additions of the same float32 values, in another order).
         shape = per_sample_shape(output, batch_dim, node_dim)
-        into_rows = [sums_into(row.view(shape)) for row in one_sample_rows]
+        into_rows = [sums_into(row.view(shape)) for row in singles.rows]
         last = PENDING_ROWS - 1
 
         def one_sample_pending(values: Tensor) -> None:
-            singles = pending.singles
-            into_rows[singles](values)
-            if singles == last:
-                pending.singles = PENDING_ROWS
+            filled = singles.filled
+            into_rows[filled](values)
+            singles.filled = filled + 1
+            if filled == last:
                 pending.flush()
-            else:
-                pending.singles = singles + 1
 
         return one_sample_pending
     sums = sums_into(None)
@@ -384,16 +390,14 @@ def summed_into(
         return widened_as_added
     sums = _widened(sums, output, dtype, scratch)
     if pending is not None:
-        rows, full = pending.rows, PENDING_ROWS - 1
+        batches, rows, last = pending.batch_sums, pending.batch_sums.rows, PENDING_ROWS - 1
 
         def into_pending(values: Tensor) -> None:
-            filled = pending.filled
+            filled = batches.filled
             torch.sum(sums(values), axis, out=rows[filled])
-            if filled == full:
-                pending.filled = PENDING_ROWS
+            batches.filled = filled + 1
+            if filled == last:
                 pending.flush()
-            else:
-                pending.filled = filled + 1
 
         return into_pending
     part = scratch.take(slot, (target.numel(),), dtype, target.device)
